@@ -1,0 +1,3 @@
+from bnstudy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""Command line: `bnstudy run|plot|data|list ...` (also `python -m bnstudy`).
+
+A user's mistake ends with one line `bnstudy: error: ...` and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bnstudy.config import PRESETS, ConfigError, list_experiments
+from bnstudy.data import DataError
+
+EPILOG = """examples:
+  bnstudy run noisy-bn                          quick preset, seed 0, every arm
+  bnstudy run noisy-bn --seeds 0 1 2 --preset paper --device cuda
+  bnstudy run noisy-bn --arms batchnorm --set train.lr=0.5 --results-dir results/lr05
+  bnstudy plot noisy-bn
+"""
+
+
+class UsageError(Exception):
+    """A mistake on the command line that argparse cannot see."""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results-dir", default="results", metavar="PATH",
+                   help="where run folders and figures go (default: results)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bnstudy", description=__doc__.splitlines()[0], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train an experiment's arms x seeds, then nothing else (see plot)",
+                         description="Train every arm of EXPERIMENT for each seed. Finished runs are skipped, "
+                                     "interrupted ones resume from their last checkpoint.")
+    run.add_argument("experiment", help=f"experiment name or path to a .toml file; known: {', '.join(list_experiments())}")
+    run.add_argument("--preset", default="quick", choices=PRESETS,
+                     help="smoke: seconds, for tests; quick: minutes on a laptop CPU; paper: the paper's protocol")
+    seeds = run.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, help="one seed (default 0)")
+    seeds.add_argument("--seeds", type=int, nargs="+", metavar="N", help="several seeds")
+    run.add_argument("--arms", nargs="+", metavar="ARM", help="only these arms (default: the preset's arms)")
+    run.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    run.add_argument("--data-dir", metavar="PATH",
+                     help="folder holding cifar-10-batches-py/ (default: $BNSTUDY_DATA, else data/)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override one config value, e.g. --set train.lr=0.5 (repeatable; value read as TOML)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_common(run)
+
+    plot = sub.add_parser("plot", help="draw an experiment's figures from its CSVs (no training)",
+                          description="Read every run folder of EXPERIMENT under --results-dir and write "
+                                      "<results>/<experiment>/figures/*.png, aggregated over all seeds present.")
+    plot.add_argument("experiment")
+    _add_common(plot)
+
+    data = sub.add_parser("data", help="check or download CIFAR-10")
+    data.add_argument("action", choices=["check", "download"],
+                      help="check: verify checksums and say which copy was found; download: fetch the official archive")
+    data.add_argument("--data-dir", metavar="PATH", help="default: $BNSTUDY_DATA, else data/")
+
+    sub.add_parser("list", help="list the experiments and their arms")
+    return parser
+
+
+def cmd_run(args) -> int:
+    from bnstudy.runner import run_experiment
+
+    seeds = args.seeds if args.seeds is not None else [args.seed if args.seed is not None else 0]
+    run_experiment(args.experiment, args.preset, seeds, args.arms, args.device, args.data_dir,
+                   args.results_dir, args.overrides, progress=not args.no_progress)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from bnstudy.plots import plot_experiment
+
+    for path in plot_experiment(args.experiment, args.results_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from bnstudy.data import cifar_folder, download_cifar, verify_cifar
+    from bnstudy.runner import resolve_data_dir
+
+    data_dir = resolve_data_dir(args.data_dir)
+    if args.action == "download":
+        folder = download_cifar(data_dir)
+        print(f"downloaded CIFAR-10 to {folder}")
+    folder = cifar_folder(data_dir)
+    print(f"{folder}: CIFAR-10, {verify_cifar(folder)}, checksums verified")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from bnstudy.config import load_experiment
+
+    for name in list_experiments():
+        exp = load_experiment(name)
+        print(f"{name:12s} {exp.title}\n{'':12s} arms: {', '.join(exp.arms)}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "plot": cmd_plot, "data": cmd_data, "list": cmd_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DataError, UsageError, FileExistsError) as err:
+        print(f"bnstudy: error: {err}", file=sys.stderr)
+        return 2
+    except PermissionError as err:
+        print(f"bnstudy: error: cannot write {err.filename}: permission denied", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bnstudy: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

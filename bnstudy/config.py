@@ -1,0 +1,329 @@
+"""Experiment files (TOML) -> frozen, validated run configurations.
+
+An experiment file names its arms, its presets and a base configuration:
+
+    name = "noisy-bn"
+    arms = ["standard", "batchnorm", "noisy-batchnorm"]   # the arms run by default
+    [base.train]             # any RunConfig section: data, model, train, activations, ...
+    lr = 0.1
+    [arms.standard.model]    # what an arm changes
+    norm = "none"
+    [presets.quick.train]    # what a preset changes (scale only, never meaning)
+    steps = 1500
+
+One run's configuration is built as: dataclass defaults <- base <- preset <- arm <- --set overrides.
+Every mistake raises ConfigError with one sentence a user understands.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PRESETS = ("smoke", "quick", "paper")
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+
+
+class ConfigError(ValueError):
+    """A configuration a user wrote is wrong; the message says what and where."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The sections of one run. Every field: what it is, its unit, the paper's value.
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "cifar10"  # cifar10 | synthetic (a tiny labelled-synthetic set, tests only) | gaussian (DLN)
+    train_size: int = 0  # training examples used; 0 = the whole split (CIFAR-10: 50,000; DLN: 1,000)
+    test_size: int = 0  # test examples evaluated; 0 = the whole split (CIFAR-10: 10,000)
+    augment: bool = False  # random crop (pad 4) + horizontal flip; the paper's main runs: none
+    eval_batch: int = 1000  # examples per forward pass when evaluating (memory only, not results)
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Algorithm 1 of the paper: per step and unit mu ~ U(-n_mu, n_mu), sigma ~ U(1, n_sigma);
+    per element m ~ U(mu - r_mu, mu + r_mu), s ~ N(sigma, r_sigma); a <- s * a + m."""
+
+    n_mu: float = 0.5  # half-width of the per-unit mean shift (paper: 0.5)
+    n_sigma: float = 1.25  # upper end of the per-unit scale U(1, n_sigma) (paper: 1.25)
+    r_mu: float = 0.1  # half-width of the per-element shift around mu (paper: 0.1)
+    r_sigma: float = 0.1  # standard deviation of the per-element scale around sigma (paper: 0.1)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "vgg"  # vgg | dln
+    cfg: int = 16  # VGG depth: 11 | 13 | 16 | 19 (paper: VGG-like with >= 13 weight layers -> 16)
+    width: float = 1.0  # multiplier on every channel count and head width (paper: 1)
+    head: tuple[int, ...] = (512, 512)  # hidden widths of the classifier at width 1 (paper: 512 -> 512 -> 512 -> 10)
+    norm: str = "batch"  # none | batch | noisy-batch | noise-only (see bnstudy.models.norms.NORMS)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    dln_depth: int = 25  # DLN: number of linear layers (paper: 25)
+    dln_width: int = 10  # DLN: input, hidden and output width (paper: 10)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 15_000  # SGD steps (paper: 15,000 for VGG, about 38 epochs at batch 128)
+    batch_size: int = 128  # examples per step (paper: 128)
+    lr: float = 0.1  # constant learning rate, plain SGD, no momentum or weight decay (paper: 0.1)
+    log_every: int = 50  # steps between flushes of the per-step training metrics to disk
+    eval_every: int = 1_000  # steps between test-set evaluations (also at the last step)
+    checkpoint_every: int = 500  # steps between checkpoints (resume point after a crash)
+
+
+@dataclass(frozen=True)
+class ActivationsConfig:
+    layers: tuple[int, ...] = ()  # weight-layer numbers (from 1) whose pre-ReLU output is recorded; () = off
+    units: int = 4  # units (channels) per layer, chosen at random once per run
+    every: int = 50  # record at steps t and t+1 for t a multiple of this (t+1 gives step-to-step moments)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    experiment: str = "noisy-bn"
+    arm: str = "batchnorm"
+    seed: int = 0
+    preset: str = "quick"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    activations: ActivationsConfig = field(default_factory=ActivationsConfig)
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.arm}/seed-{self.seed}"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    title: str
+    path: Path
+    arms: dict[str, dict]  # arm name -> partial config it applies
+    default_arms: tuple[str, ...]
+    presets: dict[str, dict]  # preset name -> partial config
+    preset_arms: dict[str, tuple[str, ...]]  # preset name -> arms it runs by default, where it says
+    base: dict
+    figures: tuple[str, ...]
+
+    def arms_for(self, preset: str) -> tuple[str, ...]:
+        return self.preset_arms.get(preset, self.default_arms)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building a dataclass from nested dicts, with type checks
+# ----------------------------------------------------------------------------------------------
+def _field_types(cls) -> dict[str, object]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value, typ, where: str):
+    """Check (and lightly convert) one TOML value against a dataclass field type."""
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(typ)
+        if isinstance(value, (list, tuple)):
+            return tuple(_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(typ):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                pass
+    elif dataclasses.is_dataclass(typ):
+        if isinstance(value, dict):
+            return build(typ, value, where)
+    else:  # pragma: no cover - a field type this loader does not know is a programming error
+        raise TypeError(f"unsupported config type {typ!r} at {where}")
+    name = getattr(typ, "__name__", str(typ))
+    raise ConfigError(f"{where} must be {_type_words(typ)}, got {value!r} ({type(value).__name__})")
+
+
+def _type_words(typ) -> str:
+    if typing.get_origin(typ) is tuple:
+        return f"a list of {_type_words(typing.get_args(typ)[0])}"
+    if dataclasses.is_dataclass(typ):
+        return "a table"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(typ, str(typ))
+
+
+def build(cls, values: dict, where: str = ""):
+    """A `cls` instance from defaults overridden by `values`; unknown keys are errors."""
+    types_ = _field_types(cls)
+    unknown = sorted(set(values) - set(types_))
+    if unknown:
+        known = ", ".join(sorted(types_))
+        raise ConfigError(f"unknown key '{_join(where, unknown[0])}'; known keys{' of ' + where if where else ''}: {known}")
+    kwargs = {k: _coerce(v, types_[k], _join(where, k)) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """A new dict: `base` with `override` merged in, tables merged key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# ----------------------------------------------------------------------------------------------
+# --set section.key=value
+# ----------------------------------------------------------------------------------------------
+def parse_override(text: str) -> dict:
+    """'train.lr=0.5' -> {'train': {'lr': 0.5}}; the value is read as TOML, else as a bare string."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects section.key=value, got '{text}'")
+    dotted, raw = text.split("=", 1)
+    keys = [k.strip() for k in dotted.split(".")]
+    if not all(keys):
+        raise ConfigError(f"--set expects section.key=value, got '{text}'")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    nested: dict = value
+    for key in reversed(keys):
+        nested = {key: nested}
+    return nested
+
+
+def _check_override_keys(override: dict, cls=RunConfig, where: str = "") -> None:
+    """--set on a key that does not exist is an error even before merging."""
+    types_ = _field_types(cls)
+    for key, value in override.items():
+        if key not in types_:
+            raise ConfigError(f"--set {_join(where, key)}: no such key; known keys{' of ' + where if where else ''}: {', '.join(sorted(types_))}")
+        if isinstance(value, dict) and dataclasses.is_dataclass(types_[key]):
+            _check_override_keys(value, types_[key], _join(where, key))
+
+
+# ----------------------------------------------------------------------------------------------
+# Experiment files
+# ----------------------------------------------------------------------------------------------
+def experiment_path(name: str) -> Path:
+    """'noisy-bn', 'noisy_bn' or a path to a .toml file -> the file."""
+    candidate = Path(name)
+    if candidate.suffix == ".toml":
+        if not candidate.is_file():
+            raise ConfigError(f"experiment file {candidate} does not exist")
+        return candidate
+    path = EXPERIMENTS_DIR / f"{name.replace('-', '_')}.toml"
+    if not path.is_file():
+        known = ", ".join(list_experiments()) or "(none)"
+        raise ConfigError(f"unknown experiment '{name}'; known: {known}")
+    return path
+
+
+def list_experiments() -> list[str]:
+    return sorted(p.stem.replace("_", "-") for p in EXPERIMENTS_DIR.glob("*.toml"))
+
+
+def load_experiment(name: str) -> Experiment:
+    path = experiment_path(name)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: malformed TOML: {err}") from None
+    known_top = {"name", "title", "arms", "default_arms", "presets", "base", "figures"}
+    unknown = sorted(set(raw) - known_top)
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'; known: {', '.join(sorted(known_top))}")
+    arms = raw.get("arms", {})
+    presets = raw.get("presets", {})
+    if not isinstance(arms, dict) or not arms:
+        raise ConfigError(f"{path}: 'arms' must be a table with at least one arm")
+    preset_arms = {p: tuple(v.pop("arms")) for p, v in ((p, dict(v)) for p, v in presets.items()) if "arms" in v}
+    presets = {p: {k: v for k, v in body.items() if k != "arms"} for p, body in presets.items()}
+    experiment = Experiment(
+        name=raw.get("name", path.stem.replace("_", "-")),
+        title=raw.get("title", ""),
+        path=path,
+        arms=arms,
+        default_arms=tuple(raw.get("default_arms", list(arms))),
+        presets=presets,
+        preset_arms=preset_arms,
+        base=raw.get("base", {}),
+        figures=tuple(raw.get("figures", ())),
+    )
+    for preset in PRESETS:  # fail at load, not after an hour of training, on a broken arm or preset
+        for arm in experiment.arms_for(preset):
+            run_config(experiment, arm=arm, seed=0, preset=preset)
+    return experiment
+
+
+def run_config(experiment: Experiment, arm: str, seed: int, preset: str, overrides: list[str] = ()) -> RunConfig:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'; known: {', '.join(PRESETS)}")
+    if arm not in experiment.arms:
+        raise ConfigError(f"unknown arm '{arm}' in experiment {experiment.name}; known: {', '.join(experiment.arms)}")
+    if seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {seed}")
+    merged = deep_merge(experiment.base, experiment.presets.get(preset, {}))
+    merged = deep_merge(merged, experiment.arms[arm])
+    for text in overrides:
+        override = parse_override(text)
+        _check_override_keys(override)
+        merged = deep_merge(merged, override)
+    merged = deep_merge(merged, {"experiment": experiment.name, "arm": arm, "seed": seed, "preset": preset})
+    config = build(RunConfig, merged)
+    validate(config)
+    return config
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation: every rule a sentence
+# ----------------------------------------------------------------------------------------------
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(config: RunConfig) -> None:
+    from bnstudy.models import MODELS, NORMS, VGG_CFGS, count_weight_layers
+
+    m, t, d, a = config.model, config.train, config.data, config.activations
+    _require(m.kind in MODELS, f"unknown model.kind '{m.kind}'; known: {', '.join(MODELS)}")
+    _require(m.norm in NORMS, f"unknown model.norm '{m.norm}'; known: {', '.join(NORMS)}")
+    _require(m.cfg in VGG_CFGS, f"unknown model.cfg {m.cfg}; known: {', '.join(map(str, VGG_CFGS))}")
+    _require(m.width > 0, f"model.width must be > 0, got {m.width}")
+    _require(all(h > 0 for h in m.head), f"model.head widths must be > 0, got {list(m.head)}")
+    _require(m.dln_depth >= 1 and m.dln_width >= 1, "model.dln_depth and model.dln_width must be >= 1")
+    _require(m.noise.n_sigma >= 1, f"model.noise.n_sigma must be >= 1 (sigma ~ U(1, n_sigma)), got {m.noise.n_sigma}")
+    _require(min(m.noise.n_mu, m.noise.r_mu, m.noise.r_sigma) >= 0, "model.noise constants must be >= 0")
+    _require(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    _require(t.steps > 0, f"train.steps must be > 0, got {t.steps}")
+    _require(t.batch_size > 0, f"train.batch_size must be > 0, got {t.batch_size}")
+    for key in ("log_every", "eval_every", "checkpoint_every"):
+        _require(getattr(t, key) > 0, f"train.{key} must be > 0, got {getattr(t, key)}")
+    _require(d.dataset in ("cifar10", "synthetic", "gaussian"), f"unknown data.dataset '{d.dataset}'; known: cifar10, synthetic, gaussian")
+    _require((d.dataset == "gaussian") == (m.kind == "dln"), f"model.kind '{m.kind}' cannot train on data.dataset '{d.dataset}' (dln needs gaussian; vgg needs images)")
+    _require(d.train_size >= 0 and d.test_size >= 0, "data.train_size and data.test_size must be >= 0 (0 = all)")
+    _require(d.eval_batch > 0, f"data.eval_batch must be > 0, got {d.eval_batch}")
+    _require(a.units > 0 and a.every > 0, "activations.units and activations.every must be > 0")
+    n_layers = count_weight_layers(m)
+    for layer in a.layers:
+        _require(1 <= layer <= n_layers, f"activations.layers: layer #{layer} out of range; this {m.kind} has weight layers #1..#{n_layers}")

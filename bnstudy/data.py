@@ -1,0 +1,241 @@
+"""Datasets as tensors on the device, and batches by index with a seeded generator.
+
+CIFAR-10 is read from the official "python version" (pickled batches in `cifar-10-batches-py/`),
+checksum-verified against the official files or the project's local JPEG-decoded copy. No
+torchvision, no DataLoader: the whole split is one standardized tensor on the device and a batch
+is an index gather.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bnstudy.config import DataConfig
+
+CIFAR_DIRNAME = "cifar-10-batches-py"
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR_ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILES = ["test_batch"]
+CIFAR_CHECKSUMS = {  # copy name -> file -> md5
+    "official": {
+        "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+    },
+    "local JPEG-decoded copy": {  # ../shared/data/cifar10: pixels close to, not equal to, the official ones
+        "batches.meta": "7dddfda267884953c50a801cce85580c",
+        "data_batch_1": "d37e3e038d65aaffaa561cef196a740b",
+        "data_batch_2": "1caeb35ca32cb7bf41293a1f2ba19618",
+        "data_batch_3": "233ed4ec65b4a325d0299508e9fbd38c",
+        "data_batch_4": "6d802afc7904729089f7b9a007590388",
+        "data_batch_5": "756d442705ef10e532c92d7d39a92889",
+        "test_batch": "96a481fc669a50313aa78d87659fb773",
+    },
+}
+
+
+class DataError(RuntimeError):
+    """The dataset is missing, corrupt or unusable; the message says what to do."""
+
+
+@dataclass
+class Dataset:
+    """A training and a test split as tensors on one device, inputs already standardized."""
+
+    name: str  # e.g. "CIFAR-10 (official)" or "synthetic images (tests only)"
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    augment: bool = False
+
+    @property
+    def train_size(self) -> int:
+        return self.train_x.shape[0]
+
+    def train_batch(self, index: torch.Tensor, generator: torch.Generator | None = None):
+        x = self.train_x[index]
+        if self.augment:
+            x = random_crop_flip(x, generator)
+        return x, self.train_y[index]
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR-10, official python format
+# ----------------------------------------------------------------------------------------------
+def cifar_folder(data_dir: Path) -> Path:
+    """Accept either the folder holding `cifar-10-batches-py/` or that folder itself."""
+    data_dir = Path(data_dir)
+    return data_dir if data_dir.name == CIFAR_DIRNAME else data_dir / CIFAR_DIRNAME
+
+
+def md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_cifar(folder: Path, checksums: dict[str, dict[str, str]] = CIFAR_CHECKSUMS) -> str:
+    """Name of the known copy every file of `folder` matches; DataError otherwise."""
+    if not folder.is_dir():
+        raise DataError(f"CIFAR-10 not found: no folder {folder}. Set --data-dir or BNSTUDY_DATA to the folder "
+                        f"holding {CIFAR_DIRNAME}/, or fetch it with `bnstudy data download`.")
+    names = sorted(next(iter(checksums.values())))
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise DataError(f"CIFAR-10 in {folder} is incomplete: missing {', '.join(missing)}")
+    found = {n: md5(folder / n) for n in names}
+    for copy, expected in checksums.items():
+        if found == expected:
+            return copy
+    for copy, expected in checksums.items():  # name the first file that matches no copy
+        bad = [n for n in names if found[n] not in {c[n] for c in checksums.values()}]
+        if bad:
+            raise DataError(f"CIFAR-10 file {folder / bad[0]} has md5 {found[bad[0]]}, which matches no known copy "
+                            f"({', '.join(checksums)}): corrupt or truncated; fetch it again")
+    raise DataError(f"CIFAR-10 files in {folder} mix files of different copies ({', '.join(checksums)})")
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch -> (N, 3, 32, 32) uint8 images, (N,) int64 labels."""
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="bytes")
+        data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(entry[b"labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
+        raise DataError(f"cannot read CIFAR-10 batch {path}: {err}") from None
+    return data, labels
+
+
+def write_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Write (N, 3, 32, 32) uint8 images in the official format (used by tests and tools)."""
+    entry = {b"data": images.reshape(len(images), -1).astype(np.uint8), b"labels": [int(v) for v in labels],
+             b"batch_label": b"bnstudy", b"filenames": [b"%d.png" % i for i in range(len(images))]}
+    with open(path, "wb") as f:
+        pickle.dump(entry, f)
+
+
+def read_cifar(folder: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    parts = [read_batch(folder / f) for f in files]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def download_cifar(data_dir: Path, url: str = CIFAR_URL) -> Path:
+    """Fetch the official archive, check its md5, unpack into data_dir; DataError without a network."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
+        archive = Path(tmp) / "cifar-10-python.tar.gz"
+        try:
+            urllib.request.urlretrieve(url, archive)
+        except (OSError, ValueError) as err:
+            raise DataError(f"could not download CIFAR-10 from {url} ({err}); with no network, copy "
+                            f"{CIFAR_DIRNAME}/ into {data_dir} by hand") from None
+        if md5(archive) != CIFAR_ARCHIVE_MD5:
+            raise DataError(f"downloaded archive from {url} has the wrong md5; not unpacked")
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        (Path(tmp) / CIFAR_DIRNAME).replace(data_dir / CIFAR_DIRNAME)
+    return data_dir / CIFAR_DIRNAME
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic images: a small learnable set for tests only
+# ----------------------------------------------------------------------------------------------
+def synthetic_images(n: int, seed: int, classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Class templates plus pixel noise: learnable in a few steps, labelled synthetic everywhere."""
+    rng = np.random.default_rng(1234)  # the templates are the same for every split and seed
+    templates = rng.uniform(0, 255, size=(classes, 3, 32, 32))
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, size=n)
+    images = templates[labels] * 0.5 + rng.uniform(0, 127, size=(n, 3, 32, 32))
+    return images.astype(np.uint8), labels.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Standardization, tensors on the device, batches
+# ----------------------------------------------------------------------------------------------
+def standardize(train: np.ndarray, test: np.ndarray, device: torch.device):
+    """uint8 (N, 3, H, W) -> float32 on `device`, per channel zero mean, unit std (train statistics)."""
+    train_t = torch.as_tensor(train, device=device).float().div_(255)
+    test_t = torch.as_tensor(test, device=device).float().div_(255)
+    mean = train_t.mean(dim=(0, 2, 3), keepdim=True)  # (1, C, 1, 1)
+    std = train_t.std(dim=(0, 2, 3), keepdim=True)
+    return (train_t - mean) / std, (test_t - mean) / std
+
+
+def load_images(cfg: DataConfig, data_dir: Path | None, device: torch.device) -> Dataset:
+    if cfg.dataset == "synthetic":
+        train_x, train_y = synthetic_images(cfg.train_size or 512, seed=0)
+        test_x, test_y = synthetic_images(cfg.test_size or 256, seed=1)
+        name = "synthetic images (tests only)"
+    else:
+        folder = cifar_folder(data_dir)
+        name = f"CIFAR-10 ({verify_cifar(folder)})"
+        train_x, train_y = read_cifar(folder, TRAIN_FILES)
+        test_x, test_y = read_cifar(folder, TEST_FILES)
+        train_x, train_y = train_x[: cfg.train_size or None], train_y[: cfg.train_size or None]
+        test_x, test_y = test_x[: cfg.test_size or None], test_y[: cfg.test_size or None]
+    train_t, test_t = standardize(train_x, test_x, device)
+    return Dataset(name, train_t, torch.as_tensor(train_y, device=device), test_t,
+                   torch.as_tensor(test_y, device=device), augment=cfg.augment)
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Random 32x32 crop of the 4-padded batch and a random horizontal flip, per image, on the device."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 9, (n,), generator=generator).to(x.device)
+    flip = torch.rand(n, generator=generator).to(x.device) < 0.5
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
+    cols = torch.arange(w, device=x.device).expand(n, w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols) + dx[:, None]
+    cols = cols[:, None, None, :]  # (N, 1, 1, W)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
+class BatchOrder:
+    """Epochs of a seeded random permutation, cut into batches of indices; its state resumes exactly."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if batch_size > n:
+            raise DataError(f"train.batch_size {batch_size} is larger than the training set ({n} examples)")
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(n, generator=self.generator)
+        self.position = 0
+
+    def next(self) -> torch.Tensor:
+        """The next batch of indices; a new permutation starts when fewer than a batch remain (drop last)."""
+        if self.position + self.batch_size > self.n:
+            self.perm = torch.randperm(self.n, generator=self.generator)
+            self.position = 0
+        index = self.perm[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return index
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "perm": self.perm, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm, self.position = state["perm"], state["position"]

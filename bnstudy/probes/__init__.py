@@ -1,0 +1,1 @@
+"""Probes: functions of (model, batch, ...) that return rows of numbers and leave no trace."""

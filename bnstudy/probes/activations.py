@@ -1,0 +1,68 @@
+"""Distributions of chosen units at chosen layers, recorded from the training forward pass itself.
+
+The recorded quantity is the input to the nonlinearity, after normalization and noise (PAPER.md,
+"Activation distributions"). Forward hooks read the training step's own activations, so recording
+costs no extra pass and changes nothing: no RNG draw, no BN statistic, no weight.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+PERCENTILES = {"p05": 0.05, "p15": 0.15, "p50": 0.50, "p85": 0.85, "p95": 0.95}
+
+
+def choose_units(width: int, count: int, seed: int, layer: int) -> list[int]:
+    """`count` distinct units of a layer, fixed by (seed, layer) so every arm of a seed watches the same ones."""
+    generator = torch.Generator().manual_seed(seed * 1_000 + layer)
+    return sorted(torch.randperm(width, generator=generator)[:count].tolist())
+
+
+def unit_statistics(output: torch.Tensor, units: list[int]) -> dict[str, torch.Tensor]:
+    """(N, C, ...) -> per chosen unit: percentiles, mean and variance over batch (and space), shape (U,)."""
+    x = output.detach()[:, units].transpose(0, 1).reshape(len(units), -1).float()  # (U, N*H*W)
+    stats = dict(zip(PERCENTILES, torch.quantile(x, torch.tensor(list(PERCENTILES.values()), device=x.device), dim=1)))
+    stats["mean"] = x.mean(dim=1)
+    stats["var"] = x.var(dim=1, unbiased=False)
+    return stats
+
+
+class ActivationRecorder:
+    """Training callback: at steps t and t+1 for t a multiple of `every`, hook `modules` and record rows.
+
+    modules: layer number -> the module whose output is that layer's pre-nonlinearity activation.
+    Recording at t+1 as well gives true step-to-step changes of the moments (Fig. 8).
+    """
+
+    def __init__(self, modules: dict[int, nn.Module], units: int, every: int, seed: int):
+        self.modules, self.every, self.seed = modules, every, seed
+        self.units_per_layer = units
+        self.units: dict[int, list[int]] = {}
+        self.handles: list = []
+        self.rows: list[dict] = []
+
+    def due(self, step: int) -> bool:
+        return step % self.every in (0, 1)
+
+    def before_step(self, ctx) -> dict[str, list[dict]]:
+        if self.modules and self.due(ctx.step):
+            for layer, module in self.modules.items():
+                self.handles.append(module.register_forward_hook(self._hook(layer, ctx.step)))
+        return {}
+
+    def after_step(self, ctx) -> dict[str, list[dict]]:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        rows, self.rows = self.rows, []
+        return {"activations": rows} if rows else {}
+
+    def _hook(self, layer: int, step: int):
+        def record(module, inputs, output):
+            if layer not in self.units:
+                self.units[layer] = choose_units(output.shape[1], self.units_per_layer, self.seed, layer)
+            units = self.units[layer]
+            for stat, values in unit_statistics(output, units).items():
+                self.rows += [{"step": step, "layer": layer, "unit": u, "stat": stat, "value": v}
+                              for u, v in zip(units, values.tolist())]
+        return record

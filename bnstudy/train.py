@@ -1,0 +1,262 @@
+"""The one training loop: every experiment is this loop with a different model, data and callbacks.
+
+Per step: callbacks see the batch and the pre-step weights (before_step), then one plain SGD step,
+then callbacks see the result (after_step). Per-step loss and accuracy stay on the device and are
+written at `log_every` intervals (no host sync per step). Test accuracy at `eval_every` and at the
+end; checkpoints at `checkpoint_every`; a run resumes from its last checkpoint and ends with the
+numbers an uninterrupted run would have (bit for bit on the CPU).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from bnstudy.config import RunConfig
+from bnstudy.data import BatchOrder, Dataset
+from bnstudy.models import build_model, has_noise, set_noise
+from bnstudy.probes.activations import ActivationRecorder
+from bnstudy.records import RunDir, atomic_save, environment
+
+
+@dataclass
+class StepContext:
+    """What a callback sees at one step."""
+
+    step: int
+    model: nn.Module
+    batch: tuple[torch.Tensor, torch.Tensor]
+    loss_fn: object
+    lr: float
+    config: RunConfig
+
+
+@dataclass
+class RunState:
+    """Everything that changes during a run, i.e. everything a checkpoint must hold."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    order: BatchOrder
+    step: int = 0  # the next step to run
+    elapsed: float = 0.0  # training seconds before this process
+    pending: list = field(default_factory=list)  # (step, loss, correct) tensors not yet written
+    last_train: dict = field(default_factory=dict)  # the latest logged training loss and accuracy
+    last_test: dict = field(default_factory=dict)  # the latest test evaluation
+
+
+def accuracy_count(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(dim=1) == targets).sum()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, loss_fn=F.cross_entropy) -> dict:
+    """Mean loss and accuracy in eval mode (running statistics, no noise); the mode is restored after."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
+    for start in range(0, len(x), batch):
+        logits = model(x[start:start + batch])
+        loss_sum += loss_fn(logits, y[start:start + batch], reduction="sum")
+        correct += accuracy_count(logits, y[start:start + batch])
+    model.train(was_training)
+    return {"loss": loss_sum.item() / len(x), "acc": correct.item() / len(x)}
+
+
+def recalibrated(model: nn.Module, dataset: Dataset, batch_size: int, batches: int, seed: int) -> nn.Module:
+    """A copy of `model` whose BN running statistics are recomputed on training batches with the noise off.
+
+    The running statistics of a noisy network were gathered while earlier layers were noisy; a noise-free
+    evaluation meets inputs they never saw (PAPER.md, "Evaluating the noisy network").
+    """
+    clone = copy.deepcopy(model)
+    set_noise(clone, False)
+    for module in clone.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the recalibration batches
+    order = BatchOrder(dataset.train_size, batch_size, seed)
+    clone.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            clone(dataset.train_x[order.next().to(dataset.train_x.device)])
+    return clone
+
+
+def activation_modules(model: nn.Module, layers: tuple[int, ...]) -> dict[int, nn.Module]:
+    return {k: model.preactivation(k) for k in layers}
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+def save_checkpoint(run: RunDir, state: RunState, logs: dict, elapsed: float) -> None:
+    for log in logs.values():
+        log.flush()
+    atomic_save({
+        "step": state.step,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "order": state.order.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "log_sizes": {name: log.size() for name, log in logs.items()},
+        "elapsed": elapsed,
+    }, run.checkpoint_path)
+
+
+def load_checkpoint(run: RunDir, state: RunState, logs: dict) -> None:
+    ckpt = torch.load(run.checkpoint_path, map_location="cpu", weights_only=False)
+    state.model.load_state_dict(ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.order.load_state_dict(ckpt["order"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    for name, size in ckpt["log_sizes"].items():
+        logs[name].truncate(size)  # rows written after the checkpoint are written again
+    state.step, state.elapsed = ckpt["step"], ckpt["elapsed"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+def tagged(rows: list[dict], config: RunConfig) -> list[dict]:
+    return [{"arm": config.arm, "seed": config.seed} | row for row in rows]
+
+
+def flush_train_metrics(state: RunState, logs: dict, config: RunConfig) -> int | None:
+    """Write the pending per-step metrics; return the first step whose loss is not finite, if any."""
+    if not state.pending:
+        return None
+    steps = [s for s, _, _ in state.pending]
+    losses = torch.stack([l for _, l, _ in state.pending]).tolist()  # one host sync per interval
+    accs = (torch.stack([c for _, _, c in state.pending]).float() / config.train.batch_size).tolist()
+    state.pending.clear()
+    diverged = next((s for s, l in zip(steps, losses) if not math.isfinite(l)), None)
+    rows = []
+    for s, loss, acc in zip(steps, losses, accs):
+        if diverged is not None and s > diverged:
+            break
+        rows += [{"step": s, "split": "train", "metric": "loss", "value": loss},
+                 {"step": s, "split": "train", "metric": "acc", "value": acc}]
+    logs["metrics"].append(tagged(rows, config))
+    logs["metrics"].flush()
+    state.last_train = {"loss": losses[-1], "acc": accs[-1]}
+    return diverged
+
+
+def test_rows(result: dict, config: RunConfig, step: int, split: str = "test") -> list[dict]:
+    return tagged([{"step": step, "split": split, "metric": k, "value": v} for k, v in result.items()], config)
+
+
+def evaluate_test(model: nn.Module, dataset: Dataset, config: RunConfig) -> dict:
+    return evaluate(model, dataset.test_x, dataset.test_y, config.data.eval_batch)
+
+
+def train_step(state: RunState, batch, loss_fn) -> torch.Tensor:
+    x, y = batch
+    logits = state.model(x)
+    loss = loss_fn(logits, y)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.optimizer.step()
+    state.pending.append((state.step, loss.detach(), accuracy_count(logits.detach(), y)))
+    return loss
+
+
+def make_state(config: RunConfig, dataset: Dataset, device: torch.device) -> RunState:
+    torch.manual_seed(config.seed)  # same seed -> same initial weights in every arm (norms draw nothing)
+    model = build_model(config.model).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.train.lr, momentum=0.0, weight_decay=0.0, foreach=True)
+    order = BatchOrder(dataset.train_size, config.train.batch_size, config.seed)
+    return RunState(model, optimizer, order)
+
+
+def train_run(config: RunConfig, run: RunDir, dataset: Dataset, device: torch.device,
+              callbacks: list | None = None, progress: bool = True) -> dict:
+    """Train one run to completion (or divergence), resuming if a checkpoint exists; return meta.json."""
+    state = make_state(config, dataset, device)
+    logs = run.open_logs()
+    if run.checkpoint_path.exists() and run.read_meta().get("status") == "running":
+        load_checkpoint(run, state, logs)
+    else:
+        for log in logs.values():
+            log.truncate(len(",".join(log.columns)) + 1)  # a fresh start keeps only the header
+    run.write_config(config)
+    meta = run.update_meta(status="running", experiment=config.experiment, arm=config.arm, seed=config.seed,
+                           preset=config.preset, dataset=dataset.name, environment=environment(device),
+                           steps=config.train.steps)
+    callbacks = [ActivationRecorder(activation_modules(state.model, config.activations.layers),
+                                    config.activations.units, config.activations.every, config.seed)] + list(callbacks or [])
+    diverged = _loop(config, run, dataset, state, logs, callbacks, progress)
+    return _finish(config, run, dataset, state, logs, diverged)
+
+
+def _loop(config, run, dataset, state, logs, callbacks, progress) -> int | None:
+    t = config.train
+    started = time.perf_counter()
+    bar = tqdm(total=t.steps, initial=state.step, desc=f"{config.experiment}/{config.run_name}",
+               disable=not progress, dynamic_ncols=True, mininterval=1.0)
+    loss_fn = F.cross_entropy
+    diverged = None
+    while state.step < t.steps and diverged is None:
+        step = state.step
+        index = state.order.next().to(dataset.train_x.device, non_blocking=True)
+        ctx = StepContext(step, state.model, dataset.train_batch(index, state.order.generator), loss_fn, t.lr, config)
+        _emit(logs, config, [cb.before_step(ctx) for cb in callbacks])
+        train_step(state, ctx.batch, loss_fn)
+        _emit(logs, config, [cb.after_step(ctx) for cb in callbacks])
+        state.step += 1
+        bar.update(1)
+        last = state.step == t.steps
+        if state.step % t.log_every == 0 or last:
+            diverged = flush_train_metrics(state, logs, config)
+            bar.set_postfix(state.last_train | {"test_acc": state.last_test.get("acc")}, refresh=False)
+        if diverged is None and (state.step % t.eval_every == 0 or last):
+            state.last_test = evaluate_test(state.model, dataset, config)
+            logs["metrics"].append(test_rows(state.last_test, config, state.step))
+        if diverged is None and (state.step % t.checkpoint_every == 0 or last):
+            save_checkpoint(run, state, logs, state.elapsed + time.perf_counter() - started)
+    bar.close()
+    state.elapsed += time.perf_counter() - started
+    return diverged
+
+
+def _emit(logs: dict, config: RunConfig, results: list[dict]) -> None:
+    for result in results:
+        for name, rows in result.items():
+            logs[name].append(tagged(rows, config))
+
+
+def last_train_accuracy(run: RunDir, window: int) -> float | None:
+    """Mean training accuracy over the last `window` logged steps (the paper's "training accuracy")."""
+    metrics = pd.read_csv(run.csv("metrics"))
+    acc = metrics[(metrics.split == "train") & (metrics.metric == "acc")].value.tail(window)
+    return round(float(acc.mean()), 5) if len(acc) else None
+
+
+def _finish(config, run, dataset, state, logs, diverged: int | None) -> dict:
+    final = {}
+    if diverged is None:
+        final = state.last_test or evaluate_test(state.model, dataset, config)  # resumed after the last eval
+        if has_noise(state.model):
+            clone = recalibrated(state.model, dataset, config.train.batch_size, batches=50, seed=config.seed + 1)
+            recal = evaluate_test(clone, dataset, config)
+            logs["metrics"].append(test_rows(recal, config, state.step, split="test-recal"))
+            final = final | {"recal_acc": recal["acc"]}
+    for log in logs.values():
+        log.flush()
+    fields = {"status": "diverged" if diverged is not None else "complete", "diverged_at": diverged,
+              "final_train_acc_last100": last_train_accuracy(run, window=100),
+              "steps_done": state.step, "wall_time_s": round(state.elapsed, 2),
+              "final_test_acc": final.get("acc"), "final_test_acc_recal": final.get("recal_acc")}
+    return run.update_meta(**fields)
