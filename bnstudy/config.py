@@ -211,14 +211,19 @@ def parse_override(text: str) -> dict:
     return nested
 
 
-def _check_override_keys(override: dict, cls=RunConfig, where: str = "") -> None:
+RUN_IDENTITY = ("experiment", "arm", "seed", "preset")  # set by the command line, never by --set
+
+
+def _check_override_keys(text: str, override: dict, cls=RunConfig, where: str = "") -> None:
     """--set on a key that does not exist is an error even before merging."""
-    types_ = _field_types(cls)
+    types_ = {k: v for k, v in _field_types(cls).items() if where or k not in RUN_IDENTITY}
     for key, value in override.items():
         if key not in types_:
-            raise ConfigError(f"--set {_join(where, key)}: no such key; known keys{' of ' + where if where else ''}: {', '.join(sorted(types_))}")
+            dotted = text.split("=", 1)[0].strip()
+            raise ConfigError(f"--set {dotted}: no such key; known keys{' of ' + where if where else ''}: "
+                              f"{', '.join(sorted(types_))}")
         if isinstance(value, dict) and dataclasses.is_dataclass(types_[key]):
-            _check_override_keys(value, types_[key], _join(where, key))
+            _check_override_keys(text, value, types_[key], _join(where, key))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,7 +291,7 @@ def run_config(experiment: Experiment, arm: str, seed: int, preset: str, overrid
     merged = deep_merge(merged, experiment.arms[arm])
     for text in overrides:
         override = parse_override(text)
-        _check_override_keys(override)
+        _check_override_keys(text, override)
         merged = deep_merge(merged, override)
     merged = deep_merge(merged, {"experiment": experiment.name, "arm": arm, "seed": seed, "preset": preset})
     config = build(RunConfig, merged)

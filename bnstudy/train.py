@@ -218,13 +218,15 @@ def _loop(config, run, dataset, state, logs, callbacks, progress) -> int | None:
         state.step += 1
         bar.update(1)
         last = state.step == t.steps
-        if state.step % t.log_every == 0 or last:
+        eval_due = state.step % t.eval_every == 0 or last
+        checkpoint_due = state.step % t.checkpoint_every == 0 or last
+        if state.step % t.log_every == 0 or eval_due or checkpoint_due:  # a checkpoint holds no pending rows
             diverged = flush_train_metrics(state, logs, config)
             bar.set_postfix(state.last_train | {"test_acc": state.last_test.get("acc")}, refresh=False)
-        if diverged is None and (state.step % t.eval_every == 0 or last):
+        if diverged is None and eval_due:
             state.last_test = evaluate_test(state.model, dataset, config)
             logs["metrics"].append(test_rows(state.last_test, config, state.step))
-        if diverged is None and (state.step % t.checkpoint_every == 0 or last):
+        if diverged is None and checkpoint_due:
             save_checkpoint(run, state, logs, state.elapsed + time.perf_counter() - started)
     bar.close()
     state.elapsed += time.perf_counter() - started

@@ -1,0 +1,52 @@
+# bnstudy: every target creates the virtual environment and installs what it needs by itself.
+#   make noisy-bn [SEED=1 | SEEDS="0 1 2"] [PRESET=smoke|quick|paper] [DEVICE=auto|cpu|cuda] [RESULTS=dir] [DATA=dir]
+#   make test
+PYTHON  ?= python3
+VENV    ?= .venv
+SEED    ?= 0
+SEEDS   ?= $(SEED)
+PRESET  ?= quick
+DEVICE  ?= auto
+RESULTS ?= results
+# Folder holding cifar-10-batches-py/: $BNSTUDY_DATA if set, else data/
+DATA    ?= $(if $(BNSTUDY_DATA),$(BNSTUDY_DATA),data)
+SHARED_CIFAR ?= ../shared/data/cifar10
+
+BIN      := $(VENV)/bin
+BNSTUDY  := $(BIN)/bnstudy
+STAMP    := $(VENV)/.installed
+RUN_ARGS  = --preset $(PRESET) --seeds $(SEEDS) --device $(DEVICE) --results-dir $(RESULTS) --data-dir $(DATA)
+
+.PHONY: help install data noisy-bn plot test clean-venv
+
+help:
+	@sed -n '1,4p' Makefile
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+# CIFAR-10: unpack the project's local copy where it exists, else download the official archive.
+$(DATA)/cifar-10-batches-py/batches.meta: | $(STAMP)
+	@if [ -x $(SHARED_CIFAR)/unpack.sh ]; then $(SHARED_CIFAR)/unpack.sh $(DATA); \
+	else $(BNSTUDY) data download --data-dir $(DATA); fi
+
+data: $(DATA)/cifar-10-batches-py/batches.meta
+
+noisy-bn: $(STAMP) data
+	$(BNSTUDY) run noisy-bn $(RUN_ARGS)
+	$(BNSTUDY) plot noisy-bn --results-dir $(RESULTS)
+
+plot: $(STAMP)
+	$(BNSTUDY) plot $(EXPERIMENT) --results-dir $(RESULTS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

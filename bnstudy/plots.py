@@ -1,0 +1,225 @@
+"""CSVs -> figures. Reads only tidy files and meta.json; never trains, never touches a model.
+
+Every figure aggregates over all seeds present (mean line, 95% bootstrap band from seaborn) and
+carries a caption naming the experiment, preset, dataset and seeds.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from bnstudy.config import ConfigError, load_experiment  # noqa: E402
+from bnstudy.records import SCHEMAS  # noqa: E402
+
+ERRORBAR = ("ci", 95)  # seaborn's bootstrap over seeds
+SMOOTH_STEPS = 50  # rolling window for per-step training curves (one batch is a noisy estimate)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading an experiment's results
+# ----------------------------------------------------------------------------------------------
+class Results:
+    """Every run folder of one experiment: tidy DataFrames concatenated over arms and seeds."""
+
+    def __init__(self, results_dir: Path, experiment: str):
+        self.root = Path(results_dir) / experiment
+        self.experiment = experiment
+        run_dirs = sorted(p.parent for p in self.root.glob("*/seed-*/meta.json"))
+        if not run_dirs:
+            raise ConfigError(f"no runs of '{experiment}' under {self.root}; run `bnstudy run {experiment}` first")
+        self.meta = pd.DataFrame([json.loads((d / "meta.json").read_text()) for d in run_dirs])
+        self.tables = {name: self._concat(run_dirs, name) for name in SCHEMAS}
+
+    def _concat(self, run_dirs: list[Path], name: str) -> pd.DataFrame:
+        frames = [pd.read_csv(d / f"{name}.csv") for d in run_dirs if (d / f"{name}.csv").exists()]
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCHEMAS[name])
+
+    def arms(self, order: tuple[str, ...] = ()) -> list[str]:
+        present = list(dict.fromkeys(self.meta.arm))
+        return [a for a in order if a in present] + [a for a in present if a not in order]
+
+    def caption(self) -> str:
+        seeds = sorted(set(self.meta.seed))
+        presets = ", ".join(sorted(set(self.meta.preset)))
+        datasets = ", ".join(sorted(set(self.meta.dataset)))
+        return f"{self.experiment} | preset: {presets} | data: {datasets} | seeds: {', '.join(map(str, seeds))} (n={len(seeds)})"
+
+
+def _finish(fig, title: str, caption: str):
+    fig.suptitle(title, fontsize=13)
+    fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=8, color="0.3")
+    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
+    return fig
+
+
+def _palette(arms: list[str]) -> dict[str, tuple]:
+    return dict(zip(arms, sns.color_palette("colorblind", len(arms))))
+
+
+# ----------------------------------------------------------------------------------------------
+# Figure kinds; each takes Results and returns a matplotlib Figure
+# ----------------------------------------------------------------------------------------------
+def arm_labels(results: Results) -> dict[str, str]:
+    """Arm -> legend label with its final test accuracy (mean over seeds), and divergence if any."""
+    labels = {}
+    for arm, meta in results.meta.groupby("arm"):
+        parts = []
+        if meta.final_test_acc.notna().any():
+            parts.append(f"test {100 * meta.final_test_acc.mean():.1f}%")
+        if "final_test_acc_recal" in meta and meta.final_test_acc_recal.notna().any():
+            parts.append(f"recalibrated {100 * meta.final_test_acc_recal.mean():.1f}%")
+        if (meta.status == "diverged").any():
+            parts.append(f"diverged in {(meta.status == 'diverged').sum()}/{len(meta)} seeds")
+        labels[arm] = f"{arm} ({', '.join(parts)})" if parts else arm
+    return labels
+
+
+def smoothed_training(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per run, a rolling mean over SMOOTH_STEPS steps of the per-step training metrics."""
+    train = metrics[metrics.split == "train"].sort_values("step")
+    rolling = train.groupby(["arm", "seed", "metric"]).value.transform(
+        lambda v: v.rolling(SMOOTH_STEPS, min_periods=1).mean())
+    return train.assign(value=rolling)
+
+
+def training_curves(results: Results, order: tuple[str, ...] = ()):
+    """Training accuracy and loss against step per arm (Fig. 1, 2 left, 5a)."""
+    arms = results.arms(order)
+    data = smoothed_training(results.tables["metrics"])
+    labels = arm_labels(results)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, metric, ylabel in zip(axes, ("acc", "loss"), ("training accuracy (batch, %d-step mean)" % SMOOTH_STEPS,
+                                                          "training loss (cross-entropy, %d-step mean)" % SMOOTH_STEPS)):
+        sub = data[data.metric == metric].assign(arm=lambda d: d.arm.map(labels))
+        sns.lineplot(sub, x="step", y="value", hue="arm", hue_order=[labels[a] for a in arms], errorbar=ERRORBAR,
+                     palette=[_palette(arms)[a] for a in arms], ax=ax)
+        _mark_divergence(ax, results, data[data.metric == metric], labels, arms)
+        ax.set(xlabel="training step", ylabel=ylabel)
+        ax.legend(title=None, fontsize=8)
+    axes[1].set_yscale("log")
+    return _finish(fig, f"{results.experiment}: training accuracy and loss", results.caption())
+
+
+def _mark_divergence(ax, results, data, labels, arms) -> None:
+    """A cross where a run's loss stopped being finite."""
+    colors = _palette(arms)
+    for _, meta in results.meta[results.meta.status == "diverged"].iterrows():
+        run = data[(data.arm == meta.arm) & (data.seed == meta.seed)]
+        finite = run[np.isfinite(run.value)]
+        y = finite.value.iloc[-1] if len(finite) else np.nan
+        ax.plot([meta.diverged_at], [y], marker="x", markersize=12, mew=3, color=colors[meta.arm], linestyle="none")
+
+
+def activation_distributions(results: Results, order: tuple[str, ...] = ()):
+    """Percentile bands (5/15/50/85/95) of one unit per layer over training, per arm (Fig. 1c, 2, 6, 9)."""
+    acts = results.tables["activations"]
+    arms = results.arms(order)
+    seed = int(acts.seed.min())
+    acts = acts[(acts.seed == seed)]
+    acts = acts[acts.step.isin(_interval_steps(acts.step))]
+    layers = sorted(acts.layer.unique())
+    fig, axes = plt.subplots(len(layers), len(arms), figsize=(3.6 * len(arms), 2.6 * len(layers)),
+                             squeeze=False, sharex=True)
+    for i, layer in enumerate(layers):
+        for j, arm in enumerate(arms):
+            _percentile_band(axes[i][j], acts[(acts.layer == layer) & (acts.arm == arm)], _palette(arms)[arm])
+            axes[i][j].set_title(f"{arm}, layer #{layer}", fontsize=10)
+            axes[i][j].set(xlabel="training step" if i == len(layers) - 1 else None,
+                           ylabel="pre-ReLU activation" if j == 0 else None)
+    caption = results.caption() + f" | distribution of one random unit per layer, seed {seed}"
+    return _finish(fig, f"{results.experiment}: activation distributions over training (5/15/50/85/95th percentiles)",
+                   caption)
+
+
+def _interval_steps(steps: pd.Series) -> list[int]:
+    """Recording happens at t and t+1; distributions use the t's."""
+    present = set(steps)
+    return sorted(s for s in present if s - 1 not in present or s == 0)
+
+
+def _percentile_band(ax, data: pd.DataFrame, color) -> None:
+    if data.empty:
+        return
+    unit = data.unit.min()
+    wide = data[data.unit == unit].pivot_table(index="step", columns="stat", values="value")
+    ax.fill_between(wide.index, wide.p05, wide.p95, color=color, alpha=0.2, lw=0)
+    ax.fill_between(wide.index, wide.p15, wide.p85, color=color, alpha=0.35, lw=0)
+    ax.plot(wide.index, wide.p50, color=color, lw=1.5)
+
+
+def moment_changes(acts: pd.DataFrame) -> pd.DataFrame:
+    """Per arm, seed, layer and recorded t: mean over units of |mu_{t+1} - mu_t|, |var_{t+1} - var_t|,
+    |mu_t - mu_0| and |var_t - var_0| (Fig. 8)."""
+    moments = acts[acts.stat.isin(["mean", "var"])].pivot_table(
+        index=["arm", "seed", "layer", "unit", "step"], columns="stat", values="value").reset_index()
+    rows = []
+    for key, g in moments.groupby(["arm", "seed", "layer", "unit"]):
+        g = g.set_index("step").sort_index()
+        starts = [t for t in g.index if t + 1 in g.index]
+        t0 = g.index.min()
+        for t in starts:
+            rows.append(dict(zip(["arm", "seed", "layer", "unit"], key), step=t,
+                             d_mean=abs(g.at[t + 1, "mean"] - g.at[t, "mean"]),
+                             d_var=abs(g.at[t + 1, "var"] - g.at[t, "var"]),
+                             drift_mean=abs(g.at[t, "mean"] - g.at[t0, "mean"]) if t > t0 else np.nan,
+                             drift_var=abs(g.at[t, "var"] - g.at[t0, "var"]) if t > t0 else np.nan))
+    per_unit = pd.DataFrame(rows)
+    return per_unit.groupby(["arm", "seed", "layer", "step"], as_index=False)[
+        ["d_mean", "d_var", "drift_mean", "drift_var"]].mean()
+
+
+MOMENT_ROWS = {
+    "d_mean": r"$|\mu_{t+1}-\mu_t|$ (step to step)",
+    "d_var": r"$|\sigma^2_{t+1}-\sigma^2_t|$ (step to step)",
+    "drift_mean": r"$|\mu_t-\mu_0|$ (drift)",
+    "drift_var": r"$|\sigma^2_t-\sigma^2_0|$ (drift)",
+}
+
+
+def moments(results: Results, order: tuple[str, ...] = ()):
+    """Fig. 8: how much the mean and variance of the recorded units move, step to step and since step 0."""
+    arms = results.arms(order)
+    changes = moment_changes(results.tables["activations"])
+    layers = sorted(changes.layer.unique())
+    fig, axes = plt.subplots(len(MOMENT_ROWS), len(layers), figsize=(4.2 * len(layers), 2.6 * len(MOMENT_ROWS)),
+                             squeeze=False, sharex=True)
+    for i, (column, ylabel) in enumerate(MOMENT_ROWS.items()):
+        for j, layer in enumerate(layers):
+            ax = axes[i][j]
+            sns.lineplot(changes[changes.layer == layer], x="step", y=column, hue="arm", hue_order=arms,
+                         palette=_palette(arms), errorbar=ERRORBAR, ax=ax, legend=(i == 0 and j == 0))
+            ax.set_yscale("log")
+            ax.set(title=f"layer #{layer}" if i == 0 else None, ylabel=ylabel if j == 0 else None,
+                   xlabel="training step" if i == len(MOMENT_ROWS) - 1 else None)
+    caption = results.caption() + " | mean over the recorded units"
+    return _finish(fig, f"{results.experiment}: change of activation moments (Fig. 8)", caption)
+
+
+FIGURES = {"training": training_curves, "activations": activation_distributions, "moments": moments}
+
+
+def plot_experiment(experiment: str, results_dir: str = "results") -> list[Path]:
+    """Draw every figure the experiment file lists; return the paths written."""
+    exp = load_experiment(experiment)
+    results = Results(Path(results_dir), exp.name)
+    out_dir = results.root / "figures"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    order = tuple(exp.arms)
+    paths = []
+    sns.set_theme(style="whitegrid", context="notebook")
+    for name in exp.figures:
+        fig = FIGURES[name](results, order)
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

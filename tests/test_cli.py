@@ -1,0 +1,70 @@
+"""The command line end to end: files and columns, skip on rerun, bad input -> one line and exit 2."""
+import json
+
+import pandas as pd
+import pytest
+
+from bnstudy.cli import main
+from bnstudy.records import SCHEMAS
+
+
+def smoke_args(tmp_path, *extra):
+    return ["run", "noisy-bn", "--preset", "smoke", "--results-dir", str(tmp_path), "--no-progress", *extra]
+
+
+def test_smoke_run_on_real_cifar_writes_every_declared_file(tmp_path, cifar_dir, capsys):
+    assert main(smoke_args(tmp_path, "--data-dir", str(cifar_dir))) == 0
+    for arm in ("standard", "batchnorm", "noisy-batchnorm"):
+        folder = tmp_path / "noisy-bn" / arm / "seed-0"
+        meta = json.loads((folder / "meta.json").read_text())
+        assert meta["status"] == "complete" and meta["dataset"].startswith("CIFAR-10")
+        assert json.loads((folder / "config.json").read_text())["arm"] == arm
+        for name, columns in SCHEMAS.items():
+            assert tuple(pd.read_csv(folder / f"{name}.csv").columns) == columns
+    before = (tmp_path / "noisy-bn" / "batchnorm" / "seed-0" / "metrics.csv").read_bytes()
+    capsys.readouterr()
+    assert main(smoke_args(tmp_path, "--data-dir", str(cifar_dir))) == 0
+    assert capsys.readouterr().out.count("skipped") == 3
+    assert (tmp_path / "noisy-bn" / "batchnorm" / "seed-0" / "metrics.csv").read_bytes() == before
+    assert main(["plot", "noisy-bn", "--results-dir", str(tmp_path)]) == 0
+    assert {p.name for p in (tmp_path / "noisy-bn" / "figures").iterdir()} == {
+        "training.png", "activations.png", "moments.png"}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--arms", "bn"], "unknown arm 'bn'"),
+    (["--set", "model.norm=bacth"], "unknown model.norm 'bacth'"),
+    (["--set", "train.lr=-1"], "train.lr must be > 0"),
+    (["--set", "nope.key=1"], "--set nope.key: no such key"),
+    (["--data-dir", "/nonexistent/bnstudy"], "CIFAR-10 not found"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
+    assert main(smoke_args(tmp_path, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bnstudy: error:") and message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_malformed_experiment_file(tmp_path, capsys):
+    path = tmp_path / "broken.toml"
+    path.write_text("name = [unclosed\n")
+    assert main(["run", str(path), "--results-dir", str(tmp_path)]) == 2
+    assert "malformed TOML" in capsys.readouterr().err
+
+
+def test_a_different_config_never_overwrites_finished_results(tmp_path, capsys):
+    assert main(smoke_args(tmp_path, "--set", "data.dataset=synthetic", "--arms", "batchnorm")) == 0
+    metrics = tmp_path / "noisy-bn" / "batchnorm" / "seed-0" / "metrics.csv"
+    before = metrics.read_bytes()
+    assert main(smoke_args(tmp_path, "--set", "data.dataset=synthetic", "--set", "train.lr=0.05",
+                           "--arms", "batchnorm")) == 2
+    assert "another configuration (train.lr" in capsys.readouterr().err
+    assert metrics.read_bytes() == before
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--preset", "--seed", "--seeds", "--device", "--data-dir", "--results-dir", "--set", "--arms"):
+        assert option in out
