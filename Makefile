@@ -1,5 +1,5 @@
 # bnstudy: every target creates the virtual environment and installs what it needs by itself.
-#   make noisy-bn [SEED=1 | SEEDS="0 1 2"] [PRESET=smoke|quick|paper] [DEVICE=auto|cpu|cuda] [RESULTS=dir] [DATA=dir]
+#   make noisy-bn | landscape | ics | dln [SEED=1 | SEEDS="0 1 2"] [PRESET=smoke|quick|paper] [DEVICE=auto|cpu|cuda] [RESULTS=dir] [DATA=dir]
 #   make test
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -17,7 +17,9 @@ BNSTUDY  := $(BIN)/bnstudy
 STAMP    := $(VENV)/.installed
 RUN_ARGS  = --preset $(PRESET) --seeds $(SEEDS) --device $(DEVICE) --results-dir $(RESULTS) --data-dir $(DATA)
 
-.PHONY: help install data noisy-bn plot test clean-venv
+EXPERIMENTS := noisy-bn landscape ics dln
+
+.PHONY: help install data $(EXPERIMENTS) plot test clean-venv
 
 help:
 	@sed -n '1,4p' Makefile
@@ -38,9 +40,10 @@ $(DATA)/cifar-10-batches-py/batches.meta: | $(STAMP)
 
 data: $(DATA)/cifar-10-batches-py/batches.meta
 
-noisy-bn: $(STAMP) data
-	$(BNSTUDY) run noisy-bn $(RUN_ARGS)
-	$(BNSTUDY) plot noisy-bn --results-dir $(RESULTS)
+# make noisy-bn, make landscape, ...: train the experiment's arms x seeds, then draw its figures
+$(EXPERIMENTS): $(STAMP) data
+	$(BNSTUDY) run $@ $(RUN_ARGS)
+	$(BNSTUDY) plot $@ --results-dir $(RESULTS)
 
 plot: $(STAMP)
 	$(BNSTUDY) plot $(EXPERIMENT) --results-dir $(RESULTS)

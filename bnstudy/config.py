@@ -84,6 +84,28 @@ class ActivationsConfig:
 
 
 @dataclass(frozen=True)
+class LandscapeConfig:
+    """Loss landscape along the gradient (PAPER.md Fig. 4, 10-13): probe on the step's own batch."""
+
+    every: int = 0  # steps between probes; 0 = off
+    eta_min: float = 0.5  # smallest step size, as a multiple of train.lr (paper, VGG: 1/2; DLN: 1/100)
+    eta_max: float = 4.0  # largest step size, as a multiple of train.lr (paper, VGG: 4; DLN: 30)
+    points: int = 8  # step sizes on the grid
+    spacing: str = "linear"  # linear | log
+    direction: str = "gradient"  # gradient (the paper) | random (filter-normalized Gaussian, Li et al. 2018)
+    bn_mode: str = "train"  # train: batch statistics during the probe (the paper) | eval: running statistics
+
+
+@dataclass(frozen=True)
+class ICSConfig:
+    """Internal covariate shift by Definition 2.1 (PAPER.md Fig. 3): ||G - G'|| and cos(G, G')."""
+
+    every: int = 0  # steps between probes; 0 = off
+    layers: tuple[int, ...] = (5, 10)  # weight-layer numbers (paper: VGG #5, #10; DLN #9, #17)
+    bn_mode: str = "train"  # train: batch statistics during the probe (the paper) | eval
+
+
+@dataclass(frozen=True)
 class RunConfig:
     experiment: str = "noisy-bn"
     arm: str = "batchnorm"
@@ -93,6 +115,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     activations: ActivationsConfig = field(default_factory=ActivationsConfig)
+    landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
+    ics: ICSConfig = field(default_factory=ICSConfig)
 
     @property
     def run_name(self) -> str:
@@ -329,6 +353,17 @@ def validate(config: RunConfig) -> None:
     _require(d.train_size >= 0 and d.test_size >= 0, "data.train_size and data.test_size must be >= 0 (0 = all)")
     _require(d.eval_batch > 0, f"data.eval_batch must be > 0, got {d.eval_batch}")
     _require(a.units > 0 and a.every > 0, "activations.units and activations.every must be > 0")
+    ls = config.landscape
+    _require(ls.every >= 0, f"landscape.every must be >= 0 (0 = off), got {ls.every}")
+    _require(0 < ls.eta_min <= ls.eta_max, f"landscape needs 0 < eta_min <= eta_max, got {ls.eta_min}, {ls.eta_max}")
+    _require(ls.points >= 1, f"landscape.points must be >= 1, got {ls.points}")
+    _require(ls.spacing in ("linear", "log"), f"unknown landscape.spacing '{ls.spacing}'; known: linear, log")
+    _require(ls.direction in ("gradient", "random"), f"unknown landscape.direction '{ls.direction}'; known: gradient, random")
+    _require(ls.bn_mode in ("train", "eval"), f"unknown landscape.bn_mode '{ls.bn_mode}'; known: train, eval")
+    _require(config.ics.every >= 0, f"ics.every must be >= 0 (0 = off), got {config.ics.every}")
+    _require(config.ics.bn_mode in ("train", "eval"), f"unknown ics.bn_mode '{config.ics.bn_mode}'; known: train, eval")
     n_layers = count_weight_layers(m)
-    for layer in a.layers:
-        _require(1 <= layer <= n_layers, f"activations.layers: layer #{layer} out of range; this {m.kind} has weight layers #1..#{n_layers}")
+    for section, layers in (("activations", a.layers), ("ics", config.ics.layers if config.ics.every else ())):
+        for layer in layers:
+            _require(1 <= layer <= n_layers, f"{section}.layers: layer #{layer} out of range; "
+                                             f"this {m.kind} has weight layers #1..#{n_layers}")

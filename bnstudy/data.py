@@ -197,6 +197,20 @@ def load_images(cfg: DataConfig, data_dir: Path | None, device: torch.device) ->
                    torch.as_tensor(test_y, device=device), augment=cfg.augment)
 
 
+def gaussian_regression(cfg: DataConfig, width: int, seed: int, device: torch.device) -> Dataset:
+    """The DLN task of PAPER.md: x ~ N(0, I), y = A x with A_ij ~ N(0, 1); 1,000 samples by default.
+
+    A and the samples are a function of the run seed (paired seeds: every arm sees the same data).
+    The test split is a fresh draw of x with the same A.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.randn(width, width, generator=generator)
+    train_x = torch.randn(cfg.train_size or 1000, width, generator=generator)
+    test_x = torch.randn(cfg.test_size or 1000, width, generator=generator)
+    return Dataset("Gaussian regression y = A x (DLN)", train_x.to(device), (train_x @ a.T).to(device),
+                   test_x.to(device), (test_x @ a.T).to(device))
+
+
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Random 32x32 crop of the 4-padded batch and a random horizontal flip, per image, on the device."""
     n, _, h, w = x.shape
@@ -225,7 +239,10 @@ class BatchOrder:
         self.position = 0
 
     def next(self) -> torch.Tensor:
-        """The next batch of indices; a new permutation starts when fewer than a batch remain (drop last)."""
+        """The next batch of indices; a new permutation starts when fewer than a batch remain (drop last).
+        Full-batch training (batch = dataset) takes the data in its stored order every step."""
+        if self.batch_size == self.n:
+            return torch.arange(self.n)
         if self.position + self.batch_size > self.n:
             self.perm = torch.randperm(self.n, generator=self.generator)
             self.position = 0

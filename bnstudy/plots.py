@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from bnstudy.analysis import landscape_summary  # noqa: E402
 from bnstudy.config import ConfigError, load_experiment  # noqa: E402
 from bnstudy.records import SCHEMAS  # noqa: E402
 
@@ -54,10 +55,11 @@ class Results:
         return f"{self.experiment} | preset: {presets} | data: {datasets} | seeds: {', '.join(map(str, seeds))} (n={len(seeds)})"
 
 
-def _finish(fig, title: str, caption: str):
+def _finish(fig, title: str, caption: str, right: float = 1.0):
+    """Title, caption (experiment, preset, data, seeds) and layout; `right` < 1 leaves room for a colorbar."""
     fig.suptitle(title, fontsize=13)
     fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=8, color="0.3")
-    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.03, right, 0.97))
     return fig
 
 
@@ -91,22 +93,26 @@ def smoothed_training(metrics: pd.DataFrame) -> pd.DataFrame:
     return train.assign(value=rolling)
 
 
+TRAIN_LABELS = {"acc": "training accuracy (batch, %d-step mean)" % SMOOTH_STEPS,
+                "loss": "training loss (%d-step mean)" % SMOOTH_STEPS}
+
+
 def training_curves(results: Results, order: tuple[str, ...] = ()):
-    """Training accuracy and loss against step per arm (Fig. 1, 2 left, 5a)."""
+    """Training accuracy (where it means something) and loss against step per arm (Fig. 1, 2 left, 3b, 5)."""
     arms = results.arms(order)
     data = smoothed_training(results.tables["metrics"])
     labels = arm_labels(results)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, metric, ylabel in zip(axes, ("acc", "loss"), ("training accuracy (batch, %d-step mean)" % SMOOTH_STEPS,
-                                                          "training loss (cross-entropy, %d-step mean)" % SMOOTH_STEPS)):
+    metrics = [m for m in ("acc", "loss") if (data.metric == m).any()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
         sub = data[data.metric == metric].assign(arm=lambda d: d.arm.map(labels))
         sns.lineplot(sub, x="step", y="value", hue="arm", hue_order=[labels[a] for a in arms], errorbar=ERRORBAR,
                      palette=[_palette(arms)[a] for a in arms], ax=ax)
         _mark_divergence(ax, results, data[data.metric == metric], labels, arms)
-        ax.set(xlabel="training step", ylabel=ylabel)
+        ax.set(xlabel="training step", ylabel=TRAIN_LABELS[metric], yscale="log" if metric == "loss" else "linear")
         ax.legend(title=None, fontsize=8)
-    axes[1].set_yscale("log")
-    return _finish(fig, f"{results.experiment}: training accuracy and loss", results.caption())
+    return _finish(fig, f"{results.experiment}: training {' and '.join(metrics).replace('acc', 'accuracy')}",
+                   results.caption())
 
 
 def _mark_divergence(ax, results, data, labels, arms) -> None:
@@ -204,7 +210,92 @@ def moments(results: Results, order: tuple[str, ...] = ()):
     return _finish(fig, f"{results.experiment}: change of activation moments (Fig. 8)", caption)
 
 
-FIGURES = {"training": training_curves, "activations": activation_distributions, "moments": moments}
+def _band_over_seeds(ax, frame: pd.DataFrame, low: str, high: str, color, label: str) -> None:
+    """The [min over eta, max over eta] band, averaged over seeds, with its edges drawn as lines."""
+    mean = frame.groupby("step")[[low, high]].mean()
+    ax.fill_between(mean.index, mean[low], mean[high], color=color, alpha=0.3, lw=0, label=label)
+    ax.plot(mean.index, mean[low], color=color, lw=0.8)
+    ax.plot(mean.index, mean[high], color=color, lw=0.8)
+
+
+def landscape(results: Results, order: tuple[str, ...] = ()):
+    """Fig. 4: (a) loss along the gradient, (b) gradient predictiveness, (c) effective beta-smoothness."""
+    arms = results.arms(order)
+    summary = landscape_summary(results.tables["probes"])
+    colors = _palette(arms)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    for arm in arms:
+        frame = summary[summary.arm == arm]
+        _band_over_seeds(axes[0], frame, "loss_min", "loss_max", colors[arm], arm)
+        _band_over_seeds(axes[1], frame, "grad_diff_min", "grad_diff_max", colors[arm], arm)
+    sns.lineplot(summary, x="step", y="beta_eff", hue="arm", hue_order=arms, palette=colors, errorbar=ERRORBAR,
+                 ax=axes[2])
+    titles = ("(a) loss landscape", "(b) gradient predictiveness", "(c) effective β-smoothness")
+    ylabels = ("L(w − η g): range over η (log)", "‖∇L(w − η g) − g‖₂: range over η", "max over η of ‖∇L(w − η g) − g‖ / ‖η g‖")
+    for ax, title, ylabel in zip(axes, titles, ylabels):
+        ax.set(title=title, xlabel="training step", ylabel=ylabel, yscale="log")
+        ax.legend(fontsize=8, title=None)
+    etas = sorted(results.tables["probes"].query("probe == 'landscape' and eta > 0").eta.unique())
+    caption = results.caption() + f" | η from {etas[0]:.3g} to {etas[-1]:.3g} ({len(etas)} points) | band: mean over seeds of min and max over η"
+    return _finish(fig, f"{results.experiment}: the loss landscape along the gradient (Fig. 4)", caption)
+
+
+def grad_diff_vs_eta(results: Results, order: tuple[str, ...] = ()):
+    """Fig. 11: gradient change against step size, one line per probed step, coloured by step."""
+    arms = results.arms(order)
+    land = results.tables["probes"].query("probe == 'landscape' and metric == 'grad_diff' and eta > 0")
+    seed = int(land.seed.min())
+    land = land[land.seed == seed]
+    fig, axes = plt.subplots(1, len(arms), figsize=(5 * len(arms), 4.2), squeeze=False, sharey=True)
+    norm = matplotlib.colors.Normalize(land.step.min(), land.step.max())
+    for ax, arm in zip(axes[0], arms):
+        for step, g in land[land.arm == arm].groupby("step"):
+            ax.plot(g.eta, g.value, color=plt.cm.viridis(norm(step)), lw=1, alpha=0.8)
+        ax.set(title=arm, xlabel="step size η", yscale="log")
+    axes[0][0].set_ylabel("‖∇L(w − η g) − g‖₂")
+    _finish(fig, f"{results.experiment}: gradient change against step size (Fig. 11)",
+            results.caption() + f" | seed {seed}", right=0.92)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), cax=fig.add_axes((0.935, 0.2, 0.012, 0.65)),
+                 label="training step")
+    return fig
+
+
+def with_arm_facts(frame: pd.DataFrame, results: Results) -> pd.DataFrame:
+    """Add each arm's norm and learning rate (from meta.json) to a tidy frame."""
+    facts = results.meta.drop_duplicates("arm")[["arm", "norm", "lr"]]
+    return frame.merge(facts, on="arm")
+
+
+def ics(results: Results, order: tuple[str, ...] = ()):
+    """Fig. 3: per learning rate, training progress, ||G - G'|| and cos(G, G') at each probed layer, per norm."""
+    probes = with_arm_facts(results.tables["probes"].query("probe == 'ics'"), results)
+    train = with_arm_facts(smoothed_training(results.tables["metrics"]), results)
+    train_metric = "acc" if (train.metric == "acc").any() else "loss"
+    lrs = sorted(probes.lr.unique(), reverse=True)
+    layers = sorted(probes.layer.unique())
+    panels = [("train", None)] + [("l2", layer) for layer in layers] + [("cosine", layer) for layer in layers]
+    norms = sorted(probes.norm.unique(), key=lambda n: (n != "none", n))
+    palette = dict(zip(norms, sns.color_palette("colorblind", len(norms))))
+    fig, axes = plt.subplots(len(panels), len(lrs), figsize=(5.5 * len(lrs), 2.6 * len(panels)), squeeze=False,
+                             sharex=True)
+    for j, lr in enumerate(lrs):
+        for i, (metric, layer) in enumerate(panels):
+            ax = axes[i][j]
+            if metric == "train":
+                data, ylabel = train[(train.lr == lr) & (train.metric == train_metric)], TRAIN_LABELS[train_metric]
+            else:
+                data = probes[(probes.lr == lr) & (probes.metric == metric) & (probes.layer == layer)]
+                ylabel = f"‖G − G′‖₂, layer #{layer}" if metric == "l2" else f"cos(G, G′), layer #{layer}"
+            sns.lineplot(data, x="step", y="value", hue="norm", hue_order=norms, palette=palette, errorbar=ERRORBAR,
+                         ax=ax, legend=(i == 0))
+            log = metric == "l2" or (metric == "train" and train_metric == "loss")
+            ax.set(ylabel=ylabel, yscale="log" if log else "linear", title=f"LR {lr:g}" if i == 0 else None,
+                   xlabel="training step" if i == len(panels) - 1 else None)
+    return _finish(fig, f"{results.experiment}: internal covariate shift, Definition 2.1 (Fig. 3)", results.caption())
+
+
+FIGURES = {"training": training_curves, "activations": activation_distributions, "moments": moments,
+           "landscape": landscape, "grad_vs_eta": grad_diff_vs_eta, "ics": ics}
 
 
 def plot_experiment(experiment: str, results_dir: str = "results") -> list[Path]:

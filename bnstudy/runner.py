@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from bnstudy.config import ConfigError, RunConfig, load_experiment, run_config
-from bnstudy.data import Dataset, load_images
+from bnstudy.data import Dataset, gaussian_regression, load_images
 from bnstudy.records import RunDir
 from bnstudy.train import train_run
 
@@ -73,7 +73,10 @@ def run_experiment(experiment: str, preset: str, seeds: list[int], arms: list[st
             print(f"{config.experiment}/{config.run_name}: already {run.read_meta()['status']}, skipped")
             metas.append(run.read_meta())
             continue
-        dataset = datasets.get(config.data) or datasets.setdefault(config.data, load_dataset(config, data_dir, dev))
+        key = (config.data, config.seed if config.data.dataset == "gaussian" else None)  # DLN data depend on the seed
+        if key not in datasets:
+            datasets[key] = load_dataset(config, data_dir, dev)
+        dataset = datasets[key]
         meta = train_run(config, run, dataset, dev, progress=progress)
         print(summary_line(meta), flush=True)
         metas.append(meta)
@@ -81,6 +84,8 @@ def run_experiment(experiment: str, preset: str, seeds: list[int], arms: list[st
 
 
 def load_dataset(config: RunConfig, data_dir: str | None, device: torch.device) -> Dataset:
+    if config.data.dataset == "gaussian":
+        return gaussian_regression(config.data, config.model.dln_width, config.seed, device)
     return load_images(config.data, resolve_data_dir(data_dir), device)
 
 
@@ -89,6 +94,8 @@ def summary_line(meta: dict) -> str:
     parts = [f"{meta['experiment']}/{meta['arm']}/seed-{meta['seed']}: {status}"]
     if meta.get("final_train_acc_last100") is not None:
         parts.append(f"train acc (last 100 steps) {meta['final_train_acc_last100']:.3f}")
+    elif meta.get("final_train_loss") is not None:
+        parts.append(f"train loss {meta['final_train_loss']:.4g}")
     if meta.get("final_test_acc") is not None:
         parts.append(f"test acc {meta['final_test_acc']:.3f}")
     if meta.get("final_test_acc_recal") is not None:

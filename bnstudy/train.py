@@ -24,6 +24,8 @@ from bnstudy.config import RunConfig
 from bnstudy.data import BatchOrder, Dataset
 from bnstudy.models import build_model, has_noise, set_noise
 from bnstudy.probes.activations import ActivationRecorder
+from bnstudy.probes.ics import ICSProbe
+from bnstudy.probes.landscape import LandscapeProbe, eta_grid
 from bnstudy.records import RunDir, atomic_save, environment
 
 
@@ -53,22 +55,47 @@ class RunState:
     last_test: dict = field(default_factory=dict)  # the latest test evaluation
 
 
+def summed_squared_error(outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """||outputs - targets||^2 summed over the samples (the DLN's loss in the paper), or its mean per sample."""
+    total = (outputs - targets).square().sum()
+    return total if reduction == "sum" else total / len(outputs)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a dataset asks of a model: its loss, how that reduces over a batch, and whether accuracy means anything."""
+
+    loss: object  # loss(outputs, targets, reduction="mean" | "sum")
+    reduction: str  # the training objective's reduction over the batch
+    classification: bool
+
+    def objective(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.loss(outputs, targets, reduction=self.reduction)
+
+
+CLASSIFICATION = Task(F.cross_entropy, "mean", True)
+TASKS = {"cifar10": CLASSIFICATION, "synthetic": CLASSIFICATION,
+         "gaussian": Task(summed_squared_error, "sum", False)}
+
+
 def accuracy_count(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=1) == targets).sum()
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, loss_fn=F.cross_entropy) -> dict:
-    """Mean loss and accuracy in eval mode (running statistics, no noise); the mode is restored after."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, task: Task = CLASSIFICATION) -> dict:
+    """Loss (reduced as in training) and accuracy in eval mode (running statistics, no noise); mode restored."""
     was_training = model.training
     model.eval()
     loss_sum, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
     for start in range(0, len(x), batch):
-        logits = model(x[start:start + batch])
-        loss_sum += loss_fn(logits, y[start:start + batch], reduction="sum")
-        correct += accuracy_count(logits, y[start:start + batch])
+        outputs = model(x[start:start + batch])
+        loss_sum += task.loss(outputs, y[start:start + batch], reduction="sum")
+        if task.classification:
+            correct += accuracy_count(outputs, y[start:start + batch])
     model.train(was_training)
-    return {"loss": loss_sum.item() / len(x), "acc": correct.item() / len(x)}
+    result = {"loss": loss_sum.item() / (len(x) if task.reduction == "mean" else 1)}
+    return result | ({"acc": correct.item() / len(x)} if task.classification else {})
 
 
 def recalibrated(model: nn.Module, dataset: Dataset, batch_size: int, batches: int, seed: int) -> nn.Module:
@@ -91,8 +118,16 @@ def recalibrated(model: nn.Module, dataset: Dataset, batch_size: int, batches: i
     return clone
 
 
-def activation_modules(model: nn.Module, layers: tuple[int, ...]) -> dict[int, nn.Module]:
-    return {k: model.preactivation(k) for k in layers}
+def probe_callbacks(config: RunConfig, model: nn.Module) -> list:
+    """The probes a run's configuration asks for, as training callbacks."""
+    a, ls = config.activations, config.landscape
+    callbacks = [ActivationRecorder({k: model.preactivation(k) for k in a.layers}, a.units, a.every, config.seed)]
+    if ls.every:
+        etas = eta_grid(config.train.lr, ls.eta_min, ls.eta_max, ls.points, ls.spacing)
+        callbacks.append(LandscapeProbe(etas, ls.every, ls.bn_mode, ls.direction, config.seed))
+    if config.ics.every:
+        callbacks.append(ICSProbe(config.ics.layers, config.ics.every, config.ics.bn_mode))
+    return callbacks
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,18 +174,20 @@ def flush_train_metrics(state: RunState, logs: dict, config: RunConfig) -> int |
         return None
     steps = [s for s, _, _ in state.pending]
     losses = torch.stack([l for _, l, _ in state.pending]).tolist()  # one host sync per interval
-    accs = (torch.stack([c for _, _, c in state.pending]).float() / config.train.batch_size).tolist()
+    counts = [c for _, _, c in state.pending if c is not None]
+    accs = (torch.stack(counts).float() / config.train.batch_size).tolist() if counts else [None] * len(steps)
     state.pending.clear()
     diverged = next((s for s, l in zip(steps, losses) if not math.isfinite(l)), None)
     rows = []
     for s, loss, acc in zip(steps, losses, accs):
         if diverged is not None and s > diverged:
             break
-        rows += [{"step": s, "split": "train", "metric": "loss", "value": loss},
-                 {"step": s, "split": "train", "metric": "acc", "value": acc}]
+        rows.append({"step": s, "split": "train", "metric": "loss", "value": loss})
+        if acc is not None:
+            rows.append({"step": s, "split": "train", "metric": "acc", "value": acc})
     logs["metrics"].append(tagged(rows, config))
     logs["metrics"].flush()
-    state.last_train = {"loss": losses[-1], "acc": accs[-1]}
+    state.last_train = {"loss": losses[-1]} | ({"acc": accs[-1]} if accs[-1] is not None else {})
     return diverged
 
 
@@ -159,17 +196,18 @@ def test_rows(result: dict, config: RunConfig, step: int, split: str = "test") -
 
 
 def evaluate_test(model: nn.Module, dataset: Dataset, config: RunConfig) -> dict:
-    return evaluate(model, dataset.test_x, dataset.test_y, config.data.eval_batch)
+    return evaluate(model, dataset.test_x, dataset.test_y, config.data.eval_batch, TASKS[config.data.dataset])
 
 
-def train_step(state: RunState, batch, loss_fn) -> torch.Tensor:
+def train_step(state: RunState, batch, task: Task) -> torch.Tensor:
     x, y = batch
-    logits = state.model(x)
-    loss = loss_fn(logits, y)
+    outputs = state.model(x)
+    loss = task.objective(outputs, y)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     state.optimizer.step()
-    state.pending.append((state.step, loss.detach(), accuracy_count(logits.detach(), y)))
+    correct = accuracy_count(outputs.detach(), y) if task.classification else None
+    state.pending.append((state.step, loss.detach(), correct))
     return loss
 
 
@@ -194,9 +232,9 @@ def train_run(config: RunConfig, run: RunDir, dataset: Dataset, device: torch.de
     run.write_config(config)
     meta = run.update_meta(status="running", experiment=config.experiment, arm=config.arm, seed=config.seed,
                            preset=config.preset, dataset=dataset.name, environment=environment(device),
+                           norm=config.model.norm, lr=config.train.lr, model=config.model.kind,
                            steps=config.train.steps)
-    callbacks = [ActivationRecorder(activation_modules(state.model, config.activations.layers),
-                                    config.activations.units, config.activations.every, config.seed)] + list(callbacks or [])
+    callbacks = probe_callbacks(config, state.model) + list(callbacks or [])
     diverged = _loop(config, run, dataset, state, logs, callbacks, progress)
     return _finish(config, run, dataset, state, logs, diverged)
 
@@ -206,14 +244,15 @@ def _loop(config, run, dataset, state, logs, callbacks, progress) -> int | None:
     started = time.perf_counter()
     bar = tqdm(total=t.steps, initial=state.step, desc=f"{config.experiment}/{config.run_name}",
                disable=not progress, dynamic_ncols=True, mininterval=1.0)
-    loss_fn = F.cross_entropy
+    task = TASKS[config.data.dataset]
     diverged = None
     while state.step < t.steps and diverged is None:
         step = state.step
         index = state.order.next().to(dataset.train_x.device, non_blocking=True)
-        ctx = StepContext(step, state.model, dataset.train_batch(index, state.order.generator), loss_fn, t.lr, config)
+        ctx = StepContext(step, state.model, dataset.train_batch(index, state.order.generator), task.objective,
+                          t.lr, config)
         _emit(logs, config, [cb.before_step(ctx) for cb in callbacks])
-        train_step(state, ctx.batch, loss_fn)
+        train_step(state, ctx.batch, task)
         _emit(logs, config, [cb.after_step(ctx) for cb in callbacks])
         state.step += 1
         bar.update(1)
@@ -250,6 +289,7 @@ def _finish(config, run, dataset, state, logs, diverged: int | None) -> dict:
     final = {}
     if diverged is None:
         final = state.last_test or evaluate_test(state.model, dataset, config)  # resumed after the last eval
+        final = {"acc": None} | final
         if has_noise(state.model):
             clone = recalibrated(state.model, dataset, config.train.batch_size, batches=50, seed=config.seed + 1)
             recal = evaluate_test(clone, dataset, config)
@@ -260,5 +300,6 @@ def _finish(config, run, dataset, state, logs, diverged: int | None) -> dict:
     fields = {"status": "diverged" if diverged is not None else "complete", "diverged_at": diverged,
               "final_train_acc_last100": last_train_accuracy(run, window=100),
               "steps_done": state.step, "wall_time_s": round(state.elapsed, 2),
-              "final_test_acc": final.get("acc"), "final_test_acc_recal": final.get("recal_acc")}
+              "final_test_acc": final.get("acc"), "final_test_acc_recal": final.get("recal_acc"),
+              "final_test_loss": final.get("loss"), "final_train_loss": state.last_train.get("loss")}
     return run.update_meta(**fields)

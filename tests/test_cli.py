@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from bnstudy.cli import main
+from bnstudy.config import list_experiments, load_experiment, run_config
 from bnstudy.records import SCHEMAS
 
 
@@ -68,3 +69,16 @@ def test_help_explains_every_option(capsys):
     out = capsys.readouterr().out
     for option in ("--preset", "--seed", "--seeds", "--device", "--data-dir", "--results-dir", "--set", "--arms"):
         assert option in out
+
+
+@pytest.mark.parametrize("experiment", list_experiments())
+def test_every_experiment_runs_and_plots_without_cifar(tmp_path, experiment):
+    """Smoke preset of every experiment file, on the synthetic images (or the DLN's own Gaussian data)."""
+    exp = load_experiment(experiment)
+    needs_images = run_config(exp, exp.arms_for("smoke")[0], 0, "smoke").data.dataset == "cifar10"
+    args = ["run", experiment, "--preset", "smoke", "--results-dir", str(tmp_path), "--no-progress",
+            *(["--set", "data.dataset=synthetic"] if needs_images else [])]
+    assert main(args) == 0
+    assert main(["plot", experiment, "--results-dir", str(tmp_path)]) == 0
+    figures = {p.stem for p in (tmp_path / experiment / "figures").glob("*.png")}
+    assert figures == set(exp.figures)

@@ -1,0 +1,68 @@
+"""Internal covariate shift measured by gradients (PAPER.md Definition 2.1, Fig. 3), on any model.
+
+For weight layer i at the current step, on the step's batch:
+    G  = grad of the loss w.r.t. W_i at the current weights;
+    G' = the same gradient after everything upstream of layer i (the parameters registered before W_i:
+         the weight layers 1..i-1 with the norms between them) took this step's plain SGD update
+         w - lr * grad, every other parameter left as it is.
+Rows: layer, l2 = ||G - G'||, cosine = cos(G, G'), rel_l2 = ||G - G'|| / ||G||.
+
+Weight layers are the Conv/Linear modules in registration order (forward order for sequential
+models), numbered from 1. Cost: one forward+backward for the gradient, plus one per requested layer
+after the first (for layer 1 nothing is upstream, so G' = G). Side-effect free, like every probe.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bnstudy.models import weight_layers
+from bnstudy.probes.functional import Evaluator, flat_norm, untouched
+
+
+def upstream_names(model: nn.Module, layer: int) -> tuple[str, list[str]]:
+    """(name of W_layer, names of the parameters registered before it)."""
+    layers = weight_layers(model)
+    if not 1 <= layer <= len(layers):
+        raise IndexError(f"layer #{layer} out of range; this model has weight layers #1..#{len(layers)}")
+    target = layers[layer - 1].weight
+    names = [name for name, _ in model.named_parameters()]
+    index = next(i for i, (_, p) in enumerate(model.named_parameters()) if p is target)
+    return names[index], names[:index]
+
+
+def gradient_shift(model: nn.Module, loss_fn, batch, lr: float, layers, *, bn_mode: str = "train") -> list[dict]:
+    """Definition 2.1 at the given weight layers: one row per layer with l2, cosine and rel_l2."""
+    with untouched(model, bn_mode):
+        evaluator = Evaluator(model, loss_fn, batch, bn_mode)
+        _, grads = evaluator.loss_and_grad(evaluator.params)
+        measured = []
+        for layer in layers:
+            weight, upstream = upstream_names(model, layer)
+            shifted = dict(evaluator.params)
+            for name in upstream:
+                shifted[name] = evaluator.params[name] - lr * grads[name]
+            g = grads[weight]
+            g_shifted = evaluator.loss_and_grad(shifted, wrt=[weight])[1][weight] if upstream else g
+            measured.append(torch.stack([flat_norm({"d": g - g_shifted}), flat_norm({"g": g}),
+                                         torch.nn.functional.cosine_similarity(g.flatten(), g_shifted.flatten(), dim=0)]))
+        values = torch.stack(measured).tolist() if measured else []  # one host transfer
+    return [{"layer": layer, "l2": l2, "cosine": cos, "rel_l2": l2 / g_norm if g_norm > 0 else float("nan")}
+            for layer, (l2, g_norm, cos) in zip(layers, values)]
+
+
+class ICSProbe:
+    """Training callback: every `every` steps, Definition 2.1 at `layers` on the step's batch, before the step."""
+
+    def __init__(self, layers: tuple[int, ...], every: int, bn_mode: str):
+        self.layers, self.every, self.bn_mode = layers, every, bn_mode
+
+    def before_step(self, ctx) -> dict[str, list[dict]]:
+        if ctx.step % self.every:
+            return {}
+        rows = gradient_shift(ctx.model, ctx.loss_fn, ctx.batch, ctx.lr, self.layers, bn_mode=self.bn_mode)
+        return {"probes": [{"step": ctx.step, "probe": "ics", "layer": r["layer"], "eta": ctx.lr, "metric": m,
+                            "value": r[m]} for r in rows for m in ("l2", "cosine", "rel_l2")]}
+
+    def after_step(self, ctx) -> dict[str, list[dict]]:
+        return {}

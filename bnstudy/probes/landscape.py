@@ -1,0 +1,112 @@
+"""Loss landscape along the gradient, gradient predictiveness and effective beta-smoothness.
+
+PAPER.md, "Loss landscape along the gradient" (Fig. 4, 10-13): at weights w, on batch B, with
+g = grad L(w), for each step size eta evaluate L(w - eta d) and grad L(w - eta d), d = g (or a
+random direction). Works on any PyTorch model:
+
+    rows = along_gradient(model, torch.nn.functional.cross_entropy, (x, y), etas=[0.05, 0.1, 0.2])
+    summary = summarize(rows)   # loss_min/max, grad_diff_min/max, beta_eff
+
+Cost: one forward+backward for g plus one per eta, and nothing else. Side-effect free: the model's
+parameters, gradients, buffers, mode and the RNG states are as before (see functional.untouched).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bnstudy.probes.functional import Evaluator, difference_norm, flat_norm, moved, untouched
+
+DIRECTIONS = ("gradient", "random")
+
+
+def filter_normalized_direction(params: dict[str, torch.Tensor], generator: torch.Generator | None = None):
+    """A Gaussian direction scaled per filter to the norm of that filter's weights (Li et al. 2018).
+
+    Each output unit (first dimension) of a weight tensor gets ||d_f|| = ||w_f||; vectors (biases, BN
+    scales and shifts) get zero, as in Li et al., so the direction moves only the filters.
+    """
+    direction = {}
+    for name, p in params.items():
+        if p.dim() <= 1:
+            direction[name] = torch.zeros_like(p)
+            continue
+        d = torch.randn(p.shape, generator=generator, device="cpu", dtype=p.dtype).to(p.device)
+        d_norm = d.flatten(1).norm(dim=1).clamp_min(1e-12)
+        w_norm = p.flatten(1).norm(dim=1)
+        direction[name] = d * (w_norm / d_norm).view(-1, *([1] * (p.dim() - 1)))
+    return direction
+
+
+def along_gradient(model: nn.Module, loss_fn, batch, etas, *, bn_mode: str = "train",
+                   direction: str = "gradient", generator: torch.Generator | None = None) -> list[dict]:
+    """One row per eta: eta, loss = L(w - eta d), grad_diff = ||grad L(w - eta d) - g||, grad_norm = ||g||,
+    step_norm = eta ||d||, and loss0 = L(w). `batch = (inputs, targets)`; `loss_fn(outputs, targets)`.
+
+    direction: "gradient" (d = g, the paper) or "random" (filter-normalized Gaussian; give a generator
+    to make it reproducible; it is drawn from its own generator, never the global one).
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction '{direction}'; known: {', '.join(DIRECTIONS)}")
+    with untouched(model, bn_mode):
+        evaluator = Evaluator(model, loss_fn, batch, bn_mode)
+        loss0, g = evaluator.loss_and_grad(evaluator.params)
+        d = g if direction == "gradient" else filter_normalized_direction(evaluator.params, generator)
+        g_norm, d_norm = flat_norm(g), flat_norm(d)
+        measured = []
+        for eta in etas:
+            loss, grad = evaluator.loss_and_grad(moved(evaluator.params, d, float(eta)))
+            measured.append((float(eta), loss, difference_norm(grad, g)))
+        # one host transfer for all numbers of the probe
+        values = torch.stack([loss0, g_norm, d_norm] + [v for _, l, gd in measured for v in (l, gd)]).tolist()
+    loss0_v, g_norm_v, d_norm_v = values[:3]
+    return [{"eta": eta, "loss": values[3 + 2 * i], "grad_diff": values[4 + 2 * i], "grad_norm": g_norm_v,
+             "step_norm": eta * d_norm_v, "loss0": loss0_v} for i, (eta, _, _) in enumerate(measured)]
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Per probe: the band of the loss and of the gradient change over eta, and the effective beta-smoothness
+    beta_eff = max over eta of ||grad L(w - eta d) - g|| / ||eta d||."""
+    return {
+        "loss_min": min(r["loss"] for r in rows),
+        "loss_max": max(r["loss"] for r in rows),
+        "grad_diff_min": min(r["grad_diff"] for r in rows),
+        "grad_diff_max": max(r["grad_diff"] for r in rows),
+        "beta_eff": max(r["grad_diff"] / r["step_norm"] for r in rows if r["step_norm"] > 0),
+    }
+
+
+def eta_grid(lr: float, low: float, high: float, points: int, spacing: str) -> list[float]:
+    """`points` step sizes from low x lr to high x lr, linearly or logarithmically spaced."""
+    if spacing == "log":
+        grid = torch.logspace(torch.log10(torch.tensor(low)), torch.log10(torch.tensor(high)), points, dtype=torch.float64)
+    else:
+        grid = torch.linspace(low, high, points, dtype=torch.float64)
+    return [lr * float(v) for v in grid]
+
+
+def landscape_records(step: int, rows: list[dict]) -> list[dict]:
+    """Tidy probes.csv rows: per eta loss, grad_diff, step_norm; once (eta = 0) the loss and ||g|| at w."""
+    def record(eta, metric, value):
+        return {"step": step, "probe": "landscape", "layer": 0, "eta": eta, "metric": metric, "value": value}
+
+    at_w = [record(0.0, "loss", rows[0]["loss0"]), record(0.0, "grad_norm", rows[0]["grad_norm"])]
+    return at_w + [record(r["eta"], m, r[m]) for r in rows for m in ("loss", "grad_diff", "step_norm")]
+
+
+class LandscapeProbe:
+    """Training callback: every `every` steps, probe along the gradient on the step's own batch, before the step."""
+
+    def __init__(self, etas: list[float], every: int, bn_mode: str, direction: str, seed: int):
+        self.etas, self.every, self.bn_mode, self.direction, self.seed = etas, every, bn_mode, direction, seed
+
+    def before_step(self, ctx) -> dict[str, list[dict]]:
+        if ctx.step % self.every:
+            return {}
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + ctx.step)  # a function of (seed, step): resumable
+        rows = along_gradient(ctx.model, ctx.loss_fn, ctx.batch, self.etas, bn_mode=self.bn_mode,
+                              direction=self.direction, generator=generator)
+        return {"probes": landscape_records(ctx.step, rows)}
+
+    def after_step(self, ctx) -> dict[str, list[dict]]:
+        return {}
