@@ -1,5 +1,6 @@
 # bnstudy: every target creates the virtual environment and installs what it needs by itself.
-#   make noisy-bn | landscape | ics | dln [SEED=1 | SEEDS="0 1 2"] [PRESET=smoke|quick|paper] [DEVICE=auto|cpu|cuda] [RESULTS=dir] [DATA=dir]
+#   make noisy-bn | landscape | ics | dln | lp-norm | lr [SEED=1 | SEEDS="0 1 2"] [PRESET=smoke|quick|paper] [DEVICE=auto|cpu|cuda] [RESULTS=dir] [DATA=dir]
+#   make all [SEEDS="0 1 2"]  every experiment, then the report;  make report  the report alone
 #   make test
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -17,9 +18,9 @@ BNSTUDY  := $(BIN)/bnstudy
 STAMP    := $(VENV)/.installed
 RUN_ARGS  = --preset $(PRESET) --seeds $(SEEDS) --device $(DEVICE) --results-dir $(RESULTS) --data-dir $(DATA)
 
-EXPERIMENTS := noisy-bn landscape ics dln
+EXPERIMENTS := noisy-bn landscape ics dln lp-norm lp-norm-dln lr lr-sweep
 
-.PHONY: help install data $(EXPERIMENTS) plot test clean-venv
+.PHONY: help install data $(EXPERIMENTS) all report plot test clean-venv
 
 help:
 	@sed -n '1,4p' Makefile
@@ -44,6 +45,17 @@ data: $(DATA)/cifar-10-batches-py/batches.meta
 $(EXPERIMENTS): $(STAMP) data
 	$(BNSTUDY) run $@ $(RUN_ARGS)
 	$(BNSTUDY) plot $@ --results-dir $(RESULTS)
+
+# the l_p track and the learning-rate track each have a VGG part and a second part
+lp-norm: lp-norm-dln
+lr: lr-sweep
+
+# every experiment of the preset (finished runs are skipped), then the report
+all: $(EXPERIMENTS)
+	$(BNSTUDY) report --results-dir $(RESULTS)
+
+report: $(STAMP)
+	$(BNSTUDY) report --results-dir $(RESULTS)
 
 plot: $(STAMP)
 	$(BNSTUDY) plot $(EXPERIMENT) --results-dir $(RESULTS)

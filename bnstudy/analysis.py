@@ -21,3 +21,69 @@ def landscape_summary(probes: pd.DataFrame) -> pd.DataFrame:
 def early(frame: pd.DataFrame, fraction: float = 0.25) -> pd.DataFrame:
     """The rows of the first `fraction` of training, by step (per experiment: steps are shared by arms)."""
     return frame[frame.step <= frame.step.min() + fraction * (frame.step.max() - frame.step.min())]
+
+
+CHANCE = 0.1  # CIFAR-10: ten balanced classes
+TRAINS_MARGIN = 0.1  # "still trains": final training accuracy at least this far above chance
+
+
+def sweep_table(meta: pd.DataFrame) -> pd.DataFrame:
+    """One row per run of a learning-rate sweep: norm, lr, seed, final training accuracy, whether it trains."""
+    table = meta[["arm", "seed", "norm", "lr", "status", "diverged_at", "final_train_acc_last100"]].copy()
+    table["trains"] = (table.status == "complete") & (table.final_train_acc_last100 >= CHANCE + TRAINS_MARGIN)
+    return table.sort_values(["norm", "lr", "seed"])
+
+
+def largest_trainable_lr(table: pd.DataFrame) -> pd.Series:
+    """Per norm: the largest LR at which every seed still trains (NaN where none does)."""
+    per_lr = table.groupby(["norm", "lr"]).trains.all().reset_index()
+    return per_lr[per_lr.trains].groupby("norm").lr.max().reindex(table.norm.unique())
+
+
+def moment_changes(acts: pd.DataFrame) -> pd.DataFrame:
+    """Per arm, seed, layer and recorded t: mean over units of |mu_{t+1} - mu_t|, |var_{t+1} - var_t|,
+    |mu_t - mu_0| and |var_t - var_0| (Fig. 8; NaN drift at t = 0)."""
+    moments = acts[acts.stat.isin(["mean", "var"])].pivot_table(
+        index=["arm", "seed", "layer", "unit", "step"], columns="stat", values="value").reset_index()
+    moments = moments.sort_values("step")
+    keys = ["arm", "seed", "layer", "unit"]
+    grouped = moments.groupby(keys)
+    nxt = grouped[["step", "mean", "var"]].shift(-1)
+    first = grouped[["mean", "var"]].transform("first")
+    t0 = grouped.step.transform("min")
+    per_unit = moments.assign(
+        d_mean=(nxt["mean"] - moments["mean"]).abs(), d_var=(nxt["var"] - moments["var"]).abs(),
+        drift_mean=(moments["mean"] - first["mean"]).abs().where(moments.step > t0),
+        drift_var=(moments["var"] - first["var"]).abs().where(moments.step > t0),
+    )[nxt.step == moments.step + 1]  # only t whose t+1 was recorded: true one-step changes
+    return per_unit.groupby(["arm", "seed", "layer", "step"], as_index=False)[
+        ["d_mean", "d_var", "drift_mean", "drift_var"]].mean()
+
+
+def _per_run(frame: pd.DataFrame, columns: dict[str, pd.Series]) -> pd.DataFrame:
+    return pd.DataFrame(columns).reset_index() if len(frame) else pd.DataFrame(columns=["arm", "seed"])
+
+
+def run_summary(meta: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per arm x seed with the numbers the claims use."""
+    keep = ["arm", "seed", "norm", "lr", "preset", "dataset", "status", "diverged_at", "steps_done", "wall_time_s",
+            "final_train_acc_last100", "final_test_acc", "final_test_acc_recal", "final_train_loss"]
+    summary = meta[[c for c in keep if c in meta]].copy()
+    probes, acts = tables["probes"], tables["activations"]
+    if (probes.probe == "landscape").any():
+        land = landscape_summary(probes)
+        land["phase"] = land.groupby(["arm", "seed"]).step.transform(
+            lambda s: (s > s.min() + 0.25 * (s.max() - s.min())).map({False: "early", True: "late"}))
+        land["loss_ratio"] = land.loss_max / land.loss_min
+        medians = land.groupby(["arm", "seed", "phase"])[["grad_diff_max", "beta_eff", "loss_ratio"]].median().unstack()
+        medians.columns = [f"{phase}_{metric}" for metric, phase in medians.columns]
+        summary = summary.merge(medians.reset_index(), on=["arm", "seed"], how="left")
+    if (probes.probe == "ics").any():
+        ics = probes[probes.probe == "ics"].groupby(["arm", "seed", "layer", "metric"]).value.median().unstack(["metric", "layer"])
+        ics.columns = [f"ics_{metric}_median_L{layer}" for metric, layer in ics.columns]
+        summary = summary.merge(ics.reset_index(), on=["arm", "seed"], how="left")
+    if len(acts):
+        changes = moment_changes(acts).groupby(["arm", "seed", "layer"])[["d_mean", "d_var"]].mean().unstack("layer")
+        changes.columns = [f"{metric}_L{layer}" for metric, layer in changes.columns]
+        summary = summary.merge(changes.reset_index(), on=["arm", "seed"], how="left")
+    return summary.sort_values(["arm", "seed"]).reset_index(drop=True)

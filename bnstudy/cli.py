@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="check: verify checksums and say which copy was found; download: fetch the official archive")
     data.add_argument("--data-dir", metavar="PATH", help="default: $BNSTUDY_DATA, else data/")
 
+    report = sub.add_parser("report", help="write results/REPORT.md: figures and each paper claim with its verdict",
+                            description="Read every experiment's results (no training), write "
+                                        "<results>/<experiment>/summary.csv and <results>/REPORT.md.")
+    _add_common(report)
+
     sub.add_parser("list", help="list the experiments and their arms")
     return parser
 
@@ -79,6 +84,13 @@ def cmd_plot(args) -> int:
 
     for path in plot_experiment(args.experiment, args.results_dir):
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from bnstudy.report import write_report
+
+    print(f"wrote {write_report(args.results_dir)}")
     return 0
 
 
@@ -104,7 +116,7 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "plot": cmd_plot, "data": cmd_data, "list": cmd_list}
+COMMANDS = {"run": cmd_run, "plot": cmd_plot, "report": cmd_report, "data": cmd_data, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -277,7 +277,7 @@ def load_experiment(name: str) -> Experiment:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: malformed TOML: {err}") from None
-    known_top = {"name", "title", "arms", "default_arms", "presets", "base", "figures"}
+    known_top = {"name", "title", "arms", "default_arms", "presets", "base", "figures", "sweep"}
     unknown = sorted(set(raw) - known_top)
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'; known: {', '.join(sorted(known_top))}")
@@ -285,6 +285,9 @@ def load_experiment(name: str) -> Experiment:
     presets = raw.get("presets", {})
     if not isinstance(arms, dict) or not arms:
         raise ConfigError(f"{path}: 'arms' must be a table with at least one arm")
+    default_arms = raw.get("default_arms", list(arms))
+    if "sweep" in raw:
+        arms, default_arms = expand_sweep(path, raw["sweep"], arms, default_arms)
     preset_arms = {p: tuple(v.pop("arms")) for p, v in ((p, dict(v)) for p, v in presets.items()) if "arms" in v}
     presets = {p: {k: v for k, v in body.items() if k != "arms"} for p, body in presets.items()}
     experiment = Experiment(
@@ -292,7 +295,7 @@ def load_experiment(name: str) -> Experiment:
         title=raw.get("title", ""),
         path=path,
         arms=arms,
-        default_arms=tuple(raw.get("default_arms", list(arms))),
+        default_arms=tuple(default_arms),
         presets=presets,
         preset_arms=preset_arms,
         base=raw.get("base", {}),
@@ -302,6 +305,21 @@ def load_experiment(name: str) -> Experiment:
         for arm in experiment.arms_for(preset):
             run_config(experiment, arm=arm, seed=0, preset=preset)
     return experiment
+
+
+def expand_sweep(path: Path, sweep: dict, arms: dict, default_arms: list[str]) -> tuple[dict, list[str]]:
+    """[sweep] key = "train.lr", values = [...], label = "lr": every arm x every value, named e.g. 'batchnorm-lr0.1'."""
+    unknown = sorted(set(sweep) - {"key", "values", "label"})
+    if unknown or "key" not in sweep or not sweep.get("values"):
+        raise ConfigError(f"{path}: [sweep] needs key and a non-empty values list (and optionally label)")
+    label = sweep.get("label", sweep["key"].split(".")[-1])
+    expanded = {}
+    for arm, body in arms.items():
+        for value in sweep["values"]:
+            expanded[f"{arm}-{label}{value:g}" if isinstance(value, (int, float)) else f"{arm}-{label}{value}"] = \
+                deep_merge(body, parse_override(f"{sweep['key']}={value!r}"))
+    defaults = [name for name in expanded if name.rsplit("-" + label, 1)[0] in default_arms]
+    return expanded, defaults
 
 
 def run_config(experiment: Experiment, arm: str, seed: int, preset: str, overrides: list[str] = ()) -> RunConfig:

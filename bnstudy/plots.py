@@ -5,7 +5,6 @@ carries a caption naming the experiment, preset, dataset and seeds.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -16,43 +15,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from bnstudy.analysis import landscape_summary  # noqa: E402
-from bnstudy.config import ConfigError, load_experiment  # noqa: E402
-from bnstudy.records import SCHEMAS  # noqa: E402
+from bnstudy.analysis import (CHANCE, TRAINS_MARGIN, landscape_summary, largest_trainable_lr,  # noqa: E402
+                              moment_changes, sweep_table)
+from bnstudy.config import load_experiment  # noqa: E402
+from bnstudy.results import Results  # noqa: E402
 
 ERRORBAR = ("ci", 95)  # seaborn's bootstrap over seeds
 SMOOTH_STEPS = 50  # rolling window for per-step training curves (one batch is a noisy estimate)
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading an experiment's results
-# ----------------------------------------------------------------------------------------------
-class Results:
-    """Every run folder of one experiment: tidy DataFrames concatenated over arms and seeds."""
-
-    def __init__(self, results_dir: Path, experiment: str):
-        self.root = Path(results_dir) / experiment
-        self.experiment = experiment
-        run_dirs = sorted(p.parent for p in self.root.glob("*/seed-*/meta.json"))
-        if not run_dirs:
-            raise ConfigError(f"no runs of '{experiment}' under {self.root}; run `bnstudy run {experiment}` first")
-        self.meta = pd.DataFrame([json.loads((d / "meta.json").read_text()) for d in run_dirs])
-        self.tables = {name: self._concat(run_dirs, name) for name in SCHEMAS}
-
-    def _concat(self, run_dirs: list[Path], name: str) -> pd.DataFrame:
-        frames = [pd.read_csv(d / f"{name}.csv") for d in run_dirs if (d / f"{name}.csv").exists()]
-        frames = [f for f in frames if len(f)]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCHEMAS[name])
-
-    def arms(self, order: tuple[str, ...] = ()) -> list[str]:
-        present = list(dict.fromkeys(self.meta.arm))
-        return [a for a in order if a in present] + [a for a in present if a not in order]
-
-    def caption(self) -> str:
-        seeds = sorted(set(self.meta.seed))
-        presets = ", ".join(sorted(set(self.meta.preset)))
-        datasets = ", ".join(sorted(set(self.meta.dataset)))
-        return f"{self.experiment} | preset: {presets} | data: {datasets} | seeds: {', '.join(map(str, seeds))} (n={len(seeds)})"
 
 
 def _finish(fig, title: str, caption: str, right: float = 1.0):
@@ -160,27 +129,6 @@ def _percentile_band(ax, data: pd.DataFrame, color) -> None:
     ax.fill_between(wide.index, wide.p05, wide.p95, color=color, alpha=0.2, lw=0)
     ax.fill_between(wide.index, wide.p15, wide.p85, color=color, alpha=0.35, lw=0)
     ax.plot(wide.index, wide.p50, color=color, lw=1.5)
-
-
-def moment_changes(acts: pd.DataFrame) -> pd.DataFrame:
-    """Per arm, seed, layer and recorded t: mean over units of |mu_{t+1} - mu_t|, |var_{t+1} - var_t|,
-    |mu_t - mu_0| and |var_t - var_0| (Fig. 8)."""
-    moments = acts[acts.stat.isin(["mean", "var"])].pivot_table(
-        index=["arm", "seed", "layer", "unit", "step"], columns="stat", values="value").reset_index()
-    rows = []
-    for key, g in moments.groupby(["arm", "seed", "layer", "unit"]):
-        g = g.set_index("step").sort_index()
-        starts = [t for t in g.index if t + 1 in g.index]
-        t0 = g.index.min()
-        for t in starts:
-            rows.append(dict(zip(["arm", "seed", "layer", "unit"], key), step=t,
-                             d_mean=abs(g.at[t + 1, "mean"] - g.at[t, "mean"]),
-                             d_var=abs(g.at[t + 1, "var"] - g.at[t, "var"]),
-                             drift_mean=abs(g.at[t, "mean"] - g.at[t0, "mean"]) if t > t0 else np.nan,
-                             drift_var=abs(g.at[t, "var"] - g.at[t0, "var"]) if t > t0 else np.nan))
-    per_unit = pd.DataFrame(rows)
-    return per_unit.groupby(["arm", "seed", "layer", "step"], as_index=False)[
-        ["d_mean", "d_var", "drift_mean", "drift_var"]].mean()
 
 
 MOMENT_ROWS = {
@@ -294,8 +242,43 @@ def ics(results: Results, order: tuple[str, ...] = ()):
     return _finish(fig, f"{results.experiment}: internal covariate shift, Definition 2.1 (Fig. 3)", results.caption())
 
 
+def test_curves(results: Results, order: tuple[str, ...] = ()):
+    """Test accuracy (eval mode) at the evaluation steps, per arm (Fig. 1 right)."""
+    arms = results.arms(order)
+    test = results.tables["metrics"].query("split == 'test' and metric == 'acc'")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sns.lineplot(test, x="step", y="value", hue="arm", hue_order=arms, palette=_palette(arms), errorbar=ERRORBAR,
+                 marker="o", ax=ax)
+    ax.set(xlabel="training step", ylabel="test accuracy (eval mode)")
+    ax.legend(title=None, fontsize=8)
+    return _finish(fig, f"{results.experiment}: test accuracy", results.caption())
+
+
+def lr_sweep(results: Results, order: tuple[str, ...] = ()):
+    """Final training accuracy against learning rate per norm; crosses where a run diverged."""
+    table = sweep_table(results.meta)
+    largest = largest_trainable_lr(table)
+    norms = list(dict.fromkeys(table.norm))
+    palette = dict(zip(norms, sns.color_palette("colorblind", len(norms))))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    labels = {n: f"{n} (trains up to LR {largest[n]:g})" if pd.notna(largest[n]) else f"{n} (never trains)"
+              for n in norms}
+    trained = table[table.status == "complete"].assign(norm=lambda d: d.norm.map(labels))
+    sns.lineplot(trained, x="lr", y="final_train_acc_last100", hue="norm", hue_order=[labels[n] for n in norms],
+                 palette=[palette[n] for n in norms], errorbar=ERRORBAR, marker="o", ax=ax)
+    for _, run in table[table.status == "diverged"].iterrows():
+        ax.plot([run.lr], [CHANCE], marker="x", markersize=12, mew=3, color=palette[run.norm], linestyle="none")
+    ax.axhline(CHANCE + TRAINS_MARGIN, color="0.5", ls=":", lw=1, label="chance + 10 points")
+    ax.set(xscale="log", xlabel="learning rate (constant, plain SGD)", ylabel="training accuracy, last 100 steps",
+           ylim=(0, 1))
+    ax.legend(title=None, fontsize=8)
+    return _finish(fig, f"{results.experiment}: final training accuracy against learning rate (x: diverged)",
+                   results.caption())
+
+
 FIGURES = {"training": training_curves, "activations": activation_distributions, "moments": moments,
-           "landscape": landscape, "grad_vs_eta": grad_diff_vs_eta, "ics": ics}
+           "landscape": landscape, "grad_vs_eta": grad_diff_vs_eta, "ics": ics, "test": test_curves,
+           "lr_sweep": lr_sweep}
 
 
 def plot_experiment(experiment: str, results_dir: str = "results") -> list[Path]:

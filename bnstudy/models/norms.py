@@ -1,10 +1,11 @@
 """The one place that decides normalization: make_norm(kind, width) -> module.
 
-Kinds: none | batch | noisy-batch | noise-only. A model never branches on the kind; it asks
-make_norm for the module that sits between a weight layer and its nonlinearity.
+Kinds: none | batch | noisy-batch | noise-only | l1 | l2 | linf | layer | group. A model never
+branches on the kind; it asks make_norm for the module between a weight layer and its nonlinearity.
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
@@ -45,6 +46,63 @@ class BatchNoise(nn.Module):
         return torch.addcmul(shift, x, scale)  # s * a + m in one pass
 
 
+class LpBatchNorm(nn.Module):
+    """BN with the standard deviation replaced by an average l_p norm (PAPER.md, "l_p normalization").
+
+    Per unit j over the batch (conv: batch x height x width), in training mode:
+        y = (x - mean(x)) / ( mean(|x|^p) )^(1/p)        p = 1, 2
+        y = (x - mean(x)) / max(|x|)                      p = inf
+    the norm taken on the uncentred x ("fix the first moment as BN does, then normalize by the average
+    l_p norm, before shifting the mean"), then BN's learnable scale and shift: gamma * y + beta.
+    Evaluation mode uses running averages of the mean and the norm (momentum as torch's BN).
+    """
+
+    def __init__(self, width: int, p: float, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        if not (p == math.inf or p >= 1):
+            raise ValueError(f"LpBatchNorm needs p >= 1 or inf, got {p}")
+        self.p, self.momentum, self.eps = p, momentum, eps
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width))
+        self.register_buffer("running_mean", torch.zeros(width))
+        self.register_buffer("running_norm", torch.ones(width))
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, p={self.p}, momentum={self.momentum}, eps={self.eps}"
+
+    def batch_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C, ...) -> per-unit mean and l_p norm average, each (C,): over batch and space."""
+        dims = [0] + list(range(2, x.dim()))
+        mean = x.mean(dim=dims)
+        if self.p == math.inf:
+            norm = x.abs().amax(dim=dims)
+        else:
+            norm = x.abs().pow(self.p).mean(dim=dims).pow(1 / self.p)
+        return mean, norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            mean, norm = self.batch_statistics(x)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_norm.lerp_(norm.detach(), self.momentum)
+        else:
+            mean, norm = self.running_mean, self.running_norm
+        shape = (1, -1) + (1,) * (x.dim() - 2)  # (1, C, 1, 1): broadcast per unit
+        y = (x - mean.view(shape)) / (norm.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape)
+
+
+def _layer_norm(width: int, spatial: bool) -> nn.Module:
+    """Per sample over all units (and space), with a per-unit affine: GroupNorm with one group."""
+    return nn.GroupNorm(1, width)
+
+
+def _group_norm(width: int, spatial: bool, groups: int = 32) -> nn.Module:
+    """Per sample over groups of units (Wu and He 2018): 32 groups, or fewer where the width is not a multiple."""
+    return nn.GroupNorm(math.gcd(groups, width), width)
+
+
 def _batch_norm(width: int, spatial: bool) -> nn.Module:
     return nn.BatchNorm2d(width) if spatial else nn.BatchNorm1d(width)
 
@@ -59,6 +117,11 @@ NORMS = {
     "batch": lambda width, spatial, noise: _batch_norm(width, spatial),
     "noisy-batch": _noisy_batch_norm,
     "noise-only": lambda width, spatial, noise: BatchNoise(noise),  # the paper's control: the noise, no BN
+    "l1": lambda width, spatial, noise: LpBatchNorm(width, 1),
+    "l2": lambda width, spatial, noise: LpBatchNorm(width, 2),
+    "linf": lambda width, spatial, noise: LpBatchNorm(width, math.inf),
+    "layer": lambda width, spatial, noise: _layer_norm(width, spatial),  # beyond the paper, for comparison
+    "group": lambda width, spatial, noise: _group_norm(width, spatial),
 }
 
 

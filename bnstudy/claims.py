@@ -1,0 +1,249 @@
+"""The paper's claims (PAPER.md, "The paper's claims"), each with a written rule that decides its verdict.
+
+A rule reads the per-run summaries (analysis.run_summary) of the experiments it needs and returns
+a Verdict: holds | does not hold | not measured (with why). Rules live here and only here; each is
+tested on small hand-made frames (tests/test_claims.py), one where the claim holds and one where not.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+HOLDS, FAILS, NOT_MEASURED = "holds", "does not hold", "not measured"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str
+    measured: str  # the numbers, with their spread over seeds
+    basis: str = ""  # preset, data and seeds behind it
+
+
+@dataclass(frozen=True)
+class Claim:
+    number: str
+    statement: str  # the paper's
+    rule: str  # written out: what decides the verdict
+    experiments: tuple[str, ...]
+    check: Callable[[dict[str, pd.DataFrame]], Verdict]
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers: paired per-seed values of one column for named arms
+# ----------------------------------------------------------------------------------------------
+class Missing(Exception):
+    """What a rule needs is not in the results; the message says what."""
+
+
+def paired(summary: pd.DataFrame, column: str, arms: list[str]) -> pd.DataFrame:
+    """Seeds x arms table of `column`, only seeds where every arm has a value."""
+    missing = [a for a in arms if a not in set(summary.arm)]
+    if missing:
+        raise Missing(f"no runs of arm(s) {', '.join(missing)}")
+    if column not in summary:
+        raise Missing(f"no '{column}' in the results")
+    table = summary[summary.arm.isin(arms)].pivot_table(index="seed", columns="arm", values=column, aggfunc="first")
+    table = table.reindex(columns=arms).dropna()
+    if table.empty:
+        raise Missing(f"no seed with '{column}' for every arm of {', '.join(arms)}")
+    return table
+
+
+def spread(values: pd.Series | np.ndarray, fmt: str = "{:.3g}") -> str:
+    """'mean (min..max, n seeds)', or the one value for one seed."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(values.mean())} ({fmt.format(values.min())}..{fmt.format(values.max())}, n={len(values)})"
+
+
+def pct(values) -> str:
+    return spread(np.asarray(values, dtype=float) * 100, "{:.1f}%")
+
+
+def basis(summary: pd.DataFrame, arms: list[str]) -> str:
+    runs = summary[summary.arm.isin(arms)]
+    return (f"preset {', '.join(sorted(set(runs.preset)))}; {', '.join(sorted(set(runs.dataset)))}; "
+            f"seeds {', '.join(map(str, sorted(set(runs.seed))))}")
+
+
+def needs(summaries: dict, name: str) -> pd.DataFrame:
+    if name not in summaries:
+        raise Missing(f"experiment '{name}' has no results")
+    return summaries[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# The rules
+# ----------------------------------------------------------------------------------------------
+def claim_1(s) -> Verdict:
+    lr = needs(s, "lr")
+    arms = ["standard-lr0.1", "batchnorm-lr0.1", "standard-lr0.5", "batchnorm-lr0.5"]
+    acc = paired(lr, "final_train_acc_last100", arms).fillna(0.1)
+    faster = acc["batchnorm-lr0.1"] - acc["standard-lr0.1"]
+    worse = acc["batchnorm-lr0.5"] - acc["standard-lr0.5"]
+    ok = bool((faster >= 0.05).all() and (worse >= 0.15).all())
+    return Verdict(HOLDS if ok else FAILS,
+                   f"train acc at LR 0.1: batchnorm {pct(acc['batchnorm-lr0.1'])}, standard {pct(acc['standard-lr0.1'])}; "
+                   f"at LR 0.5: batchnorm {pct(acc['batchnorm-lr0.5'])}, standard {pct(acc['standard-lr0.5'])}",
+                   basis(lr, arms))
+
+
+def claim_2(s) -> Verdict:
+    runs = needs(s, "noisy-bn")
+    acc = paired(runs, "final_test_acc", ["batchnorm", "standard"])
+    measured = f"test acc: batchnorm {pct(acc.batchnorm)}, standard {pct(acc.standard)}"
+    if not (runs.preset == "paper").all():
+        return Verdict(NOT_MEASURED, measured + " (the paper's numbers need the paper preset: 15,000 steps at width 1)",
+                       basis(runs, ["batchnorm", "standard"]))
+    ok = bool((acc.batchnorm > acc.standard).all() and abs(acc.batchnorm.mean() - 0.83) <= 0.03
+              and abs(acc.standard.mean() - 0.80) <= 0.03)
+    return Verdict(HOLDS if ok else FAILS, measured, basis(runs, ["batchnorm", "standard"]))
+
+
+def claim_3(s) -> Verdict:
+    runs = needs(s, "noisy-bn")
+    arms = ["standard", "batchnorm", "noisy-batchnorm"]
+    acc = paired(runs, "final_train_acc_last100", arms)
+    layers = sorted(int(c.split("_L")[1]) for c in runs.columns if c.startswith("d_mean_L"))
+    deeper = [l for l in layers if l > 2] or layers
+    moves = [paired(runs, f"{m}_L{l}", ["noisy-batchnorm", "standard"]) for m in ("d_mean", "d_var") for l in deeper]
+    less_stable = all((m["noisy-batchnorm"] > m["standard"]).all() for m in moves)
+    trains = bool((acc["noisy-batchnorm"] >= acc.batchnorm - 0.10).all()
+                  and (acc["noisy-batchnorm"] >= acc.standard + 0.15).all())
+    ratio = np.concatenate([(m["noisy-batchnorm"] / m["standard"]).to_numpy() for m in moves])
+    return Verdict(HOLDS if trains and less_stable else FAILS,
+                   f"train acc: noisy {pct(acc['noisy-batchnorm'])}, batchnorm {pct(acc.batchnorm)}, standard "
+                   f"{pct(acc.standard)}; noisy/standard step-to-step |Δμ|, |Δσ²| at layers "
+                   f"{', '.join(f'#{l}' for l in deeper)}: {spread(ratio)}x", basis(runs, arms))
+
+
+def claim_4(s) -> Verdict:
+    runs = needs(s, "noisy-bn")
+    acc = paired(runs, "final_train_acc_last100", ["noise-only", "standard"])
+    stopped = (acc["noise-only"] <= 0.15) | runs[runs.arm == "noise-only"].set_index("seed").status.eq("diverged").reindex(acc.index)
+    return Verdict(HOLDS if bool(stopped.all()) else FAILS,
+                   f"train acc: noise-only {pct(acc['noise-only'])}, standard {pct(acc.standard)}",
+                   basis(runs, ["noise-only", "standard"]))
+
+
+def claim_5(s) -> Verdict:
+    vgg, dln = needs(s, "ics"), needs(s, "dln")
+    parts, ok = [], True
+    for lr in ("0.1", "0.01"):
+        std, bn = f"standard-lr{lr}", f"batchnorm-lr{lr}"
+        for layer in (5, 10):
+            l2 = paired(vgg, f"ics_l2_median_L{layer}", [std, bn])
+            cos = paired(vgg, f"ics_cosine_median_L{layer}", [std, bn])
+            ok &= bool((l2[bn] >= 0.5 * l2[std]).all() and (cos[bn] <= cos[std] + 0.05).all())
+            parts.append(f"VGG LR {lr} #{layer}: ‖G−G′‖ bn/std {spread(l2[bn] / l2[std])}x, cos bn {spread(cos[bn])} vs std {spread(cos[std])}")
+    cos = paired(dln, "ics_cosine_median_L17", ["standard-lr1e-6", "batchnorm-lr1e-6"])
+    ok &= bool((cos["standard-lr1e-6"] > 0.9).all() and (cos["standard-lr1e-6"] - cos["batchnorm-lr1e-6"] >= 0.3).all())
+    parts.append(f"DLN #17 cos: standard {spread(cos['standard-lr1e-6'])}, batchnorm {spread(cos['batchnorm-lr1e-6'])}")
+    return Verdict(HOLDS if ok else FAILS, "; ".join(parts), basis(vgg, ["standard-lr0.1"]) + " (VGG); " +
+                   basis(dln, ["standard-lr1e-6"]) + " (DLN)")
+
+
+def _landscape_ratio(s, column: str, threshold: float, name: str) -> Verdict:
+    runs = needs(s, "landscape")
+    values = paired(runs, column, ["standard", "batchnorm"])
+    ratio = values.standard / values.batchnorm
+    return Verdict(HOLDS if bool((ratio >= threshold).all()) else FAILS,
+                   f"{name}, standard / batchnorm: {spread(ratio)}x (standard {spread(values.standard)}, "
+                   f"batchnorm {spread(values.batchnorm)})", basis(runs, ["standard", "batchnorm"]))
+
+
+def claim_6(s) -> Verdict:
+    return _landscape_ratio(s, "early_loss_ratio", 1.0, "early median of max/min loss over η")
+
+
+def claim_7(s) -> Verdict:
+    return _landscape_ratio(s, "early_grad_diff_max", 3.0, "early median of max over η of ‖∇L(w−ηg)−g‖")
+
+
+def claim_8(s) -> Verdict:
+    runs = needs(s, "landscape")
+    steps = needs(s, "landscape:steps")  # per-probe summary (analysis.landscape_summary)
+    wide = steps[steps.arm.isin(["standard", "batchnorm"])].pivot_table(index=["seed", "step"], columns="arm",
+                                                                           values="beta_eff").dropna()
+    if wide.empty or not {"standard", "batchnorm"} <= set(wide.columns):
+        raise Missing("no landscape probes of both standard and batchnorm")
+    share = (wide.batchnorm < wide.standard).groupby(level="seed").mean()
+    return Verdict(HOLDS if bool((share >= 0.75).all()) else FAILS,
+                   f"share of probed steps with batchnorm's β_eff below standard's: {pct(share)}",
+                   basis(runs, ["standard", "batchnorm"]))
+
+
+def claim_9(s) -> Verdict:
+    vgg, dln = needs(s, "lp-norm"), needs(s, "lp-norm-dln")
+    arms = ["standard", "batchnorm", "l1", "l2", "linf"]
+    acc = paired(vgg, "final_train_acc_last100", arms)
+    vgg_ok = all(bool((acc[a] >= acc.standard + 0.10).all()) for a in ("l1", "l2", "linf"))
+    loss = paired(dln, "final_train_loss", ["batchnorm", "l1"])
+    dln_ok = bool((loss.l1 <= loss.batchnorm).all())
+    return Verdict(HOLDS if vgg_ok and dln_ok else FAILS,
+                   "VGG train acc: " + ", ".join(f"{a} {pct(acc[a])}" for a in arms) +
+                   f"; DLN final loss: l1 {spread(loss.l1)}, batchnorm {spread(loss.batchnorm)}",
+                   basis(vgg, arms) + " (VGG); " + basis(dln, ["l1"]) + " (DLN)")
+
+
+def claim_10(s) -> Verdict:
+    dln = needs(s, "dln")
+    arms = ["standard-lr1e-6", "batchnorm-lr1e-6"]
+    parts, ok = [], True
+    for column, name in (("early_grad_diff_max", "gradient change"), ("late_grad_diff_max", "gradient change (late)"),
+                         ("early_beta_eff", "β_eff"), ("late_beta_eff", "β_eff (late)")):
+        values = paired(dln, column, arms)
+        ok &= bool((values["batchnorm-lr1e-6"] < values["standard-lr1e-6"]).all())
+        parts.append(f"{name}: batchnorm {spread(values['batchnorm-lr1e-6'])}, standard {spread(values['standard-lr1e-6'])}")
+    return Verdict(HOLDS if ok else FAILS, "; ".join(parts), basis(dln, arms))
+
+
+CLAIMS = [
+    Claim("1", "BN trains faster than standard at LR 0.1; at LR 0.5 standard trains much worse (Fig. 1).",
+          "training accuracy (last 100 steps): batchnorm ≥ standard + 5 points at LR 0.1, and ≥ standard + 15 points "
+          "at LR 0.5, in every seed (a diverged run counts as chance)", ("lr",), claim_1),
+    Claim("2", "Test accuracy without augmentation: 83% with BN, 80% without.",
+          "paper preset only: batchnorm's test accuracy > standard's in every seed, and the means within 3 points "
+          "of 83% and 80%", ("noisy-bn",), claim_2),
+    Claim("3", "Noisy BN trains about as well as BN and far better than standard, though its activation "
+               "distributions are less stable than standard's (Fig. 2, 8).",
+          "training accuracy: noisy ≥ batchnorm − 10 points and ≥ standard + 15 points; mean step-to-step |Δμ| and "
+          "|Δσ²| of noisy > standard's at every recorded layer past #2; in every seed", ("noisy-bn",), claim_3),
+    Claim("4", "The same noise without BN stops training.",
+          "noise-only's training accuracy ≤ 15% (or it diverged) in every seed (paper preset runs the noise-only arm)",
+          ("noisy-bn",), claim_4),
+    Claim("5", "BN does not reduce ICS: ‖G − G′‖ similar or larger, cosine similar or lower; in the DLN standard has "
+               "cos ≈ 1, BN has G and G′ almost uncorrelated (Fig. 3).",
+          "VGG, layers #5 and #10, LR 0.1 and 0.01: batchnorm's median ‖G − G′‖ ≥ 0.5 × standard's and its median "
+          "cosine ≤ standard's + 0.05; DLN, layer #17, LR 1e-6: standard's median cosine > 0.9 and batchnorm's at "
+          "least 0.3 lower; in every seed", ("ics", "dln"), claim_5),
+    Claim("6", "Along the gradient, standard's loss varies over a much wider range, especially early (Fig. 4a).",
+          "first quarter of training: median over probes of max/min loss over η, standard > batchnorm in every seed",
+          ("landscape",), claim_6),
+    Claim("7", "Gradient predictiveness: standard's gradient change is about two orders of magnitude larger, "
+               "especially early (Fig. 4b).",
+          "first quarter of training: median of the max over η of ‖∇L(w − ηg) − g‖, standard / batchnorm ≥ 3 in "
+          "every seed", ("landscape",), claim_7),
+    Claim("8", "Effective β-smoothness is lower with BN throughout (Fig. 4c).",
+          "batchnorm's β_eff < standard's at ≥ 75% of the probed steps, in every seed", ("landscape",), claim_8),
+    Claim("9", "ℓp normalizations train comparably to BN; on the DLN ℓ1 beats BN (Fig. 5).",
+          "VGG: l1, l2, linf each ≥ standard + 10 points of training accuracy; DLN: l1's final training loss ≤ "
+          "batchnorm's; in every seed", ("lp-norm", "lp-norm-dln"), claim_9),
+    Claim("10", "The smoothing shows in the DLN too, without nonlinearities (Fig. 10, 13).",
+          "DLN at LR 1e-6: batchnorm's median gradient change and β_eff below standard's, early and late, in every seed",
+          ("dln",), claim_10),
+]
+
+
+def evaluate_claims(summaries: dict[str, pd.DataFrame]) -> list[tuple[Claim, Verdict]]:
+    out = []
+    for claim in CLAIMS:
+        try:
+            out.append((claim, claim.check(summaries)))
+        except Missing as why:
+            out.append((claim, Verdict(NOT_MEASURED, str(why))))
+    return out

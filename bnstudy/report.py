@@ -1,0 +1,95 @@
+"""CSVs -> results/<experiment>/summary.csv and results/REPORT.md: figures and every claim with its verdict.
+
+Reads only what runs wrote (CSV, JSON, PNG); never trains. Experiments without results are listed
+as not run, and the claims that need them are "not measured".
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from bnstudy.analysis import landscape_summary, run_summary
+from bnstudy.claims import evaluate_claims
+from bnstudy.config import ConfigError, list_experiments, load_experiment
+from bnstudy.records import atomic_write_text
+from bnstudy.results import Results
+
+VERDICT_MARK = {"holds": "✅ holds", "does not hold": "❌ does not hold", "not measured": "➖ not measured"}
+
+
+def collect(results_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Results]]:
+    """Summaries (written to summary.csv) and Results of every experiment that has runs."""
+    summaries, found = {}, {}
+    for name in list_experiments():
+        try:
+            results = Results(results_dir, load_experiment(name).name)
+        except ConfigError:
+            continue
+        summary = run_summary(results.meta, results.tables)
+        atomic_write_text(results.root / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
+        summaries[results.experiment], found[results.experiment] = summary, results
+        if (results.tables["probes"].probe == "landscape").any():
+            summaries[f"{results.experiment}:steps"] = landscape_summary(results.tables["probes"])
+    return summaries, found
+
+
+def claims_table(summaries: dict[str, pd.DataFrame]) -> str:
+    lines = ["| # | the paper says | rule for the verdict | measured here | verdict | runs behind it |",
+             "|---|---|---|---|---|---|"]
+    for claim, verdict in evaluate_claims(summaries):
+        cells = [claim.number, claim.statement, claim.rule, verdict.measured, VERDICT_MARK[verdict.verdict],
+                 verdict.basis or "—"]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def runs_table(results: Results) -> str:
+    meta = results.meta
+    rows = ["| arm | seeds | status | train acc (last 100 steps) | test acc | final train loss | wall time per run |",
+            "|---|---|---|---|---|---|---|"]
+    for arm in results.arms():
+        runs = meta[meta.arm == arm]
+        status = ", ".join(f"{s}" + (f" at step {int(d)}" if pd.notna(d) else "")
+                           for s, d in zip(runs.status, runs.diverged_at))
+        rows.append(f"| {arm} | {', '.join(map(str, sorted(runs.seed)))} | {status} | "
+                    f"{_mean_pct(runs.get('final_train_acc_last100'))} | {_mean_pct(runs.get('final_test_acc'))} | "
+                    f"{_mean(runs.get('final_train_loss'))} | {_mean(runs.get('wall_time_s'), '{:.0f} s')} |")
+    return "\n".join(rows)
+
+
+def _mean(values, fmt: str = "{:.4g}") -> str:
+    values = pd.to_numeric(values, errors="coerce").dropna() if values is not None else pd.Series(dtype=float)
+    return fmt.format(values.mean()) if len(values) else "—"
+
+
+def _mean_pct(values) -> str:
+    values = pd.to_numeric(values, errors="coerce").dropna() if values is not None else pd.Series(dtype=float)
+    return f"{100 * values.mean():.1f}%" if len(values) else "—"
+
+
+def write_report(results_dir: str | Path = "results") -> Path:
+    results_dir = Path(results_dir)
+    summaries, found = collect(results_dir)
+    if not found:
+        raise ConfigError(f"no results under {results_dir}; run an experiment first (e.g. make noisy-bn)")
+    parts = ["# bnstudy report",
+             "",
+             "Santurkar et al., *How Does Batch Normalization Help Optimization?* (NeurIPS 2018), measured. "
+             "Written by `bnstudy report` from the CSVs under this folder; every number below comes from them.",
+             "",
+             "## The paper's claims",
+             "",
+             claims_table(summaries),
+             ""]
+    for name, results in found.items():
+        title = load_experiment(name).title
+        parts += [f"## {name}: {title}", "", results.caption(), "", runs_table(results), ""]
+        for figure in sorted((results.root / "figures").glob("*.png")):
+            parts += [f"![{name} {figure.stem}]({figure.relative_to(results_dir).as_posix()})", ""]
+    not_run = [e for e in list_experiments() if e not in found]
+    if not_run:
+        parts += ["## Not run yet", "", ", ".join(not_run), ""]
+    path = results_dir / "REPORT.md"
+    atomic_write_text(path, "\n".join(parts))
+    return path

@@ -1,0 +1,40 @@
+"""Reading an experiment's results: every run folder's tidy CSVs and meta.json, concatenated."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from bnstudy.config import ConfigError
+from bnstudy.records import SCHEMAS
+
+
+class Results:
+    """Every run folder of one experiment: tidy DataFrames concatenated over arms and seeds."""
+
+    def __init__(self, results_dir: Path, experiment: str):
+        self.root = Path(results_dir) / experiment
+        self.experiment = experiment
+        run_dirs = sorted(p.parent for p in self.root.glob("*/seed-*/meta.json"))
+        if not run_dirs:
+            raise ConfigError(f"no runs of '{experiment}' under {self.root}; run `bnstudy run {experiment}` first")
+        self.meta = pd.DataFrame([json.loads((d / "meta.json").read_text()) for d in run_dirs])
+        self.tables = {name: self._concat(run_dirs, name) for name in SCHEMAS}
+
+    def _concat(self, run_dirs: list[Path], name: str) -> pd.DataFrame:
+        frames = [pd.read_csv(d / f"{name}.csv") for d in run_dirs if (d / f"{name}.csv").exists()]
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCHEMAS[name])
+
+    def arms(self, order: tuple[str, ...] = ()) -> list[str]:
+        present = list(dict.fromkeys(self.meta.arm))
+        return [a for a in order if a in present] + [a for a in present if a not in order]
+
+    def caption(self) -> str:
+        seeds = sorted(set(self.meta.seed))
+        presets = ", ".join(sorted(set(self.meta.preset)))
+        datasets = ", ".join(sorted(set(self.meta.dataset)))
+        return f"{self.experiment} | preset: {presets} | data: {datasets} | seeds: {', '.join(map(str, seeds))} (n={len(seeds)})"
+
+

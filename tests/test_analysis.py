@@ -1,0 +1,53 @@
+"""Derived numbers on small hand-made frames."""
+import math
+
+import pandas as pd
+import pytest
+
+from bnstudy.analysis import early, landscape_summary, largest_trainable_lr, sweep_table
+from bnstudy.config import load_experiment
+
+
+def probe_rows(arm, step, loss0, g_norm, per_eta):
+    rows = [dict(arm=arm, seed=0, step=step, probe="landscape", layer=0, eta=0.0, metric="loss", value=loss0),
+            dict(arm=arm, seed=0, step=step, probe="landscape", layer=0, eta=0.0, metric="grad_norm", value=g_norm)]
+    for eta, loss, grad_diff in per_eta:
+        rows += [dict(arm=arm, seed=0, step=step, probe="landscape", layer=0, eta=eta, metric=m, value=v)
+                 for m, v in (("loss", loss), ("grad_diff", grad_diff), ("step_norm", eta * g_norm))]
+    return rows
+
+
+def test_landscape_summary_bands_and_beta():
+    frame = pd.DataFrame(probe_rows("a", 0, 2.0, 4.0, [(0.1, 1.5, 0.8), (0.2, 1.9, 2.4)]))
+    row = landscape_summary(frame).iloc[0]
+    assert (row.loss_min, row.loss_max, row.grad_diff_min, row.grad_diff_max) == (1.5, 1.9, 0.8, 2.4)
+    assert row.beta_eff == pytest.approx(max(0.8 / 0.4, 2.4 / 0.8))
+    assert (row.loss_at_w, row.grad_norm) == (2.0, 4.0)
+
+
+def test_early_is_the_first_quarter():
+    frame = pd.DataFrame({"step": range(0, 101, 10)})
+    assert list(early(frame).step) == [0, 10, 20]
+
+
+def test_sweep_table_and_largest_trainable_lr():
+    meta = pd.DataFrame([
+        dict(arm="s-0.1", seed=0, norm="none", lr=0.1, status="complete", diverged_at=None, final_train_acc_last100=0.4),
+        dict(arm="s-1", seed=0, norm="none", lr=1.0, status="complete", diverged_at=None, final_train_acc_last100=0.1),
+        dict(arm="b-0.1", seed=0, norm="batch", lr=0.1, status="complete", diverged_at=None, final_train_acc_last100=0.6),
+        dict(arm="b-1", seed=0, norm="batch", lr=1.0, status="complete", diverged_at=None, final_train_acc_last100=0.5),
+        dict(arm="b-10", seed=0, norm="batch", lr=10.0, status="diverged", diverged_at=3, final_train_acc_last100=0.1),
+        dict(arm="n-0.1", seed=0, norm="noise-only", lr=0.1, status="complete", diverged_at=None,
+             final_train_acc_last100=0.11),
+    ])
+    table = sweep_table(meta)
+    largest = largest_trainable_lr(table)
+    assert largest["none"] == 0.1 and largest["batch"] == 1.0 and math.isnan(largest["noise-only"])
+
+
+def test_sweep_expands_arms_by_value():
+    exp = load_experiment("lr-sweep")
+    assert "batchnorm-lr0.5" in exp.arms and "standard-lr2" in exp.arms
+    assert exp.arms["batchnorm-lr0.5"] == {"model": {"norm": "batch"}, "train": {"lr": 0.5}}
+    assert all(a.startswith(("standard-", "batchnorm-")) for a in exp.arms_for("quick"))
+    assert len(exp.arms_for("quick")) == 16

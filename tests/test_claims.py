@@ -1,0 +1,123 @@
+"""Every claim's rule on hand-made summaries: one case where it holds, one where it does not."""
+import pandas as pd
+import pytest
+
+from bnstudy.claims import CLAIMS, FAILS, HOLDS, NOT_MEASURED, evaluate_claims
+
+
+def frame(rows: dict[str, dict], seeds=(0, 1), preset="quick") -> pd.DataFrame:
+    """rows: arm -> {column: value}; the same values for every seed, tagged as real runs would be."""
+    return pd.DataFrame([{"arm": arm, "seed": seed, "preset": preset, "dataset": "CIFAR-10 (test)",
+                          "status": "complete", **values} for arm, values in rows.items() for seed in seeds])
+
+
+def check(number: str, summaries: dict) -> str:
+    claim = next(c for c in CLAIMS if c.number == number)
+    return claim.check(summaries).verdict
+
+
+def lr_runs(std01, bn01, std05, bn05):
+    return {"lr": frame({"standard-lr0.1": {"final_train_acc_last100": std01},
+                         "batchnorm-lr0.1": {"final_train_acc_last100": bn01},
+                         "standard-lr0.5": {"final_train_acc_last100": std05},
+                         "batchnorm-lr0.5": {"final_train_acc_last100": bn05}})}
+
+
+def test_claim_1():
+    assert check("1", lr_runs(0.40, 0.70, 0.10, 0.65)) == HOLDS
+    assert check("1", lr_runs(0.60, 0.62, 0.10, 0.65)) == FAILS  # not faster at 0.1
+
+
+def test_claim_2_needs_the_paper_preset():
+    acc = {"batchnorm": {"final_test_acc": 0.83}, "standard": {"final_test_acc": 0.80}}
+    assert check("2", {"noisy-bn": frame(acc, preset="paper")}) == HOLDS
+    assert check("2", {"noisy-bn": frame(acc, preset="quick")}) == NOT_MEASURED
+    low = {"batchnorm": {"final_test_acc": 0.70}, "standard": {"final_test_acc": 0.80}}
+    assert check("2", {"noisy-bn": frame(low, preset="paper")}) == FAILS
+
+
+def noisy_runs(noisy_acc, noisy_move):
+    moves = lambda m: {"d_mean_L2": m, "d_mean_L9": m, "d_var_L9": m, "d_mean_L13": m, "d_var_L13": m, "d_var_L2": m}
+    return {"noisy-bn": frame({"standard": {"final_train_acc_last100": 0.35, **moves(1e-3)},
+                               "batchnorm": {"final_train_acc_last100": 0.70, **moves(1e-3)},
+                               "noisy-batchnorm": {"final_train_acc_last100": noisy_acc, **moves(noisy_move)}})}
+
+
+def test_claim_3():
+    assert check("3", noisy_runs(0.65, 0.1)) == HOLDS
+    assert check("3", noisy_runs(0.40, 0.1)) == FAILS  # trains no better than standard + 15
+    assert check("3", noisy_runs(0.65, 1e-4)) == FAILS  # moves less than standard
+
+
+def test_claim_4():
+    runs = lambda acc: {"noisy-bn": frame({"noise-only": {"final_train_acc_last100": acc},
+                                           "standard": {"final_train_acc_last100": 0.5}})}
+    assert check("4", runs(0.1)) == HOLDS
+    assert check("4", runs(0.45)) == FAILS
+
+
+def ics_runs(bn_l2, bn_cos, dln_bn_cos):
+    vgg = {}
+    for lr in ("0.1", "0.01"):
+        vgg[f"standard-lr{lr}"] = {f"ics_{m}_median_L{l}": v for l in (5, 10) for m, v in (("l2", 1.0), ("cosine", 0.9))}
+        vgg[f"batchnorm-lr{lr}"] = {f"ics_{m}_median_L{l}": v for l in (5, 10) for m, v in (("l2", bn_l2), ("cosine", bn_cos))}
+    dln = {"standard-lr1e-6": {"ics_cosine_median_L17": 0.99}, "batchnorm-lr1e-6": {"ics_cosine_median_L17": dln_bn_cos}}
+    return {"ics": frame(vgg), "dln": frame(dln)}
+
+
+def test_claim_5():
+    assert check("5", ics_runs(2.0, 0.5, 0.1)) == HOLDS
+    assert check("5", ics_runs(0.1, 0.5, 0.1)) == FAILS  # BN reduced the shift
+    assert check("5", ics_runs(2.0, 0.5, 0.95)) == FAILS  # DLN cosines alike
+
+
+def landscape_runs(std, bn, column):
+    return {"landscape": frame({"standard": {column: std}, "batchnorm": {column: bn}})}
+
+
+def test_claims_6_and_7():
+    assert check("6", landscape_runs(1.5, 1.1, "early_loss_ratio")) == HOLDS
+    assert check("6", landscape_runs(1.05, 1.1, "early_loss_ratio")) == FAILS
+    assert check("7", landscape_runs(30.0, 1.0, "early_grad_diff_max")) == HOLDS
+    assert check("7", landscape_runs(2.0, 1.0, "early_grad_diff_max")) == FAILS
+
+
+def test_claim_8():
+    def runs(bn_below: int):
+        steps = [{"arm": arm, "seed": 0, "step": s, "beta_eff": (1.0 if (arm == "batchnorm") == (s < bn_below) else 2.0)}
+                 for arm in ("standard", "batchnorm") for s in range(8)]
+        return {"landscape": frame({"standard": {}, "batchnorm": {}}, seeds=(0,)),
+                "landscape:steps": pd.DataFrame(steps)}
+    assert check("8", runs(7)) == HOLDS  # 7 of 8 steps
+    assert check("8", runs(4)) == FAILS
+
+
+def test_claim_9():
+    def runs(lp_acc, l1_loss):
+        vgg = {"standard": {"final_train_acc_last100": 0.3}, "batchnorm": {"final_train_acc_last100": 0.7}}
+        vgg |= {a: {"final_train_acc_last100": lp_acc} for a in ("l1", "l2", "linf")}
+        dln = {"batchnorm": {"final_train_loss": 100.0}, "l1": {"final_train_loss": l1_loss}}
+        return {"lp-norm": frame(vgg), "lp-norm-dln": frame(dln)}
+    assert check("9", runs(0.6, 50.0)) == HOLDS
+    assert check("9", runs(0.6, 500.0)) == FAILS
+    assert check("9", runs(0.35, 50.0)) == FAILS
+
+
+def test_claim_10():
+    def runs(bn):
+        cols = ("early_grad_diff_max", "late_grad_diff_max", "early_beta_eff", "late_beta_eff")
+        return {"dln": frame({"standard-lr1e-6": {c: 10.0 for c in cols}, "batchnorm-lr1e-6": {c: bn for c in cols}})}
+    assert check("10", runs(1.0)) == HOLDS
+    assert check("10", runs(20.0)) == FAILS
+
+
+def test_missing_experiments_are_not_measured_with_a_reason():
+    verdicts = evaluate_claims({})
+    assert len(verdicts) == len(CLAIMS) and all(v.verdict == NOT_MEASURED for _, v in verdicts)
+    assert "has no results" in verdicts[0][1].measured
+
+
+def test_a_claim_holds_only_if_every_seed_agrees():
+    runs = lr_runs(0.40, 0.70, 0.10, 0.65)["lr"]
+    runs.loc[(runs.arm == "batchnorm-lr0.1") & (runs.seed == 1), "final_train_acc_last100"] = 0.41
+    assert check("1", {"lr": runs}) == FAILS
