@@ -9,6 +9,7 @@ SEEDS   ?= $(SEED)
 PRESET  ?= quick
 DEVICE  ?= auto
 RESULTS ?= results
+LAUNCHER ?= local
 # Folder holding cifar-10-batches-py/: $BNSTUDY_DATA if set, else data/
 DATA    ?= $(if $(BNSTUDY_DATA),$(BNSTUDY_DATA),data)
 SHARED_CIFAR ?= ../shared/data/cifar10
@@ -16,11 +17,12 @@ SHARED_CIFAR ?= ../shared/data/cifar10
 BIN      := $(VENV)/bin
 BNSTUDY  := $(BIN)/bnstudy
 STAMP    := $(VENV)/.installed
-RUN_ARGS  = --preset $(PRESET) --seeds $(SEEDS) --device $(DEVICE) --results-dir $(RESULTS) --data-dir $(DATA)
+RUN_ARGS  = --preset $(PRESET) --seeds $(SEEDS) --device $(DEVICE) --results-dir $(RESULTS) --data-dir $(DATA) \
+            --launcher $(LAUNCHER)
 
 EXPERIMENTS := noisy-bn landscape ics dln lp-norm lp-norm-dln lr lr-sweep
 
-.PHONY: help install data $(EXPERIMENTS) all report plot test clean-venv
+.PHONY: help install data $(EXPERIMENTS) all report bench plot test clean-venv
 
 help:
 	@sed -n '1,4p' Makefile
@@ -29,7 +31,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,ray]'
 	touch $@
 
 install: $(STAMP)
@@ -56,6 +58,9 @@ all: $(EXPERIMENTS)
 
 report: $(STAMP)
 	$(BNSTUDY) report --results-dir $(RESULTS)
+
+bench: $(STAMP)
+	$(BNSTUDY) bench --device $(DEVICE) --data-dir $(DATA) --results-dir $(RESULTS)
 
 plot: $(STAMP)
 	$(BNSTUDY) plot $(EXPERIMENT) --results-dir $(RESULTS)

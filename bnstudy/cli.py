@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="folder holding cifar-10-batches-py/ (default: $BNSTUDY_DATA, else data/)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one config value, e.g. --set train.lr=0.5 (repeatable; value read as TOML)")
+    run.add_argument("--launcher", default="local", choices=["local", "ray"],
+                     help="local: one run after another here (default); ray: one Ray task per run, on RAY_ADDRESS "
+                          "if set, else a local Ray (needs pip install -e '.[ray]')")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_common(run)
 
@@ -66,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
                                         "<results>/<experiment>/summary.csv and <results>/REPORT.md.")
     _add_common(report)
 
+    bench = sub.add_parser("bench", help="measure costs as ratios taken side by side; writes <results>/bench/bench.csv",
+                           description="Training-loop overhead, probe costs against their minimum passes, and "
+                                       "a per-image DataLoader reproduction, each as a ratio of two timings in one run.")
+    bench.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    bench.add_argument("--data-dir", metavar="PATH", help="CIFAR-10 folder (default $BNSTUDY_DATA, else data/); "
+                                                          "without it the synthetic set is used")
+    bench.add_argument("--width", type=float, help="VGG-16 width (default: 0.25 on CPU, 1 on CUDA)")
+    bench.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
+    bench.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timing per measurement")
+    _add_common(bench)
+
     sub.add_parser("list", help="list the experiments and their arms")
     return parser
 
@@ -75,7 +89,7 @@ def cmd_run(args) -> int:
 
     seeds = args.seeds if args.seeds is not None else [args.seed if args.seed is not None else 0]
     run_experiment(args.experiment, args.preset, seeds, args.arms, args.device, args.data_dir,
-                   args.results_dir, args.overrides, progress=not args.no_progress)
+                   args.results_dir, args.overrides, progress=not args.no_progress, launcher=args.launcher)
     return 0
 
 
@@ -91,6 +105,25 @@ def cmd_report(args) -> int:
     from bnstudy.report import write_report
 
     print(f"wrote {write_report(args.results_dir)}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from pathlib import Path
+
+    from bnstudy.bench import format_table, run_bench, write_rows
+    from bnstudy.runner import resolve_data_dir, resolve_device
+
+    device = resolve_device(args.device)
+    width = args.width or (1.0 if device.type == "cuda" else 0.25)
+    if width <= 0 or args.batch <= 0 or args.min_run_time <= 0:
+        raise UsageError("--width, --batch and --min-run-time must be > 0")
+    rows = run_bench(device, resolve_data_dir(args.data_dir), width, args.batch, args.min_run_time)
+    path = Path(args.results_dir) / "bench" / "bench.csv"
+    write_rows(rows, path, device, width, args.batch)
+    print(f"device {device}, VGG-16 width {width:g}, batch {args.batch}, torch {__import__('torch').__version__}")
+    print(format_table(rows))
+    print(f"wrote {path}")
     return 0
 
 
@@ -116,7 +149,8 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "plot": cmd_plot, "report": cmd_report, "data": cmd_data, "list": cmd_list}
+COMMANDS = {"run": cmd_run, "plot": cmd_plot, "report": cmd_report, "bench": cmd_bench, "data": cmd_data,
+            "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

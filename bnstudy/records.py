@@ -103,7 +103,8 @@ class RunDir:
     """One run's folder and the files in it."""
 
     def __init__(self, results_dir: Path, experiment: str, arm: str, seed: int):
-        self.path = Path(results_dir) / experiment / arm / f"seed-{seed}"
+        self.results_dir = Path(results_dir)
+        self.path = self.results_dir / experiment / arm / f"seed-{seed}"
         self.arm, self.seed = arm, seed
 
     @property

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from bnstudy.config import ConfigError, RunConfig, load_experiment, run_config
 from bnstudy.data import Dataset, gaussian_regression, load_images
@@ -60,27 +61,82 @@ def plan(experiment: str, preset: str, seeds: list[int], arms: list[str] | None,
 
 def run_experiment(experiment: str, preset: str, seeds: list[int], arms: list[str] | None = None,
                    device: str = "auto", data_dir: str | None = None, results_dir: str = "results",
-                   overrides: list[str] = (), progress: bool = True) -> list[dict]:
+                   overrides: list[str] = (), progress: bool = True, launcher: str = "local") -> list[dict]:
+    """Every run of the experiment: finished ones skipped, the rest trained by the chosen launcher."""
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"unknown launcher '{launcher}'; known: {', '.join(LAUNCHERS)}")
     configs = plan(experiment, preset, seeds, arms, list(overrides))
     dev = resolve_device(device)
     runs = [(config, RunDir(results_dir, config.experiment, config.arm, config.seed)) for config in configs]
     for config, run in runs:  # all checks before the first step of training
         check_same_config(run, config)
-    datasets: dict = {}
-    metas = []
+    pending = []
     for config, run in runs:
         if run.is_finished():
             print(f"{config.experiment}/{config.run_name}: already {run.read_meta()['status']}, skipped")
-            metas.append(run.read_meta())
-            continue
+        else:
+            pending.append((config, run))
+    if pending:
+        LAUNCHERS[launcher](pending, dev, data_dir, progress)
+    return [run.read_meta() for _, run in runs]
+
+
+def run_local(pending: list[tuple[RunConfig, RunDir]], device: torch.device, data_dir: str | None,
+              progress: bool) -> None:
+    """One run after another in this process; datasets loaded once and shared by the runs that use them."""
+    datasets: dict = {}
+    for config, run in pending:
         key = (config.data, config.seed if config.data.dataset == "gaussian" else None)  # DLN data depend on the seed
         if key not in datasets:
-            datasets[key] = load_dataset(config, data_dir, dev)
-        dataset = datasets[key]
-        meta = train_run(config, run, dataset, dev, progress=progress)
-        print(summary_line(meta), flush=True)
-        metas.append(meta)
-    return metas
+            datasets[key] = load_dataset(config, data_dir, device)
+        print(summary_line(train_run(config, run, datasets[key], device, progress=progress)), flush=True)
+
+
+def train_one(config: RunConfig, results_dir: str, device_name: str, data_dir: str | None, threads: int) -> dict:
+    """One run in a worker process (a Ray task): its own data, its own threads; returns meta.json."""
+    torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    run = RunDir(results_dir, config.experiment, config.arm, config.seed)
+    return train_run(config, run, load_dataset(config, data_dir, device), device, progress=False)
+
+
+def run_ray(pending: list[tuple[RunConfig, RunDir]], device: torch.device, data_dir: str | None,
+            progress: bool, cpus_per_run: int = 1) -> None:
+    """One Ray task per run: a GPU each on CUDA, `cpus_per_run` cores each otherwise. Connects to RAY_ADDRESS
+    when set (a cluster: run folders must be on a shared filesystem), else starts a local Ray on 127.0.0.1.
+    A failed task is retried once; it resumes from the run's last checkpoint."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--launcher ray needs Ray: pip install -e '.[ray]' (or pip install 'ray[default]')") from None
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 **({} if address else {"_node_ip_address": "127.0.0.1"}))
+    resources = {"num_gpus": 1} if device.type == "cuda" else {"num_cpus": cpus_per_run}
+    task = ray.remote(max_retries=1, retry_exceptions=True, **resources)(train_one)
+    results_dir = str(pending[0][1].results_dir.resolve())
+    data = str(resolve_data_dir(data_dir).resolve())
+    futures = {task.remote(config, results_dir, "cuda" if device.type == "cuda" else "cpu", data, cpus_per_run): config
+               for config, _ in pending}
+    failed = 0
+    with tqdm(total=len(futures), desc="runs", disable=not progress, dynamic_ncols=True) as bar:
+        remaining = list(futures)
+        while remaining:
+            done, remaining = ray.wait(remaining, num_returns=1)
+            try:
+                print(summary_line(ray.get(done[0])), flush=True)
+            except ray.exceptions.RayError as err:
+                failed += 1
+                print(f"{futures[done[0]].experiment}/{futures[done[0]].run_name}: failed twice: "
+                      f"{str(err).strip().splitlines()[-1]}", flush=True)
+            bar.set_postfix(finished=bar.n + 1 - failed, failed=failed)
+            bar.update(1)
+    if failed:
+        raise ConfigError(f"{failed} of {len(futures)} runs failed on Ray (each retried once); rerun to resume them")
+
+
+LAUNCHERS = {"local": run_local, "ray": run_ray}
 
 
 def load_dataset(config: RunConfig, data_dir: str | None, device: torch.device) -> Dataset:

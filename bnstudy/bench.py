@@ -1,0 +1,186 @@
+"""`bnstudy bench`: what the suite costs against what the mathematics costs, as ratios measured side by side.
+
+Times alone drift on shared machines; every number here is a ratio of two timings taken in the same
+run, each the median of torch.utils.benchmark's blocked_autorange (which also synchronizes CUDA).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils import benchmark
+
+from bnstudy.config import DataConfig, ModelConfig, TrainConfig
+from bnstudy.data import BatchOrder, DataError, Dataset, load_images
+from bnstudy.models import build_model
+from bnstudy.probes.functional import difference_norm
+from bnstudy.probes.ics import gradient_shift
+from bnstudy.probes.landscape import along_gradient
+from bnstudy.records import atomic_write_text
+from bnstudy.train import CLASSIFICATION, RunState, train_step
+
+
+@dataclass
+class Row:
+    benchmark: str
+    value: float
+    unit: str
+    target: str = ""
+    meets: str = ""  # yes | no | "" (no target)
+    note: str = ""
+
+
+def seconds(fn, min_run_time: float) -> float:
+    """Median seconds per call of fn()."""
+    fn()  # warm-up (allocator, lazy init)
+    return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
+
+
+def _target(value: float, op: str, bound: float) -> tuple[str, str]:
+    ok = value >= bound if op == ">=" else value <= bound
+    return f"{op} {bound:g}", "yes" if ok else "no"
+
+
+# ----------------------------------------------------------------------------------------------
+# The workloads
+# ----------------------------------------------------------------------------------------------
+def bench_setup(device: torch.device, data_dir: Path | None, width: float):
+    torch.manual_seed(0)
+    try:
+        dataset = load_images(DataConfig(dataset="cifar10", train_size=10_000, test_size=1_000), data_dir, device)
+    except DataError:
+        dataset = load_images(DataConfig(dataset="synthetic", train_size=2_048, test_size=256), None, device)
+    model = build_model(ModelConfig(width=width, norm="batch")).to(device)
+    return dataset, model
+
+
+def bare_step(model, x, y, optimizer):
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def our_step(state: RunState, dataset: Dataset, log_every: int = 50):
+    """What the training loop does per step: next indices, gather, step; pending metrics written each interval."""
+    def step():
+        index = state.order.next().to(dataset.train_x.device, non_blocking=True)
+        train_step(state, dataset.train_batch(index), CLASSIFICATION)
+        if len(state.pending) >= log_every:
+            torch.stack([l for _, l, _ in state.pending]).tolist()  # the loop's one host sync per interval
+            state.pending.clear()
+    return step
+
+
+class PerImageDataset(torch.utils.data.Dataset):
+    """How most public reproductions feed CIFAR-10: uint8 HWC images converted and normalized one at a time."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+        self.mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)
+        self.std = torch.tensor([0.2470, 0.2435, 0.2616]).view(3, 1, 1)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        image = torch.from_numpy(self.images[i]).permute(2, 0, 1).float().div(255)  # ToTensor
+        return (image - self.mean) / self.std, int(self.labels[i])  # Normalize
+
+
+def dataloader_step(model, optimizer, loader, device):
+    iterator = iter(loader)
+
+    def step():
+        nonlocal iterator
+        try:
+            x, y = next(iterator)
+        except StopIteration:
+            iterator = iter(loader)
+            x, y = next(iterator)
+        bare_step(model, x.to(device, non_blocking=True), y.to(device, non_blocking=True), optimizer)()
+    return step
+
+
+def deepcopy_landscape(model, x, y, etas):
+    """A naive reproduction: a deep copy of the model per eta, edited in place."""
+    loss = F.cross_entropy(model(x), y)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    g = {n: gr for (n, _), gr in zip(model.named_parameters(), grads)}
+    rows = []
+    for eta in etas:
+        clone = copy.deepcopy(model)
+        with torch.no_grad():
+            for name, p in clone.named_parameters():
+                p -= eta * g[name]
+        moved_loss = F.cross_entropy(clone(x), y)
+        moved = torch.autograd.grad(moved_loss, list(clone.parameters()))
+        rows.append((moved_loss.item(), difference_norm({n: m for (n, _), m in zip(clone.named_parameters(), moved)}, g).item()))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmarks
+# ----------------------------------------------------------------------------------------------
+def run_bench(device: torch.device, data_dir: Path | None, width: float, batch: int, min_run_time: float,
+              etas: int = 8) -> list[Row]:
+    dataset, model = bench_setup(device, data_dir, width)
+    x, y = dataset.train_x[:batch], dataset.train_y[:batch]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, foreach=True)
+    rows: list[Row] = []
+
+    t_bare = seconds(bare_step(model, x, y, optimizer), min_run_time)
+    state = RunState(model, optimizer, BatchOrder(dataset.train_size, batch, seed=0))
+    t_ours = seconds(our_step(state, dataset), min_run_time)
+    rows.append(Row("training steps/s, ours / bare step on a pre-made batch", t_bare / t_ours, "ratio",
+                    *_target(t_bare / t_ours, ">=", 0.95), f"bare {1 / t_bare:.2f} steps/s, ours {1 / t_ours:.2f}"))
+
+    images = (dataset.train_x.cpu().numpy() * 60 + 120).clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    loader = torch.utils.data.DataLoader(PerImageDataset(images, dataset.train_y.cpu().numpy()), batch_size=batch,
+                                         shuffle=True, drop_last=True, pin_memory=device.type == "cuda")
+    t_loader = seconds(dataloader_step(model, optimizer, loader, device), min_run_time)
+    rows.append(Row("training steps/s, ours / per-image DataLoader reproduction", t_loader / t_ours, "ratio", "> 1 on GPU",
+                    "", f"DataLoader {1 / t_loader:.2f} steps/s"))
+
+    grid = [0.01 * (i + 1) for i in range(etas)]
+    t_fwd_bwd = seconds(lambda: F.cross_entropy(model(x), y).backward(), min_run_time)
+    model.zero_grad(set_to_none=True)
+    t_probe = seconds(lambda: along_gradient(model, F.cross_entropy, (x, y), grid), min_run_time)
+    ratio = t_probe / ((etas + 1) * t_fwd_bwd)
+    rows.append(Row(f"landscape probe ({etas} etas) / {etas + 1} forward+backward", ratio, "ratio",
+                    *_target(ratio, "<=", 1.15), f"probe {t_probe * 1e3:.0f} ms, forward+backward {t_fwd_bwd * 1e3:.1f} ms"))
+    t_copy = seconds(lambda: deepcopy_landscape(model, x, y, grid), min_run_time)
+    rows.append(Row("landscape probe / deep-copy-per-eta implementation", t_probe / t_copy, "ratio", "", "",
+                    f"deep copy {t_copy * 1e3:.0f} ms"))
+
+    t_ics = seconds(lambda: gradient_shift(model, F.cross_entropy, (x, y), 0.1, [5, 10]), min_run_time)
+    rows.append(Row("ICS probe (layers #5, #10) / 3 forward+backward", t_ics / (3 * t_fwd_bwd), "ratio", "", "",
+                    f"probe {t_ics * 1e3:.0f} ms"))
+    return rows
+
+
+def write_rows(rows: list[Row], path: Path, device: torch.device, width: float, batch: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = ["benchmark", "value", "unit", "target", "meets", "note", "device", "width", "batch", "torch"]
+    lines = [",".join(fields)]
+    for row in rows:
+        values = [row.benchmark, f"{row.value:.4g}", row.unit, row.target, row.meets, row.note, str(device), f"{width:g}",
+                  str(batch), torch.__version__]
+        lines.append(",".join(f'"{v}"' if "," in v else v for v in values))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def format_table(rows: list[Row]) -> str:
+    width = max(len(r.benchmark) for r in rows)
+    out = [f"{'benchmark':{width}s}  {'value':>8s}  {'target':12s}  {'meets':5s}  note"]
+    for r in rows:
+        out.append(f"{r.benchmark:{width}s}  {r.value:8.3g}  {r.target:12s}  {r.meets:5s}  {r.note}")
+    return "\n".join(out)
