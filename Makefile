@@ -1,5 +1,5 @@
 # bnstudy: every target creates the virtual environment and installs what it needs by itself.
-#   make noisy-bn | landscape | ics | dln | lp-norm | lr [SEED=1 | SEEDS="0 1 2"] [PRESET=smoke|quick|paper] [DEVICE=auto|cpu|cuda] [RESULTS=dir] [DATA=dir]
+#   make noisy-bn | landscape | ics | dln | lp-norm | lr | curvature [SEED=1 | SEEDS="0 1 2"] [PRESET=smoke|quick|paper] [DEVICE=auto|cpu|cuda] [RESULTS=dir] [DATA=dir]
 #   make all [SEEDS="0 1 2"]  every experiment, then the report;  make report  the report alone
 #   make test
 PYTHON  ?= python3
@@ -20,7 +20,7 @@ STAMP    := $(VENV)/.installed
 RUN_ARGS  = --preset $(PRESET) --seeds $(SEEDS) --device $(DEVICE) --results-dir $(RESULTS) --data-dir $(DATA) \
             --launcher $(LAUNCHER)
 
-EXPERIMENTS := noisy-bn landscape ics dln lp-norm lp-norm-dln lr lr-sweep
+EXPERIMENTS := noisy-bn landscape ics dln lp-norm lp-norm-dln lr lr-sweep curvature curvature-dln
 
 .PHONY: help install data $(EXPERIMENTS) all report bench plot test clean-venv
 
@@ -51,6 +51,7 @@ $(EXPERIMENTS): $(STAMP) data
 # the l_p track and the learning-rate track each have a VGG part and a second part
 lp-norm: lp-norm-dln
 lr: lr-sweep
+curvature: curvature-dln
 
 # every experiment of the preset (finished runs are skipped), then the report
 all: $(EXPERIMENTS)

@@ -18,6 +18,19 @@ def landscape_summary(probes: pd.DataFrame) -> pd.DataFrame:
     return summary.join(at_w.rename(columns={"loss": "loss_at_w"})).reset_index()
 
 
+def curvature_summary(probes: pd.DataFrame) -> pd.DataFrame:
+    """One row per (arm, seed, step) curvature probe: lambda_max, HVPs used, the step's LR, and, where the landscape
+    probe ran at the same step, beta_eff and lambda_max / beta_eff."""
+    curv = probes[probes.probe == "curvature"]
+    table = curv.pivot_table(index=["arm", "seed", "step", "eta"], columns="metric", values="value").reset_index()
+    table = table.rename(columns={"eig1": "lambda_max", "eta": "lr"})
+    if (probes.probe == "landscape").any():
+        beta = landscape_summary(probes)[["arm", "seed", "step", "beta_eff"]]
+        table = table.merge(beta, on=["arm", "seed", "step"], how="left")
+        table["lambda_over_beta"] = table.lambda_max / table.beta_eff
+    return table
+
+
 def early(frame: pd.DataFrame, fraction: float = 0.25) -> pd.DataFrame:
     """The rows of the first `fraction` of training, by step (per experiment: steps are shared by arms)."""
     return frame[frame.step <= frame.step.min() + fraction * (frame.step.max() - frame.step.min())]
@@ -82,6 +95,13 @@ def run_summary(meta: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.DataF
         ics = probes[probes.probe == "ics"].groupby(["arm", "seed", "layer", "metric"]).value.median().unstack(["metric", "layer"])
         ics.columns = [f"ics_{metric}_median_L{layer}" for metric, layer in ics.columns]
         summary = summary.merge(ics.reset_index(), on=["arm", "seed"], how="left")
+    if (probes.probe == "curvature").any():
+        curv = curvature_summary(probes)
+        curv["phase"] = curv.groupby(["arm", "seed"]).step.transform(
+            lambda s: (s > s.min() + 0.25 * (s.max() - s.min())).map({False: "early", True: "late"}))
+        lam = curv.groupby(["arm", "seed", "phase"]).lambda_max.median().unstack()
+        lam.columns = [f"{phase}_lambda_max" for phase in lam.columns]
+        summary = summary.merge(lam.reset_index(), on=["arm", "seed"], how="left")
     if len(acts):
         changes = moment_changes(acts).groupby(["arm", "seed", "layer"])[["d_mean", "d_var"]].mean().unstack("layer")
         changes.columns = [f"{metric}_L{layer}" for metric, layer in changes.columns]

@@ -202,6 +202,14 @@ def claim_10(s) -> Verdict:
     return Verdict(HOLDS if ok else FAILS, "; ".join(parts), basis(dln, arms))
 
 
+def claim_11(s) -> Verdict:
+    runs = needs(s, "curvature")
+    lam = paired(runs, "early_lambda_max", ["standard", "batchnorm"])
+    return Verdict(HOLDS if bool((lam.batchnorm < lam.standard).all()) else FAILS,
+                   f"early median λ_max: batchnorm {spread(lam.batchnorm)}, standard {spread(lam.standard)}",
+                   basis(runs, ["standard", "batchnorm"]))
+
+
 CLAIMS = [
     Claim("1", "BN trains faster than standard at LR 0.1; at LR 0.5 standard trains much worse (Fig. 1).",
           "training accuracy (last 100 steps): batchnorm ≥ standard + 5 points at LR 0.1, and ≥ standard + 15 points "
@@ -236,6 +244,8 @@ CLAIMS = [
     Claim("10", "The smoothing shows in the DLN too, without nonlinearities (Fig. 10, 13).",
           "DLN at LR 1e-6: batchnorm's median gradient change and β_eff below standard's, early and late, in every seed",
           ("dln",), claim_10),
+    Claim("11 (ours, beyond the paper)", "BN lowers λ_max, the top Hessian eigenvalue, early in training.",
+          "first quarter of training: batchnorm's median λ_max < standard's in every seed", ("curvature",), claim_11),
 ]
 
 

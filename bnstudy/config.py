@@ -74,6 +74,7 @@ class TrainConfig:
     log_every: int = 50  # steps between flushes of the per-step training metrics to disk
     eval_every: int = 1_000  # steps between test-set evaluations (also at the last step)
     checkpoint_every: int = 500  # steps between checkpoints (resume point after a crash)
+    threads: int = 0  # CPU threads for torch; 0 = torch's default. Tiny models (the DLN) run fastest on 1
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,17 @@ class ICSConfig:
 
 
 @dataclass(frozen=True)
+class CurvatureConfig:
+    """Top Hessian eigenvalues by Lanczos on Hessian-vector products (beyond the paper)."""
+
+    every: int = 0  # steps between probes; 0 = off
+    k: int = 1  # eigenvalues, the algebraically largest
+    tol: float = 1e-3  # relative accuracy asked of Lanczos (ARPACK)
+    max_hvps: int = 100  # cap on Lanczos restarts (each a few Hessian-vector products)
+    bn_mode: str = "train"  # train: batch statistics (as the training step sees the loss) | eval
+
+
+@dataclass(frozen=True)
 class RunConfig:
     experiment: str = "noisy-bn"
     arm: str = "batchnorm"
@@ -117,6 +129,7 @@ class RunConfig:
     activations: ActivationsConfig = field(default_factory=ActivationsConfig)
     landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
     ics: ICSConfig = field(default_factory=ICSConfig)
+    curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
 
     @property
     def run_name(self) -> str:
@@ -364,6 +377,7 @@ def validate(config: RunConfig) -> None:
     _require(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
     _require(t.steps > 0, f"train.steps must be > 0, got {t.steps}")
     _require(t.batch_size > 0, f"train.batch_size must be > 0, got {t.batch_size}")
+    _require(t.threads >= 0, f"train.threads must be >= 0 (0 = torch's default), got {t.threads}")
     for key in ("log_every", "eval_every", "checkpoint_every"):
         _require(getattr(t, key) > 0, f"train.{key} must be > 0, got {getattr(t, key)}")
     _require(d.dataset in ("cifar10", "synthetic", "gaussian"), f"unknown data.dataset '{d.dataset}'; known: cifar10, synthetic, gaussian")
@@ -380,6 +394,10 @@ def validate(config: RunConfig) -> None:
     _require(ls.bn_mode in ("train", "eval"), f"unknown landscape.bn_mode '{ls.bn_mode}'; known: train, eval")
     _require(config.ics.every >= 0, f"ics.every must be >= 0 (0 = off), got {config.ics.every}")
     _require(config.ics.bn_mode in ("train", "eval"), f"unknown ics.bn_mode '{config.ics.bn_mode}'; known: train, eval")
+    c = config.curvature
+    _require(c.every >= 0 and c.k >= 1 and c.max_hvps >= 1 and c.tol > 0,
+             "curvature needs every >= 0, k >= 1, max_hvps >= 1 and tol > 0")
+    _require(c.bn_mode in ("train", "eval"), f"unknown curvature.bn_mode '{c.bn_mode}'; known: train, eval")
     n_layers = count_weight_layers(m)
     for section, layers in (("activations", a.layers), ("ics", config.ics.layers if config.ics.every else ())):
         for layer in layers:

@@ -15,8 +15,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from bnstudy.analysis import (CHANCE, TRAINS_MARGIN, landscape_summary, largest_trainable_lr,  # noqa: E402
-                              moment_changes, sweep_table)
+from bnstudy.analysis import (CHANCE, TRAINS_MARGIN, curvature_summary, landscape_summary,  # noqa: E402
+                              largest_trainable_lr, moment_changes, sweep_table)
 from bnstudy.config import load_experiment  # noqa: E402
 from bnstudy.results import Results  # noqa: E402
 
@@ -276,9 +276,35 @@ def lr_sweep(results: Results, order: tuple[str, ...] = ()):
                    results.caption())
 
 
+def curvature(results: Results, order: tuple[str, ...] = ()):
+    """lambda_max over training per arm with the stability line 2/eta; lambda_max / beta_eff where both were probed."""
+    arms = results.arms(order)
+    table = curvature_summary(results.tables["probes"])
+    colors = _palette(arms)
+    has_beta = "lambda_over_beta" in table and table.lambda_over_beta.notna().any()
+    fig, axes = plt.subplots(1, 2 if has_beta else 1, figsize=(13 if has_beta else 7, 4.6), squeeze=False)
+    ax = axes[0][0]
+    sns.lineplot(table, x="step", y="lambda_max", hue="arm", hue_order=arms, palette=colors, errorbar=ERRORBAR,
+                 marker="o", ax=ax)
+    for lr in sorted(table.lr.unique()):
+        ax.axhline(2 / lr, color="0.4", ls="--", lw=1, label=f"2/η = {2 / lr:g}")
+    ax.set(xlabel="training step", ylabel="λ_max of the Hessian (train-mode loss, step's batch)", yscale="log",
+           title="top Hessian eigenvalue")
+    ax.legend(fontsize=8, title=None)
+    if has_beta:
+        sns.lineplot(table, x="step", y="lambda_over_beta", hue="arm", hue_order=arms, palette=colors,
+                     errorbar=ERRORBAR, marker="o", ax=axes[0][1])
+        axes[0][1].set(xlabel="training step", ylabel="λ_max / β_eff (same step and batch)", yscale="log",
+                       title="curvature against effective β-smoothness")
+        axes[0][1].legend(fontsize=8, title=None)
+    hvps = table.hvps.median()
+    return _finish(fig, f"{results.experiment}: curvature over training (beyond the paper)",
+                   results.caption() + f" | Lanczos, median {hvps:.0f} Hessian-vector products per probe")
+
+
 FIGURES = {"training": training_curves, "activations": activation_distributions, "moments": moments,
            "landscape": landscape, "grad_vs_eta": grad_diff_vs_eta, "ics": ics, "test": test_curves,
-           "lr_sweep": lr_sweep}
+           "lr_sweep": lr_sweep, "curvature": curvature}
 
 
 def plot_experiment(experiment: str, results_dir: str = "results") -> list[Path]:

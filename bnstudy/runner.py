@@ -94,7 +94,7 @@ def run_local(pending: list[tuple[RunConfig, RunDir]], device: torch.device, dat
 
 def train_one(config: RunConfig, results_dir: str, device_name: str, data_dir: str | None, threads: int) -> dict:
     """One run in a worker process (a Ray task): its own data, its own threads; returns meta.json."""
-    torch.set_num_threads(threads)
+    torch.set_num_threads(config.train.threads or threads)
     device = torch.device(device_name)
     run = RunDir(results_dir, config.experiment, config.arm, config.seed)
     return train_run(config, run, load_dataset(config, data_dir, device), device, progress=False)

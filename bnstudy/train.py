@@ -24,6 +24,7 @@ from bnstudy.config import RunConfig
 from bnstudy.data import BatchOrder, Dataset
 from bnstudy.models import build_model, has_noise, set_noise
 from bnstudy.probes.activations import ActivationRecorder
+from bnstudy.probes.curvature import CurvatureProbe
 from bnstudy.probes.ics import ICSProbe
 from bnstudy.probes.landscape import LandscapeProbe, eta_grid
 from bnstudy.records import RunDir, atomic_save, environment
@@ -127,6 +128,9 @@ def probe_callbacks(config: RunConfig, model: nn.Module) -> list:
         callbacks.append(LandscapeProbe(etas, ls.every, ls.bn_mode, ls.direction, config.seed))
     if config.ics.every:
         callbacks.append(ICSProbe(config.ics.layers, config.ics.every, config.ics.bn_mode))
+    c = config.curvature
+    if c.every:
+        callbacks.append(CurvatureProbe(c.every, c.k, c.bn_mode, c.tol, c.max_hvps, config.seed))
     return callbacks
 
 
@@ -222,6 +226,16 @@ def make_state(config: RunConfig, dataset: Dataset, device: torch.device) -> Run
 def train_run(config: RunConfig, run: RunDir, dataset: Dataset, device: torch.device,
               callbacks: list | None = None, progress: bool = True) -> dict:
     """Train one run to completion (or divergence), resuming if a checkpoint exists; return meta.json."""
+    threads = torch.get_num_threads()
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    try:
+        return _train_run(config, run, dataset, device, callbacks, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_run(config, run, dataset, device, callbacks, progress) -> dict:
     state = make_state(config, dataset, device)
     logs = run.open_logs()
     if run.checkpoint_path.exists() and run.read_meta().get("status") == "running":

@@ -121,3 +121,9 @@ def test_a_claim_holds_only_if_every_seed_agrees():
     runs = lr_runs(0.40, 0.70, 0.10, 0.65)["lr"]
     runs.loc[(runs.arm == "batchnorm-lr0.1") & (runs.seed == 1), "final_train_acc_last100"] = 0.41
     assert check("1", {"lr": runs}) == FAILS
+
+
+def test_claim_11():
+    runs = lambda bn: {"curvature": frame({"standard": {"early_lambda_max": 50.0}, "batchnorm": {"early_lambda_max": bn}})}
+    assert check("11 (ours, beyond the paper)", runs(10.0)) == HOLDS
+    assert check("11 (ours, beyond the paper)", runs(80.0)) == FAILS

@@ -1,0 +1,68 @@
+"""Top Hessian eigenvalues against the full Hessian of a small network with BN, and invariants."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from bnstudy.probes.curvature import hessian_trace, top_eigenvalues
+
+
+def small_bn_net(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 8), nn.BatchNorm1d(8),
+                          nn.Tanh(), nn.Linear(8, 3)).double()
+    x = torch.randn(32, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (32,))
+    return model, x, y
+
+
+def full_hessian(model, x, y):
+    """The exact Hessian of the train-mode loss w.r.t. all parameters, flattened, from torch.autograd.functional."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+
+    def loss(w):
+        params, offset = {}, 0
+        for name, shape in zip(names, shapes):
+            params[name] = w[offset:offset + shape.numel()].view(shape)
+            offset += shape.numel()
+        return F.cross_entropy(functional_call(model, (params, {k: v.clone() for k, v in buffers.items()}), (x,)), y)
+
+    return torch.autograd.functional.hessian(loss, flat)
+
+
+def test_top_eigenvalues_match_the_full_hessian():
+    model, x, y = small_bn_net()
+    assert 200 < sum(p.numel() for p in model.parameters()) < 400
+    exact = torch.linalg.eigvalsh(full_hessian(model, x, y)).flip(0)
+    result = top_eigenvalues(model, F.cross_entropy, (x, y), k=3, tol=1e-10)
+    assert result["converged"] and result["hvps"] > 0
+    for found, true in zip(result["eigenvalues"], exact[:3].tolist()):
+        assert found == pytest.approx(true, rel=1e-4)
+
+
+def test_trace_is_unbiased_on_the_small_network():
+    model, x, y = small_bn_net(1)
+    hessian = full_hessian(model, x, y)
+    exact = torch.trace(hessian).item()
+    samples = 400
+    # Rademacher Hutchinson: variance 2 * sum of squared off-diagonal entries, per sample
+    std_error = (2 * (hessian.square().sum() - hessian.diag().square().sum()).item() / samples) ** 0.5
+    estimate = hessian_trace(model, F.cross_entropy, (x, y), samples=samples)
+    assert abs(estimate - exact) < 4 * std_error
+
+
+def test_probe_leaves_no_trace():
+    model, x, y = small_bn_net(2)
+    F.cross_entropy(model(x), y).backward()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [p.grad.clone() for p in model.parameters()]
+    rng = torch.get_rng_state()
+    first = top_eigenvalues(model, F.cross_entropy, (x, y))
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+    assert torch.equal(rng, torch.get_rng_state())
+    assert top_eigenvalues(model, F.cross_entropy, (x, y)) == first
