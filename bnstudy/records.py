@@ -17,6 +17,7 @@ import io
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,20 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
 }
 
 
+FAULT_ENV = "BNSTUDY_FAULT"  # tests only: "point@n" kills this process with SIGKILL at the n-th pass of `point`
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Where the kill-and-resume tests pull the plug (SIGKILL, nothing cleaned up); a no-op otherwise."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or not spec.startswith(name + "@"):
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] == int(spec.split("@")[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temporary name and rename: a reader never sees half a file, a crash leaves the old one."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -44,13 +59,21 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def atomic_save(obj, path: Path) -> None:
+def atomic_save(obj, path: Path, keep_previous: bool = False) -> None:
+    """torch.save to a temporary name, then rename; with keep_previous the old file becomes `<name>.prev`."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
+        fault_point("checkpoint-write")  # a kill here leaves a half-written temporary file, never a torn checkpoint
         os.fsync(f.fileno())
+    if keep_previous and path.exists():
+        os.replace(path, previous(path))
     os.replace(tmp, path)
+
+
+def previous(path: Path) -> Path:
+    return path.with_name(path.name + ".prev")
 
 
 def _compact(value):
@@ -84,8 +107,12 @@ class CsvLog:
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=self.columns, lineterminator="\n")
         writer.writerows({k: _compact(v) for k, v in row.items()} for row in self.buffer)
+        data = text.getvalue()
         with open(self.path, "a") as f:
-            f.write(text.getvalue())
+            f.write(data[: len(data) // 2])
+            f.flush()
+            fault_point("csv-append")  # a kill here leaves a torn tail; resume truncates to the checkpoint's size
+            f.write(data[len(data) // 2:])
             f.flush()
             os.fsync(f.fileno())
         self.buffer.clear()
@@ -141,6 +168,57 @@ class RunDir:
     def open_logs(self) -> dict[str, CsvLog]:
         self.path.mkdir(parents=True, exist_ok=True)
         return {name: CsvLog(self.csv(name), columns) for name, columns in SCHEMAS.items()}
+
+
+class ResultsLock:
+    """One bnstudy process per experiment folder: a lock file holding the owner's host and pid.
+
+    A second process refuses with a clear message; a lock whose process is gone (same host) is stale
+    and taken over.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".lock"
+        self.owner = f"{platform.node()} {os.getpid()}"
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self._stale():
+                    holder = self.path.read_text().strip() or "unknown"
+                    raise FileExistsError(f"{self.path.parent} is in use by another bnstudy run (host and pid: "
+                                          f"{holder}); wait for it to finish, or use another --results-dir") from None
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(self.owner + "\n")
+            return self
+        raise FileExistsError(f"could not take the lock {self.path}")
+
+    def _stale(self) -> bool:
+        try:
+            host, pid = self.path.read_text().split()
+        except (OSError, ValueError):
+            return True  # empty or torn lock file: its writer died while writing it
+        if host != platform.node():
+            return False  # another machine's process: cannot tell, so assume it is alive
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.path.read_text().strip() == self.owner:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def git_sha() -> str:

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from bnstudy.config import ConfigError, RunConfig, load_experiment, run_config
 from bnstudy.data import Dataset, gaussian_regression, load_images
-from bnstudy.records import RunDir
+from bnstudy.records import ResultsLock, RunDir
 from bnstudy.train import train_run
 
 
@@ -70,15 +70,31 @@ def run_experiment(experiment: str, preset: str, seeds: list[int], arms: list[st
     runs = [(config, RunDir(results_dir, config.experiment, config.arm, config.seed)) for config in configs]
     for config, run in runs:  # all checks before the first step of training
         check_same_config(run, config)
-    pending = []
-    for config, run in runs:
-        if run.is_finished():
-            print(f"{config.experiment}/{config.run_name}: already {run.read_meta()['status']}, skipped")
-        else:
-            pending.append((config, run))
-    if pending:
-        LAUNCHERS[launcher](pending, dev, data_dir, progress)
+    folder = check_writable(Path(results_dir) / configs[0].experiment)
+    with ResultsLock(folder):  # one process per experiment folder: rows never interleave
+        for config, run in runs:  # checked again under the lock: the folder may have changed meanwhile
+            check_same_config(run, config)
+        pending = []
+        for config, run in runs:
+            if run.is_finished():
+                print(f"{config.experiment}/{config.run_name}: already {run.read_meta()['status']}, skipped")
+            else:
+                pending.append((config, run))
+        if pending:
+            LAUNCHERS[launcher](pending, dev, data_dir, progress)
     return [run.read_meta() for _, run in runs]
+
+
+def check_writable(folder: Path) -> Path:
+    """The experiment's results folder exists and takes files, or a clear error before any training."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"results folder {folder} is not writable ({err.strerror or err})") from None
+    return folder
 
 
 def run_local(pending: list[tuple[RunConfig, RunDir]], device: torch.device, data_dir: str | None,

@@ -27,7 +27,7 @@ from bnstudy.probes.activations import ActivationRecorder
 from bnstudy.probes.curvature import CurvatureProbe
 from bnstudy.probes.ics import ICSProbe
 from bnstudy.probes.landscape import LandscapeProbe, eta_grid
-from bnstudy.records import RunDir, atomic_save, environment
+from bnstudy.records import RunDir, atomic_save, environment, fault_point, previous
 
 
 @dataclass
@@ -149,11 +149,22 @@ def save_checkpoint(run: RunDir, state: RunState, logs: dict, elapsed: float) ->
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "log_sizes": {name: log.size() for name, log in logs.items()},
         "elapsed": elapsed,
-    }, run.checkpoint_path)
+    }, run.checkpoint_path, keep_previous=True)
 
 
-def load_checkpoint(run: RunDir, state: RunState, logs: dict) -> None:
-    ckpt = torch.load(run.checkpoint_path, map_location="cpu", weights_only=False)
+def read_checkpoint(run: RunDir) -> dict | None:
+    """The newest checkpoint that loads; the previous one if the newest is damaged; None if neither."""
+    for path in (run.checkpoint_path, previous(run.checkpoint_path)):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except FileNotFoundError:
+            continue
+        except Exception as err:  # a damaged file fails in many ways (pickle, zip, EOF): fall back to the older one
+            print(f"{path}: unreadable checkpoint ({type(err).__name__}); trying the previous one", flush=True)
+    return None
+
+
+def load_checkpoint(ckpt: dict, state: RunState, logs: dict) -> None:
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.order.load_state_dict(ckpt["order"])
@@ -238,8 +249,9 @@ def train_run(config: RunConfig, run: RunDir, dataset: Dataset, device: torch.de
 def _train_run(config, run, dataset, device, callbacks, progress) -> dict:
     state = make_state(config, dataset, device)
     logs = run.open_logs()
-    if run.checkpoint_path.exists() and run.read_meta().get("status") == "running":
-        load_checkpoint(run, state, logs)
+    ckpt = read_checkpoint(run) if run.read_meta().get("status") == "running" else None
+    if ckpt is not None:
+        load_checkpoint(ckpt, state, logs)
     else:
         for log in logs.values():
             log.truncate(len(",".join(log.columns)) + 1)  # a fresh start keeps only the header
@@ -267,6 +279,7 @@ def _loop(config, run, dataset, state, logs, callbacks, progress) -> int | None:
                           t.lr, config)
         _emit(logs, config, [cb.before_step(ctx) for cb in callbacks])
         train_step(state, ctx.batch, task)
+        fault_point("train-step")
         _emit(logs, config, [cb.after_step(ctx) for cb in callbacks])
         state.step += 1
         bar.update(1)

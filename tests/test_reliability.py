@@ -1,0 +1,92 @@
+"""A week of GPU time must survive a crash, a typo and a second terminal.
+
+Kill and resume: a run in a subprocess is killed with SIGKILL at chosen points (during training, while a
+checkpoint is written, while CSV rows are appended, twice in a row), the same command is run again, and
+the finished CSVs must equal an uninterrupted run's, byte for byte.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bnstudy.records import FAULT_ENV, ResultsLock
+
+ROOT = Path(__file__).resolve().parent.parent
+ARGS = ["run", "noisy-bn", "--preset", "smoke", "--arms", "noisy-batchnorm", "--no-progress",
+        "--set", "data.dataset=synthetic", "--set", "train.steps=30", "--set", "train.checkpoint_every=4",
+        "--set", "train.log_every=3", "--set", "train.eval_every=10", "--set", "activations.every=4"]
+FILES = ("metrics.csv", "activations.csv", "probes.csv")
+
+
+def bnstudy(results: Path, fault: str | None = None, args=ARGS) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop(FAULT_ENV, None)
+    if fault:
+        env[FAULT_ENV] = fault
+    return subprocess.run([sys.executable, "-m", "bnstudy", *args, "--results-dir", str(results)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def csvs(results: Path) -> dict[str, bytes]:
+    folder = results / "noisy-bn" / "noisy-batchnorm" / "seed-0"
+    return {name: (folder / name).read_bytes() for name in FILES}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    results = tmp_path_factory.mktemp("whole")
+    assert bnstudy(results).returncode == 0
+    return csvs(results)
+
+
+KILL_POINTS = [
+    ["train-step@2"],  # before the first checkpoint: starts again from step 0
+    ["train-step@13"],  # during training, between checkpoints
+    ["checkpoint-write@3"],  # while the third checkpoint is being written
+    ["csv-append@5"],  # half-way through appending rows: a torn CSV tail
+    ["csv-append@9", "checkpoint-write@2"],  # killed twice, the second time during the resumed run
+]
+
+
+@pytest.mark.parametrize("faults", KILL_POINTS, ids=["+".join(f) for f in KILL_POINTS])
+def test_sigkill_then_rerun_gives_the_uninterrupted_numbers(tmp_path, uninterrupted, faults):
+    for fault in faults:
+        killed = bnstudy(tmp_path, fault)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        meta = json.loads((tmp_path / "noisy-bn" / "noisy-batchnorm" / "seed-0" / "meta.json").read_text())
+        assert meta["status"] == "running"
+    resumed = bnstudy(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert csvs(tmp_path) == uninterrupted
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, uninterrupted):
+    assert bnstudy(tmp_path, "train-step@14").returncode == -signal.SIGKILL
+    checkpoint = tmp_path / "noisy-bn" / "noisy-batchnorm" / "seed-0" / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # torn by a disk, not by us
+    resumed = bnstudy(tmp_path)
+    assert resumed.returncode == 0 and "unreadable checkpoint" in resumed.stdout
+    assert csvs(tmp_path) == uninterrupted
+
+
+def test_a_second_process_on_the_same_folder_refuses_and_changes_nothing(tmp_path):
+    folder = tmp_path / "noisy-bn"
+    with ResultsLock(folder):  # as if another bnstudy were running on this experiment folder
+        second = bnstudy(tmp_path)
+        assert second.returncode == 2
+        assert "in use by another bnstudy run" in second.stderr and "Traceback" not in second.stderr
+        assert not (folder / "noisy-batchnorm").exists()
+    assert not (folder / ".lock").exists()
+
+
+def test_a_stale_lock_is_taken_over(tmp_path):
+    folder = tmp_path / "noisy-bn"
+    folder.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (folder / ".lock").write_text(f"{os.uname().nodename} {dead.stdout.strip()}\n")
+    with ResultsLock(folder):
+        assert (folder / ".lock").read_text().split()[1] == str(os.getpid())
