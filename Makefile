@@ -1,6 +1,7 @@
 # bnstudy: every target creates the virtual environment and installs what it needs by itself.
 #   make noisy-bn | landscape | ics | dln | lp-norm | lr | curvature [SEED=1 | SEEDS="0 1 2"] [PRESET=smoke|quick|paper] [DEVICE=auto|cpu|cuda] [RESULTS=dir] [DATA=dir]
 #   make all [SEEDS="0 1 2"]  every experiment, then the report;  make report  the report alone
+#   make bench [E2E=1]  costs as ratios (E2E=1 also times the whole quick noisy-bn)
 #   make test
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -61,7 +62,7 @@ report: $(STAMP)
 	$(BNSTUDY) report --results-dir $(RESULTS)
 
 bench: $(STAMP)
-	$(BNSTUDY) bench --device $(DEVICE) --data-dir $(DATA) --results-dir $(RESULTS)
+	$(BNSTUDY) bench --device $(DEVICE) --data-dir $(DATA) --results-dir $(RESULTS) $(if $(E2E),--end-to-end)
 
 plot: $(STAMP)
 	$(BNSTUDY) plot $(EXPERIMENT) --results-dir $(RESULTS)

@@ -167,6 +167,26 @@ def run_bench(device: torch.device, data_dir: Path | None, width: float, batch: 
     return rows
 
 
+def end_to_end(data_dir: Path | None, device: str) -> list[Row]:
+    """Wall time and peak memory of the quick noisy-bn experiment (3 arms, figures), in a fresh results folder."""
+    import resource
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as results:
+        started = time.perf_counter()
+        for command in (["run", "noisy-bn", "--preset", "quick", "--no-progress", "--device", device],
+                        ["plot", "noisy-bn"]):
+            extra = ["--data-dir", str(data_dir)] if command[0] == "run" and data_dir else []
+            subprocess.run([sys.executable, "-m", "bnstudy", *command, *extra, "--results-dir", results], check=True,
+                           stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+    return [Row("make noisy-bn, quick preset: wall time", wall / 60, "minutes", *_target(wall / 60, "<=", 10.0)),
+            Row("make noisy-bn, quick preset: peak resident memory", peak, "GiB")]
+
+
 def write_rows(rows: list[Row], path: Path, device: torch.device, width: float, batch: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = ["benchmark", "value", "unit", "target", "meets", "note", "device", "width", "batch", "torch"]

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--width", type=float, help="VGG-16 width (default: 0.25 on CPU, 1 on CUDA)")
     bench.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
     bench.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timing per measurement")
+    bench.add_argument("--end-to-end", action="store_true",
+                       help="also time the whole quick noisy-bn experiment in a temporary folder (about 10 minutes)")
     _add_common(bench)
 
     sub.add_parser("list", help="list the experiments and their arms")
@@ -111,7 +113,7 @@ def cmd_report(args) -> int:
 def cmd_bench(args) -> int:
     from pathlib import Path
 
-    from bnstudy.bench import format_table, run_bench, write_rows
+    from bnstudy.bench import end_to_end, format_table, run_bench, write_rows
     from bnstudy.runner import resolve_data_dir, resolve_device
 
     device = resolve_device(args.device)
@@ -119,6 +121,8 @@ def cmd_bench(args) -> int:
     if width <= 0 or args.batch <= 0 or args.min_run_time <= 0:
         raise UsageError("--width, --batch and --min-run-time must be > 0")
     rows = run_bench(device, resolve_data_dir(args.data_dir), width, args.batch, args.min_run_time)
+    if args.end_to_end:
+        rows += end_to_end(resolve_data_dir(args.data_dir), args.device)
     path = Path(args.results_dir) / "bench" / "bench.csv"
     write_rows(rows, path, device, width, args.batch)
     print(f"device {device}, VGG-16 width {width:g}, batch {args.batch}, torch {__import__('torch').__version__}")
