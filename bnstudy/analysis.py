@@ -31,9 +31,21 @@ def curvature_summary(probes: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def early(frame: pd.DataFrame, fraction: float = 0.25) -> pd.DataFrame:
-    """The rows of the first `fraction` of training, by step (per experiment: steps are shared by arms)."""
-    return frame[frame.step <= frame.step.min() + fraction * (frame.step.max() - frame.step.min())]
+EARLY = 0.25  # "early in training": the first quarter of the probed steps of a run
+
+
+def phase(frame: pd.DataFrame) -> pd.Series:
+    """'early' for each run's probes in the first EARLY of its probed steps, 'late' after."""
+    def label(steps: pd.Series) -> pd.Series:
+        return (steps > steps.min() + EARLY * (steps.max() - steps.min())).map({False: "early", True: "late"})
+    return frame.groupby(["arm", "seed"]).step.transform(label)
+
+
+def phase_medians(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Per run, the median of each column early and late, as columns '<phase>_<column>'."""
+    medians = frame.assign(phase=phase(frame)).groupby(["arm", "seed", "phase"])[columns].median().unstack()
+    medians.columns = [f"{p}_{column}" for column, p in medians.columns]
+    return medians.reset_index()
 
 
 CHANCE = 0.1  # CIFAR-10: ten balanced classes
@@ -85,23 +97,16 @@ def run_summary(meta: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.DataF
     probes, acts = tables["probes"], tables["activations"]
     if (probes.probe == "landscape").any():
         land = landscape_summary(probes)
-        land["phase"] = land.groupby(["arm", "seed"]).step.transform(
-            lambda s: (s > s.min() + 0.25 * (s.max() - s.min())).map({False: "early", True: "late"}))
         land["loss_ratio"] = land.loss_max / land.loss_min
-        medians = land.groupby(["arm", "seed", "phase"])[["grad_diff_max", "beta_eff", "loss_ratio"]].median().unstack()
-        medians.columns = [f"{phase}_{metric}" for metric, phase in medians.columns]
-        summary = summary.merge(medians.reset_index(), on=["arm", "seed"], how="left")
+        summary = summary.merge(phase_medians(land, ["grad_diff_max", "beta_eff", "loss_ratio"]), on=["arm", "seed"],
+                                how="left")
     if (probes.probe == "ics").any():
         ics = probes[probes.probe == "ics"].groupby(["arm", "seed", "layer", "metric"]).value.median().unstack(["metric", "layer"])
         ics.columns = [f"ics_{metric}_median_L{layer}" for metric, layer in ics.columns]
         summary = summary.merge(ics.reset_index(), on=["arm", "seed"], how="left")
     if (probes.probe == "curvature").any():
-        curv = curvature_summary(probes)
-        curv["phase"] = curv.groupby(["arm", "seed"]).step.transform(
-            lambda s: (s > s.min() + 0.25 * (s.max() - s.min())).map({False: "early", True: "late"}))
-        lam = curv.groupby(["arm", "seed", "phase"]).lambda_max.median().unstack()
-        lam.columns = [f"{phase}_lambda_max" for phase in lam.columns]
-        summary = summary.merge(lam.reset_index(), on=["arm", "seed"], how="left")
+        summary = summary.merge(phase_medians(curvature_summary(probes), ["lambda_max"]), on=["arm", "seed"],
+                                how="left")
     if len(acts):
         changes = moment_changes(acts).groupby(["arm", "seed", "layer"])[["d_mean", "d_var"]].mean().unstack("layer")
         changes.columns = [f"{metric}_L{layer}" for metric, layer in changes.columns]

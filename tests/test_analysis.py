@@ -4,7 +4,7 @@ import math
 import pandas as pd
 import pytest
 
-from bnstudy.analysis import early, landscape_summary, largest_trainable_lr, sweep_table
+from bnstudy.analysis import landscape_summary, largest_trainable_lr, phase, phase_medians, sweep_table
 from bnstudy.config import load_experiment
 
 
@@ -25,9 +25,13 @@ def test_landscape_summary_bands_and_beta():
     assert (row.loss_at_w, row.grad_norm) == (2.0, 4.0)
 
 
-def test_early_is_the_first_quarter():
-    frame = pd.DataFrame({"step": range(0, 101, 10)})
-    assert list(early(frame).step) == [0, 10, 20]
+def test_early_is_the_first_quarter_of_each_run():
+    frame = pd.DataFrame({"arm": ["a"] * 11 + ["b"] * 5, "seed": 0, "step": list(range(0, 101, 10)) + list(range(5)),
+                          "x": range(16)})
+    assert list(phase(frame)[:11]) == ["early"] * 3 + ["late"] * 8
+    assert list(phase(frame)[11:]) == ["early", "early", "late", "late", "late"]
+    medians = phase_medians(frame, ["x"]).set_index("arm")
+    assert medians.loc["a", "early_x"] == 1 and medians.loc["a", "late_x"] == 6.5
 
 
 def test_sweep_table_and_largest_trainable_lr():
