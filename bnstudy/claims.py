@@ -82,7 +82,8 @@ def needs(summaries: dict, name: str) -> pd.DataFrame:
 def claim_1(s) -> Verdict:
     lr = needs(s, "lr")
     arms = ["standard-lr0.1", "batchnorm-lr0.1", "standard-lr0.5", "batchnorm-lr0.5"]
-    acc = paired(lr, "final_train_acc_last100", arms).fillna(0.1)
+    scored = lr.assign(acc=lr.final_train_acc_last100.where(lr.status != "diverged", 0.1))  # diverged = chance
+    acc = paired(scored, "acc", arms)
     faster = acc["batchnorm-lr0.1"] - acc["standard-lr0.1"]
     worse = acc["batchnorm-lr0.5"] - acc["standard-lr0.5"]
     ok = bool((faster >= 0.05).all() and (worse >= 0.15).all())

@@ -28,6 +28,14 @@ def test_claim_1():
     assert check("1", lr_runs(0.60, 0.62, 0.10, 0.65)) == FAILS  # not faster at 0.1
 
 
+def test_claim_1_counts_a_diverged_run_as_chance():
+    runs = lr_runs(0.40, 0.70, 0.30, 0.65)
+    assert check("1", runs) == HOLDS
+    lr = runs["lr"]
+    lr.loc[lr.arm == "batchnorm-lr0.5", "status"] = "diverged"  # its accuracy before diverging no longer counts
+    assert check("1", {"lr": lr}) == FAILS
+
+
 def test_claim_2_needs_the_paper_preset():
     acc = {"batchnorm": {"final_test_acc": 0.83}, "standard": {"final_test_acc": 0.80}}
     assert check("2", {"noisy-bn": frame(acc, preset="paper")}) == HOLDS
