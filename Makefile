@@ -56,10 +56,10 @@ curvature: curvature-dln
 
 # every experiment of the preset (finished runs are skipped), then the report
 all: $(EXPERIMENTS)
-	$(BNSTUDY) report --results-dir $(RESULTS)
+	$(MAKE) report
 
 report: $(STAMP)
-	$(BNSTUDY) report --results-dir $(RESULTS)
+	$(BNSTUDY) report --results-dir $(RESULTS) $(if $(filter results,$(RESULTS)),--readme README.md)
 
 bench: $(STAMP)
 	$(BNSTUDY) bench --device $(DEVICE) --data-dir $(DATA) --results-dir $(RESULTS) $(if $(E2E),--end-to-end)

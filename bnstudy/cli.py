@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write results/REPORT.md: figures and each paper claim with its verdict",
                             description="Read every experiment's results (no training), write "
                                         "<results>/<experiment>/summary.csv and <results>/REPORT.md.")
+    report.add_argument("--readme", metavar="PATH", help="also put the claims table and key figures into this "
+                                                        "README, between its <!-- claims:start/end --> markers")
     _add_common(report)
 
     bench = sub.add_parser("bench", help="measure costs as ratios taken side by side; writes <results>/bench/bench.csv",
@@ -106,7 +108,7 @@ def cmd_plot(args) -> int:
 def cmd_report(args) -> int:
     from bnstudy.report import write_report
 
-    print(f"wrote {write_report(args.results_dir)}")
+    print(f"wrote {write_report(args.results_dir, args.readme)}")
     return 0
 
 

@@ -5,6 +5,7 @@ as not run, and the claims that need them are "not measured".
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -68,7 +69,25 @@ def _mean_pct(values) -> str:
     return f"{100 * values.mean():.1f}%" if len(values) else "—"
 
 
-def write_report(results_dir: str | Path = "results") -> Path:
+KEY_FIGURES = ("noisy-bn/figures/training.png", "landscape/figures/landscape.png", "dln/figures/ics.png")
+README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
+
+
+def update_readme(readme: Path, results_dir: Path, table: str) -> None:
+    """Replace the README's block between the claims markers with the claims table and the key figures."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ConfigError(f"{readme} has no {README_START} ... {README_END} block to fill")
+    prefix = Path(os.path.relpath(results_dir, readme.parent)).as_posix()
+    figures = [f"![{f}]({prefix}/{f})" for f in KEY_FIGURES if (results_dir / f).exists()]
+    block = "\n\n".join([f"**What the committed results say** (from `{prefix}/REPORT.md`, written by `make report` "
+                          "from the CSVs; the preset, data and seeds behind each row are in its last column):",
+                          table, *figures])
+    head, rest = text.split(README_START, 1)
+    atomic_write_text(readme, head + README_START + "\n" + block + "\n" + README_END + rest.split(README_END, 1)[1])
+
+
+def write_report(results_dir: str | Path = "results", readme: Path | None = None) -> Path:
     results_dir = Path(results_dir)
     summaries, found = collect(results_dir)
     if not found:
@@ -80,7 +99,7 @@ def write_report(results_dir: str | Path = "results") -> Path:
              "",
              "## The paper's claims",
              "",
-             claims_table(summaries),
+             table := claims_table(summaries),
              ""]
     for name, results in found.items():
         title = load_experiment(name).title
@@ -92,4 +111,6 @@ def write_report(results_dir: str | Path = "results") -> Path:
         parts += ["## Not run yet", "", ", ".join(not_run), ""]
     path = results_dir / "REPORT.md"
     atomic_write_text(path, "\n".join(parts))
+    if readme is not None:
+        update_readme(Path(readme), results_dir, table)
     return path

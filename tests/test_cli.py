@@ -102,7 +102,12 @@ def test_report_from_smoke_results(tmp_path):
                      "--set", "data.dataset=synthetic"]) == 0
     assert main(["run", "dln", "--preset", "smoke", "--results-dir", str(tmp_path), "--no-progress"]) == 0
     assert main(["plot", "landscape", "--results-dir", str(tmp_path)]) == 0
-    assert main(["report", "--results-dir", str(tmp_path)]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n<!-- claims:start -->\nPLACEHOLDER\n<!-- claims:end -->\n## more\n")
+    assert main(["report", "--results-dir", str(tmp_path), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "PLACEHOLDER" not in text and "| 7 |" in text and "(landscape/figures/landscape.png)" in text
+    assert text.startswith("# title\n") and text.endswith("## more\n")
     report = (tmp_path / "REPORT.md").read_text()
     assert "## The paper's claims" in report and report.count("\n| ") >= 10
     assert "(landscape/figures/landscape.png)" in report
