@@ -106,7 +106,7 @@ def test_report_from_smoke_results(tmp_path):
     readme.write_text("# title\n<!-- claims:start -->\nPLACEHOLDER\n<!-- claims:end -->\n## more\n")
     assert main(["report", "--results-dir", str(tmp_path), "--readme", str(readme)]) == 0
     text = readme.read_text()
-    assert "PLACEHOLDER" not in text and "| 7 |" in text and "(landscape/figures/landscape.png)" in text
+    assert "PLACEHOLDER" not in text and "| 7 |" in text and "/landscape/figures/landscape.png)" in text
     assert text.startswith("# title\n") and text.endswith("## more\n")
     report = (tmp_path / "REPORT.md").read_text()
     assert "## The paper's claims" in report and report.count("\n| ") >= 10
