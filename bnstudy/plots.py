@@ -62,7 +62,7 @@ def smoothed_training(metrics: pd.DataFrame) -> pd.DataFrame:
     return train.assign(value=rolling)
 
 
-TRAIN_LABELS = {"acc": "training accuracy (batch, %d-step mean)" % SMOOTH_STEPS,
+TRAIN_LABELS = {"acc": "training accuracy (%d-step mean)" % SMOOTH_STEPS,
                 "loss": "training loss (%d-step mean)" % SMOOTH_STEPS}
 
 
