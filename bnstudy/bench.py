@@ -19,6 +19,7 @@ from torch.utils import benchmark
 from bnstudy.config import DataConfig, ModelConfig, TrainConfig
 from bnstudy.data import BatchOrder, DataError, Dataset, load_images
 from bnstudy.models import build_model
+from bnstudy.probes.curvature import top_eigenvalues
 from bnstudy.probes.functional import difference_norm
 from bnstudy.probes.ics import gradient_shift
 from bnstudy.probes.landscape import along_gradient
@@ -164,6 +165,11 @@ def run_bench(device: torch.device, data_dir: Path | None, width: float, batch: 
     t_ics = seconds(lambda: gradient_shift(model, F.cross_entropy, (x, y), 0.1, [5, 10]), min_run_time)
     rows.append(Row("ICS probe (layers #5, #10) / 3 forward+backward", t_ics / (3 * t_fwd_bwd), "ratio", "", "",
                     f"probe {t_ics * 1e3:.0f} ms"))
+
+    hvps = top_eigenvalues(model, F.cross_entropy, (x, y), tol=1e-3)["hvps"]
+    t_curv = seconds(lambda: top_eigenvalues(model, F.cross_entropy, (x, y), tol=1e-3), min_run_time)
+    rows.append(Row("curvature probe (lambda_max, tol 1e-3) / 1 forward+backward", t_curv / t_fwd_bwd, "ratio", "", "",
+                    f"{hvps} Hessian-vector products, probe {t_curv:.2f} s"))
     return rows
 
 

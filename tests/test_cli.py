@@ -121,5 +121,5 @@ def test_bench_runs_and_writes_its_table(tmp_path, capsys):
     assert main(["bench", "--width", "0.0625", "--batch", "16", "--min-run-time", "0.05", "--results-dir",
                  str(tmp_path), "--data-dir", str(tmp_path / "no-data")]) == 0
     table = pd.read_csv(tmp_path / "bench" / "bench.csv")
-    assert len(table) == 5 and (table.value > 0).all()
+    assert len(table) == 6 and (table.value > 0).all()
     assert "landscape probe" in capsys.readouterr().out
