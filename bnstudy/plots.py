@@ -102,7 +102,7 @@ def activation_distributions(results: Results, order: tuple[str, ...] = ()):
     acts = acts[(acts.seed == seed)]
     acts = acts[acts.step.isin(_interval_steps(acts.step))]
     layers = sorted(acts.layer.unique())
-    fig, axes = plt.subplots(len(layers), len(arms), figsize=(3.6 * len(arms), 2.6 * len(layers)),
+    fig, axes = plt.subplots(len(layers), len(arms), figsize=(3.6 * len(arms), 2.6 * len(layers) + 1.0),
                              squeeze=False, sharex=True)
     for i, layer in enumerate(layers):
         for j, arm in enumerate(arms):
