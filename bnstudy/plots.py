@@ -22,6 +22,7 @@ from bnstudy.results import Results  # noqa: E402
 
 ERRORBAR = ("ci", 95)  # seaborn's bootstrap over seeds
 SMOOTH_STEPS = 50  # rolling window for per-step training curves (one batch is a noisy estimate)
+MAX_POINTS = 300  # x positions per curve after smoothing: enough for the eye, cheap to bootstrap
 
 
 def _finish(fig, title: str, caption: str, right: float = 1.0):
@@ -59,7 +60,9 @@ def smoothed_training(metrics: pd.DataFrame) -> pd.DataFrame:
     train = metrics[metrics.split == "train"].sort_values("step")
     rolling = train.groupby(["arm", "seed", "metric"]).value.transform(
         lambda v: v.rolling(SMOOTH_STEPS, min_periods=1).mean())
-    return train.assign(value=rolling)
+    smoothed = train.assign(value=rolling)
+    stride = max(1, int(smoothed.step.max()) // MAX_POINTS)  # the band is bootstrapped per x: keep ~MAX_POINTS of them
+    return smoothed[smoothed.step % stride == 0]
 
 
 TRAIN_LABELS = {"acc": "training accuracy (%d-step mean)" % SMOOTH_STEPS,
