@@ -122,7 +122,7 @@ def recalibrated(model: nn.Module, dataset: Dataset, batch_size: int, batches: i
 def probe_callbacks(config: RunConfig, model: nn.Module) -> list:
     """The probes a run's configuration asks for, as training callbacks."""
     a, ls = config.activations, config.landscape
-    callbacks = [ActivationRecorder({k: model.preactivation(k) for k in a.layers}, a.units, a.every, config.seed)]
+    callbacks = []
     if ls.every:
         etas = eta_grid(config.train.lr, ls.eta_min, ls.eta_max, ls.points, ls.spacing)
         callbacks.append(LandscapeProbe(etas, ls.every, ls.bn_mode, ls.direction, config.seed))
@@ -131,7 +131,8 @@ def probe_callbacks(config: RunConfig, model: nn.Module) -> list:
     c = config.curvature
     if c.every:
         callbacks.append(CurvatureProbe(c.every, c.k, c.bn_mode, c.tol, c.max_hvps, config.seed))
-    return callbacks
+    # last: its hooks go on after the probes' forward passes, so it records the training forward alone
+    return callbacks + [ActivationRecorder({k: model.preactivation(k) for k in a.layers}, a.units, a.every, config.seed)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +261,7 @@ def _train_run(config, run, dataset, device, callbacks, progress) -> dict:
                            preset=config.preset, dataset=dataset.name, environment=environment(device),
                            norm=config.model.norm, lr=config.train.lr, model=config.model.kind,
                            steps=config.train.steps)
-    callbacks = probe_callbacks(config, state.model) + list(callbacks or [])
+    callbacks = list(callbacks or []) + probe_callbacks(config, state.model)
     diverged = _loop(config, run, dataset, state, logs, callbacks, progress)
     return _finish(config, run, dataset, state, logs, diverged)
 

@@ -82,3 +82,13 @@ def test_activation_rows_are_recorded_at_t_and_t_plus_1(tmp_path):
     # BN in train mode at init (scale 1, shift 0): each unit has mean 0 and variance 1 over the batch
     first = wide.loc[0]
     assert first["mean"].abs().max() < 1e-4 and (first["var"] - 1).abs().max() < 1e-2
+
+
+def test_activations_record_the_training_forward_only_when_probes_share_the_step(tmp_path):
+    from bnstudy.runner import load_dataset
+
+    config = run_config(load_experiment("dln"), "batchnorm-lr1e-6", 0, "smoke")  # probes and recording at step 0, 5, ...
+    train_run(config, RunDir(tmp_path, config.experiment, config.arm, config.seed), load_dataset(config, None, CPU),
+              CPU, progress=False)
+    acts = pd.read_csv(RunDir(tmp_path, config.experiment, config.arm, config.seed).csv("activations"))
+    assert not acts.duplicated(["step", "layer", "unit", "stat"]).any()
