@@ -6,7 +6,6 @@ run, each the median of torch.utils.benchmark's blocked_autorange (which also sy
 from __future__ import annotations
 
 import copy
-import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils import benchmark
 
-from bnstudy.config import DataConfig, ModelConfig, TrainConfig
+from bnstudy.config import DataConfig, ModelConfig
 from bnstudy.data import BatchOrder, DataError, Dataset, load_images
 from bnstudy.models import build_model
 from bnstudy.probes.curvature import top_eigenvalues

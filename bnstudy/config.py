@@ -189,7 +189,6 @@ def _coerce(value, typ, where: str):
             return build(typ, value, where)
     else:  # pragma: no cover - a field type this loader does not know is a programming error
         raise TypeError(f"unsupported config type {typ!r} at {where}")
-    name = getattr(typ, "__name__", str(typ))
     raise ConfigError(f"{where} must be {_type_words(typ)}, got {value!r} ({type(value).__name__})")
 
 

@@ -120,6 +120,10 @@ class CsvLog:
     def size(self) -> int:
         return self.path.stat().st_size
 
+    def clear(self) -> None:
+        """Back to the header alone (a fresh start of the run)."""
+        self.truncate(len(",".join(self.columns)) + 1)
+
     def truncate(self, size: int) -> None:
         self.buffer.clear()
         with open(self.path, "r+") as f:

@@ -9,7 +9,6 @@ numbers an uninterrupted run would have (bit for bit on the CPU).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -255,12 +254,11 @@ def _train_run(config, run, dataset, device, callbacks, progress) -> dict:
         load_checkpoint(ckpt, state, logs)
     else:
         for log in logs.values():
-            log.truncate(len(",".join(log.columns)) + 1)  # a fresh start keeps only the header
+            log.clear()
     run.write_config(config)
-    meta = run.update_meta(status="running", experiment=config.experiment, arm=config.arm, seed=config.seed,
-                           preset=config.preset, dataset=dataset.name, environment=environment(device),
-                           norm=config.model.norm, lr=config.train.lr, model=config.model.kind,
-                           steps=config.train.steps)
+    run.update_meta(status="running", experiment=config.experiment, arm=config.arm, seed=config.seed,
+                    preset=config.preset, dataset=dataset.name, environment=environment(device),
+                    norm=config.model.norm, lr=config.train.lr, model=config.model.kind, steps=config.train.steps)
     callbacks = list(callbacks or []) + probe_callbacks(config, state.model)
     diverged = _loop(config, run, dataset, state, logs, callbacks, progress)
     return _finish(config, run, dataset, state, logs, diverged)

@@ -1,6 +1,5 @@
 """Every claim's rule on hand-made summaries: one case where it holds, one where it does not."""
 import pandas as pd
-import pytest
 
 from bnstudy.claims import CLAIMS, FAILS, HOLDS, NOT_MEASURED, evaluate_claims
 
