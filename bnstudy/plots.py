@@ -1,6 +1,6 @@
 """CSVs -> figures. Reads only tidy files and meta.json; never trains, never touches a model.
 
-Every figure aggregates over all seeds present (mean line, 95% bootstrap band from seaborn) and
+Every figure aggregates over all seeds present (mean line, 95% bootstrap band: `bootstrap_band`) and
 carries a caption naming the experiment, preset, dataset and seeds.
 """
 from __future__ import annotations
@@ -14,13 +14,31 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from bnstudy.analysis import (CHANCE, TRAINS_MARGIN, curvature_summary, landscape_summary,  # noqa: E402
                               largest_trainable_lr, moment_changes, sweep_table)
 from bnstudy.config import load_experiment  # noqa: E402
 from bnstudy.results import Results  # noqa: E402
 
-ERRORBAR = ("ci", 95)  # seaborn's bootstrap over seeds
+N_BOOT = 1000  # resamples of the bootstrap band (seaborn's default)
+
+
+def bootstrap_band(values) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean over seeds: what seaborn's ("ci", 95) computes, drawn
+    by scipy in one vectorized call. Seaborn's own bootstrap loops over its 1,000 resamples in Python,
+    about 15 ms per x position: 35 of the 40 s that the noisy-bn figures took with two seeds."""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]  # a diverged run's last (NaN/inf) value draws no band
+    if finite.size < 2:  # one seed: no spread to show
+        center = finite.mean() if finite.size else np.nan
+        return center, center
+    interval = stats.bootstrap((finite,), np.mean, n_resamples=N_BOOT, method="percentile", vectorized=True,
+                               rng=0).confidence_interval  # a fixed stream: the same figure every time
+    return interval.low, interval.high
+
+
+ERRORBAR = bootstrap_band  # seaborn draws mean line + this band for every x position
 SMOOTH_STEPS = 50  # rolling window for per-step training curves (one batch is a noisy estimate)
 MAX_POINTS = 300  # x positions per curve after smoothing: enough for the eye, cheap to bootstrap
 
