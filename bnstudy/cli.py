@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "<results>/<experiment>/summary.csv and <results>/REPORT.md.")
     report.add_argument("--readme", metavar="PATH", help="also put the claims table and key figures into this "
                                                         "README, between its <!-- claims:start/end --> markers")
+    report.add_argument("--no-figures", action="store_true", help="keep the figures on disk as they are "
+                                                                 "(default: redraw each experiment's figures)")
     _add_common(report)
 
     bench = sub.add_parser("bench", help="measure costs as ratios taken side by side; writes <results>/bench/bench.csv",
@@ -108,7 +110,7 @@ def cmd_plot(args) -> int:
 def cmd_report(args) -> int:
     from bnstudy.report import write_report
 
-    print(f"wrote {write_report(args.results_dir, args.readme)}")
+    print(f"wrote {write_report(args.results_dir, args.readme, figures=not args.no_figures)}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """CSVs -> results/<experiment>/summary.csv and results/REPORT.md: figures and every claim with its verdict.
 
-Reads only what runs wrote (CSV, JSON, PNG); never trains. Experiments without results are listed
-as not run, and the claims that need them are "not measured".
+Reads only what runs wrote (CSV, JSON); never trains. Redraws every experiment's figures first.
+Experiments without results are listed as not run, and the claims that need them are "not measured".
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from bnstudy.analysis import landscape_summary, run_summary
 from bnstudy.claims import evaluate_claims
@@ -87,11 +88,22 @@ def update_readme(readme: Path, results_dir: Path, table: str) -> None:
     atomic_write_text(readme, head + README_START + "\n" + block + "\n" + README_END + rest.split(README_END, 1)[1])
 
 
-def write_report(results_dir: str | Path = "results", readme: Path | None = None) -> Path:
+def redraw_figures(results_dir: Path, experiments: list[str]) -> None:
+    """Every figure drawn anew from the CSVs, so the report never shows a figure older than its numbers
+    (seeds added by `bnstudy run` alone, without `plot`, would otherwise be missing from the bands)."""
+    from bnstudy.plots import plot_experiment  # matplotlib only when figures are drawn
+
+    for name in tqdm(experiments, desc="figures", unit="experiment", dynamic_ncols=True):
+        plot_experiment(name, results_dir)
+
+
+def write_report(results_dir: str | Path = "results", readme: Path | None = None, figures: bool = True) -> Path:
     results_dir = Path(results_dir)
     summaries, found = collect(results_dir)
     if not found:
         raise ConfigError(f"no results under {results_dir}; run an experiment first (e.g. make noisy-bn)")
+    if figures:
+        redraw_figures(results_dir, list(found))
     parts = ["# bnstudy report",
              "",
              "Santurkar et al., *How Does Batch Normalization Help Optimization?* (NeurIPS 2018), measured. "
