@@ -177,7 +177,8 @@ def standardize(train: np.ndarray, test: np.ndarray, device: torch.device):
     test_t = torch.as_tensor(test, device=device).float().div_(255)
     mean = train_t.mean(dim=(0, 2, 3), keepdim=True)  # (1, C, 1, 1)
     std = train_t.std(dim=(0, 2, 3), keepdim=True)
-    return (train_t - mean) / std, (test_t - mean) / std
+    # in place: the same operations in the same order (same numbers), without two more 600 MB copies
+    return train_t.sub_(mean).div_(std), test_t.sub_(mean).div_(std)
 
 
 def load_images(cfg: DataConfig, data_dir: Path | None, device: torch.device) -> Dataset:

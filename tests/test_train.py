@@ -1,12 +1,13 @@
 """The loop: determinism, resume, divergence — on the synthetic set, in seconds."""
 import pandas as pd
 import pytest
+import torch
 
 from bnstudy.config import load_experiment, run_config
 from bnstudy.data import load_images
+from bnstudy.probes.activations import PERCENTILES, quantiles, unit_statistics
 from bnstudy.records import RunDir
 from bnstudy.train import train_run
-import torch
 
 CPU = torch.device("cpu")
 
@@ -92,3 +93,18 @@ def test_activations_record_the_training_forward_only_when_probes_share_the_step
               CPU, progress=False)
     acts = pd.read_csv(RunDir(tmp_path, config.experiment, config.arm, config.seed).csv("activations"))
     assert not acts.duplicated(["step", "layer", "unit", "stat"]).any()
+
+
+def test_unit_statistics_against_known_order_statistics_and_torch():
+    # unit 1 holds 0..100 over (batch, space): its p-th percentile is exactly p
+    x = torch.zeros(101, 3, 1, 1)
+    x[:, 1, 0, 0] = torch.arange(101.0)[torch.randperm(101)]
+    stats = unit_statistics(x, [1])
+    for name, level in PERCENTILES.items():
+        assert stats[name].item() == pytest.approx(100 * level)
+    assert stats["mean"].item() == pytest.approx(50.0) and stats["var"].item() == pytest.approx(850.0)
+    # the CPU (numpy selection) path gives torch.quantile's numbers
+    y = torch.randn(16, 8, 32, 32)
+    levels = list(PERCENTILES.values())
+    rows = y[:, [0, 5]].transpose(0, 1).reshape(2, -1)
+    assert torch.allclose(quantiles(rows, levels), torch.quantile(rows, torch.tensor(levels), dim=1), atol=0, rtol=1e-6)
