@@ -65,9 +65,11 @@ def pct(values) -> str:
 
 
 def basis(summary: pd.DataFrame, arms: list[str]) -> str:
+    """Preset, data and the seeds that every one of `arms` has: the seeds `paired` compares."""
     runs = summary[summary.arm.isin(arms)]
+    seeds = set.intersection(*(set(runs.seed[runs.arm == arm]) for arm in arms))
     return (f"preset {', '.join(sorted(set(runs.preset)))}; {', '.join(sorted(set(runs.dataset)))}; "
-            f"seeds {', '.join(map(str, sorted(set(runs.seed))))}")
+            f"seeds {', '.join(map(str, sorted(seeds)))}")
 
 
 def needs(summaries: dict, name: str) -> pd.DataFrame:

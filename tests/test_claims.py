@@ -63,6 +63,14 @@ def test_claim_4():
     assert check("4", runs(0.45)) == FAILS
 
 
+def test_a_claim_names_the_seeds_every_compared_arm_has():
+    summary = pd.concat([frame({"noise-only": {"final_train_acc_last100": 0.1}}, seeds=(0,)),
+                         frame({"standard": {"final_train_acc_last100": 0.5}}, seeds=(0, 1, 2))])
+    claim = next(c for c in CLAIMS if c.number == "4")
+    verdict = claim.check({"noisy-bn": summary})
+    assert verdict.verdict == HOLDS and verdict.basis.endswith("seeds 0")
+
+
 def ics_runs(bn_l2, bn_cos, dln_bn_cos):
     vgg = {}
     for lr in ("0.1", "0.01"):
