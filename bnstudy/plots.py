@@ -330,8 +330,12 @@ FIGURES = {"training": training_curves, "activations": activation_distributions,
 
 def plot_experiment(experiment: str, results_dir: str = "results") -> list[Path]:
     """Draw every figure the experiment file lists; return the paths written."""
-    exp = load_experiment(experiment)
-    results = Results(Path(results_dir), exp.name)
+    return draw_figures(Results(Path(results_dir), load_experiment(experiment).name))
+
+
+def draw_figures(results: Results) -> list[Path]:
+    """plot_experiment on results already read (the report has read them for its summaries)."""
+    exp = load_experiment(results.experiment)
     out_dir = results.root / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
     order = tuple(exp.arms)

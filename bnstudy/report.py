@@ -88,13 +88,13 @@ def update_readme(readme: Path, results_dir: Path, table: str) -> None:
     atomic_write_text(readme, head + README_START + "\n" + block + "\n" + README_END + rest.split(README_END, 1)[1])
 
 
-def redraw_figures(results_dir: Path, experiments: list[str]) -> None:
+def redraw_figures(found: dict[str, Results]) -> None:
     """Every figure drawn anew from the CSVs, so the report never shows a figure older than its numbers
     (seeds added by `bnstudy run` alone, without `plot`, would otherwise be missing from the bands)."""
-    from bnstudy.plots import plot_experiment  # matplotlib only when figures are drawn
+    from bnstudy.plots import draw_figures  # matplotlib only when figures are drawn
 
-    for name in tqdm(experiments, desc="figures", unit="experiment", dynamic_ncols=True):
-        plot_experiment(name, results_dir)
+    for results in tqdm(found.values(), desc="figures", unit="experiment", dynamic_ncols=True):
+        draw_figures(results)
 
 
 def write_report(results_dir: str | Path = "results", readme: Path | None = None, figures: bool = True) -> Path:
@@ -103,7 +103,7 @@ def write_report(results_dir: str | Path = "results", readme: Path | None = None
     if not found:
         raise ConfigError(f"no results under {results_dir}; run an experiment first (e.g. make noisy-bn)")
     if figures:
-        redraw_figures(results_dir, list(found))
+        redraw_figures(found)
     parts = ["# bnstudy report",
              "",
              "Santurkar et al., *How Does Batch Normalization Help Optimization?* (NeurIPS 2018), measured. "
