@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bnstudy.config import ConfigError, RunConfig, load_experiment, run_config
+from bnstudy.config import ConfigError, RunConfig, deep_merge, load_experiment, run_config
 from bnstudy.data import Dataset, gaussian_regression, load_images
 from bnstudy.records import ResultsLock, RunDir
 from bnstudy.train import train_run
@@ -34,12 +34,25 @@ def check_same_config(run: RunDir, config: RunConfig) -> None:
     path = run.path / "config.json"
     if not path.exists():
         return
-    stored = json.loads(path.read_text())
-    wanted = json.loads(json.dumps(asdict(config)))  # tuples -> lists, as stored
+    stored = with_later_fields(json.loads(path.read_text()))
+    wanted = _as_stored(config)
     if stored != wanted:
         diff = sorted(_differences(stored, wanted))
         raise ConfigError(f"{run.path} holds a run with another configuration ({'; '.join(diff[:3])}); "
                           f"use another --results-dir or remove that folder")
+
+
+def _as_stored(config: RunConfig) -> dict:
+    return json.loads(json.dumps(asdict(config)))  # tuples -> lists, as config.json holds them
+
+
+def with_later_fields(stored: dict) -> dict:
+    """A stored config with every field added to RunConfig since it was written set to its default.
+
+    A new field's default keeps the behaviour from before it existed (a new probe section is off), so a
+    run made then equals one made now without the field's value; a value the run did store always wins.
+    """
+    return deep_merge(_as_stored(RunConfig()), stored)
 
 
 def _differences(a: dict, b: dict, where: str = "") -> list[str]:

@@ -63,6 +63,24 @@ def test_a_different_config_never_overwrites_finished_results(tmp_path, capsys):
     assert metrics.read_bytes() == before
 
 
+def test_a_run_written_before_a_config_field_existed_is_still_the_same_run(tmp_path, capsys):
+    """config.json of an older run lacks fields added since (as noisy-bn's seed 0 lacks the probe sections):
+    their defaults, which keep the old behaviour, stand in; a value the run stored still decides."""
+    args = smoke_args(tmp_path, "--set", "data.dataset=synthetic", "--arms", "batchnorm")
+    assert main(args) == 0
+    path = tmp_path / "noisy-bn" / "batchnorm" / "seed-0" / "config.json"
+    stored = json.loads(path.read_text())
+    older = {k: v for k, v in stored.items() if k not in ("curvature", "ics")}
+    del older["train"]["threads"]
+    path.write_text(json.dumps(older))
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "skipped" in capsys.readouterr().out
+    path.write_text(json.dumps({**older, "ics": {**stored["ics"], "every": 5}}))
+    assert main(args) == 2
+    assert "another configuration (ics.every: 5 there, 0 now)" in capsys.readouterr().err
+
+
 def test_help_explains_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
