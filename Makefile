@@ -23,7 +23,7 @@ RUN_ARGS  = --preset $(PRESET) --seeds $(SEEDS) --device $(DEVICE) --results-dir
 
 EXPERIMENTS := noisy-bn landscape ics dln lp-norm lp-norm-dln lr lr-sweep curvature curvature-dln
 
-.PHONY: help install data $(EXPERIMENTS) all report bench plot test clean-venv
+.PHONY: help install data $(EXPERIMENTS) $(RUNS) all report bench plot test clean-venv
 
 help:
 	@sed -n '1,4p' Makefile
@@ -44,9 +44,13 @@ $(DATA)/cifar-10-batches-py/batches.meta: | $(STAMP)
 
 data: $(DATA)/cifar-10-batches-py/batches.meta
 
-# make noisy-bn, make landscape, ...: train the experiment's arms x seeds, then draw its figures
-$(EXPERIMENTS): $(STAMP) data
-	$(BNSTUDY) run $@ $(RUN_ARGS)
+# run-noisy-bn, ...: train the experiment's arms x seeds (finished runs are skipped)
+RUNS := $(addprefix run-,$(EXPERIMENTS))
+$(RUNS): run-%: $(STAMP) data
+	$(BNSTUDY) run $* $(RUN_ARGS)
+
+# make noisy-bn, make landscape, ...: train, then draw the experiment's figures
+$(EXPERIMENTS): %: run-%
 	$(BNSTUDY) plot $@ --results-dir $(RESULTS)
 
 # the l_p track and the learning-rate track each have a VGG part and a second part
@@ -56,8 +60,7 @@ curvature: curvature-dln
 
 # every experiment of the preset (finished runs are skipped), then the report, which draws every figure
 # (once: plotting each experiment here as well doubled the time of an `all` that had nothing left to train)
-all: $(STAMP) data
-	set -e; for experiment in $(EXPERIMENTS); do $(BNSTUDY) run $$experiment $(RUN_ARGS); done
+all: $(RUNS)
 	$(MAKE) report
 
 report: $(STAMP)

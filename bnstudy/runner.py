@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bnstudy.config import ConfigError, RunConfig, deep_merge, load_experiment, run_config
+from bnstudy.config import ConfigError, RunConfig, build, load_experiment, run_config
 from bnstudy.data import Dataset, gaussian_regression, load_images
 from bnstudy.records import ResultsLock, RunDir
 from bnstudy.train import train_run
@@ -30,29 +30,27 @@ def resolve_data_dir(data_dir: str | None) -> Path:
 
 
 def check_same_config(run: RunDir, config: RunConfig) -> None:
-    """A run folder belongs to one configuration: refuse to mix another into it."""
+    """A run folder belongs to one configuration: refuse to mix another into it.
+
+    The stored config is rebuilt by `build`, the loader every configuration goes through, so a field added to
+    RunConfig since the run was written takes its default, which keeps the behaviour from before it existed
+    (a new probe section is off); a value the run did store always decides.
+    """
     path = run.path / "config.json"
     if not path.exists():
         return
-    stored = with_later_fields(json.loads(path.read_text()))
-    wanted = _as_stored(config)
-    if stored != wanted:
-        diff = sorted(_differences(stored, wanted))
-        raise ConfigError(f"{run.path} holds a run with another configuration ({'; '.join(diff[:3])}); "
+    try:
+        stored = build(RunConfig, json.loads(path.read_text()))
+        differences = [] if stored == config else sorted(_differences(_as_stored(stored), _as_stored(config)))
+    except ConfigError as error:  # a field since removed, or of another type: not this configuration
+        differences = [str(error)]
+    if differences:
+        raise ConfigError(f"{run.path} holds a run with another configuration ({'; '.join(differences[:3])}); "
                           f"use another --results-dir or remove that folder")
 
 
 def _as_stored(config: RunConfig) -> dict:
     return json.loads(json.dumps(asdict(config)))  # tuples -> lists, as config.json holds them
-
-
-def with_later_fields(stored: dict) -> dict:
-    """A stored config with every field added to RunConfig since it was written set to its default.
-
-    A new field's default keeps the behaviour from before it existed (a new probe section is off), so a
-    run made then equals one made now without the field's value; a value the run did store always wins.
-    """
-    return deep_merge(_as_stored(RunConfig()), stored)
 
 
 def _differences(a: dict, b: dict, where: str = "") -> list[str]:
