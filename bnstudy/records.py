@@ -8,13 +8,23 @@
         activations.csv  percentiles and moments of chosen units at chosen layers
         probes.csv       numbers from the probes (landscape, ICS, curvature)
         checkpoint.pt    resume point (never committed)
+
+While a run is in progress its CSVs are plain text, appended to and truncated to a checkpoint's byte
+sizes on resume. When it finishes (complete or diverged) meta.json says so, then each CSV is stored as
+`<name>.csv.xz` (xz, which pandas reads directly; about a tenth of the size) by an atomic rename, meta.json
+lists them with their sizes and SHA-256, and the plain files are removed (`RunDir.settle`). A kill at any
+point leaves either a running run with its plain CSVs (it resumes), or a finished one with whole plain
+CSVs, whole compressed ones, or both (the next `bnstudy run` settles it). Readers take the plain file
+where both forms are present.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
+import lzma
 import os
 import platform
 import signal
@@ -50,10 +60,14 @@ def fault_point(name: str) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary name and rename: a reader never sees half a file, a crash leaves the old one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -74,6 +88,28 @@ def atomic_save(obj, path: Path, keep_previous: bool = False) -> None:
 
 def previous(path: Path) -> Path:
     return path.with_name(path.name + ".prev")
+
+
+PACKED_SUFFIX = ".xz"  # pandas infers the compression from it
+PACKED_LEVEL = 6  # xz's default: a whole CSV fits its 8 MiB dictionary, so 9 would only cost memory
+
+
+def table_path(folder: Path, name: str) -> Path | None:
+    """Where one run folder keeps table `name`: the plain CSV if there is one (a run in progress, or a finish
+    interrupted before the plain files were removed: then both hold the same rows), else the compressed one."""
+    for path in (folder / f"{name}.csv", folder / f"{name}.csv{PACKED_SUFFIX}"):
+        if path.exists():
+            return path
+    return None
+
+
+def table_bytes(folder: Path, name: str) -> bytes:
+    """The CSV text of table `name` in a run folder, whichever form it is stored in (FileNotFoundError if none)."""
+    path = table_path(folder, name)
+    if path is None:
+        raise FileNotFoundError(f"{folder}: no {name}.csv or {name}.csv{PACKED_SUFFIX}")
+    data = path.read_bytes()
+    return lzma.decompress(data) if path.suffix == PACKED_SUFFIX else data
 
 
 def _compact(value):
@@ -147,7 +183,48 @@ class RunDir:
         return self.path / "checkpoint.pt"
 
     def csv(self, name: str) -> Path:
+        """The plain CSV a run in progress appends to."""
         return self.path / f"{name}.csv"
+
+    def packed(self, name: str) -> Path:
+        """The compressed CSV of a finished run."""
+        return self.path / f"{name}.csv{PACKED_SUFFIX}"
+
+    def table_path(self, name: str) -> Path | None:
+        return table_path(self.path, name)
+
+    def pack_tables(self) -> dict[str, dict]:
+        """Compress every plain CSV to `<name>.csv.xz` (atomically); the plain files stay until `drop_plain_tables`.
+
+        Returns the manifest meta.json keeps: file name -> its size in bytes and SHA-256.
+        """
+        files = {}
+        for name in SCHEMAS:
+            plain, packed = self.csv(name), self.packed(name)
+            if plain.exists():
+                atomic_write_bytes(packed, lzma.compress(plain.read_bytes(), preset=PACKED_LEVEL))
+            if packed.exists():
+                data = packed.read_bytes()
+                files[packed.name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        return files
+
+    def drop_plain_tables(self) -> None:
+        for name in SCHEMAS:
+            self.csv(name).unlink(missing_ok=True)
+
+    def has_plain_tables(self) -> bool:
+        return any(self.csv(name).exists() for name in SCHEMAS)
+
+    def settle(self) -> dict:
+        """A finished run's tables in their final form: compressed, listed in meta.json, plain copies removed.
+
+        Called once meta.json says finished (the plain CSVs are whole by then). Idempotent: it completes a
+        finish that a kill interrupted, and converts run folders written before tables were compressed.
+        """
+        meta = self.update_meta(files=self.pack_tables())
+        fault_point("settle")  # a kill here leaves both forms, which hold the same rows
+        self.drop_plain_tables()
+        return meta
 
     def read_meta(self) -> dict:
         try:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from bnstudy.config import ConfigError
-from bnstudy.records import SCHEMAS
+from bnstudy.records import SCHEMAS, table_path
 
 
 class Results:
@@ -23,8 +23,8 @@ class Results:
         self.tables = {name: self._concat(run_dirs, name) for name in SCHEMAS}
 
     def _concat(self, run_dirs: list[Path], name: str) -> pd.DataFrame:
-        frames = [pd.read_csv(d / f"{name}.csv") for d in run_dirs if (d / f"{name}.csv").exists()]
-        frames = [f for f in frames if len(f)]
+        paths = [table_path(d, name) for d in run_dirs]
+        frames = [f for f in (pd.read_csv(p) for p in paths if p is not None) if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCHEMAS[name])
 
     def arms(self, order: tuple[str, ...] = ()) -> list[str]:

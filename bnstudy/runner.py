@@ -88,6 +88,8 @@ def run_experiment(experiment: str, preset: str, seeds: list[int], arms: list[st
         pending = []
         for config, run in runs:
             if run.is_finished():
+                if run.has_plain_tables():  # a finish interrupted before its tables were compressed
+                    run.settle()
                 print(f"{config.experiment}/{config.run_name}: already {run.read_meta()['status']}, skipped")
             else:
                 pending.append((config, run))

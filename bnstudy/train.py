@@ -306,7 +306,7 @@ def _emit(logs: dict, config: RunConfig, results: list[dict]) -> None:
 
 def last_train_accuracy(run: RunDir, window: int) -> float | None:
     """Mean training accuracy over the last `window` logged steps (the paper's "training accuracy")."""
-    metrics = pd.read_csv(run.csv("metrics"))
+    metrics = pd.read_csv(run.table_path("metrics"))
     acc = metrics[(metrics.split == "train") & (metrics.metric == "acc")].value.tail(window)
     return round(float(acc.mean()), 5) if len(acc) else None
 
@@ -328,4 +328,6 @@ def _finish(config, run, dataset, state, logs, diverged: int | None) -> dict:
               "steps_done": state.step, "wall_time_s": round(state.elapsed, 2),
               "final_test_acc": final.get("acc"), "final_test_acc_recal": final.get("recal_acc"),
               "final_test_loss": final.get("loss"), "final_train_loss": state.last_train.get("loss")}
-    return run.update_meta(**fields)
+    run.update_meta(**fields)
+    fault_point("finish")  # a kill here leaves a finished run with plain CSVs: the next `run` settles it
+    return run.settle()

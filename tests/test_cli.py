@@ -6,7 +6,7 @@ import pytest
 
 from bnstudy.cli import main
 from bnstudy.config import list_experiments, load_experiment, run_config
-from bnstudy.records import SCHEMAS
+from bnstudy.records import SCHEMAS, table_bytes, table_path
 
 
 def smoke_args(tmp_path, *extra):
@@ -21,12 +21,14 @@ def test_smoke_run_on_real_cifar_writes_every_declared_file(tmp_path, cifar_dir,
         assert meta["status"] == "complete" and meta["dataset"].startswith("CIFAR-10")
         assert json.loads((folder / "config.json").read_text())["arm"] == arm
         for name, columns in SCHEMAS.items():
-            assert tuple(pd.read_csv(folder / f"{name}.csv").columns) == columns
-    before = (tmp_path / "noisy-bn" / "batchnorm" / "seed-0" / "metrics.csv").read_bytes()
+            assert tuple(pd.read_csv(table_path(folder, name)).columns) == columns
+            assert not (folder / f"{name}.csv").exists() and (folder / f"{name}.csv.xz").exists()  # finished: packed
+        assert set(meta["files"]) == {f"{name}.csv.xz" for name in SCHEMAS}
+    before = table_bytes(tmp_path / "noisy-bn" / "batchnorm" / "seed-0", "metrics")
     capsys.readouterr()
     assert main(smoke_args(tmp_path, "--data-dir", str(cifar_dir))) == 0
     assert capsys.readouterr().out.count("skipped") == 3
-    assert (tmp_path / "noisy-bn" / "batchnorm" / "seed-0" / "metrics.csv").read_bytes() == before
+    assert table_bytes(tmp_path / "noisy-bn" / "batchnorm" / "seed-0", "metrics") == before
     assert main(["plot", "noisy-bn", "--results-dir", str(tmp_path)]) == 0
     assert {p.name for p in (tmp_path / "noisy-bn" / "figures").iterdir()} == {
         "training.png", "activations.png", "moments.png"}
@@ -55,7 +57,7 @@ def test_malformed_experiment_file(tmp_path, capsys):
 
 def test_a_different_config_never_overwrites_finished_results(tmp_path, capsys):
     assert main(smoke_args(tmp_path, "--set", "data.dataset=synthetic", "--arms", "batchnorm")) == 0
-    metrics = tmp_path / "noisy-bn" / "batchnorm" / "seed-0" / "metrics.csv"
+    metrics = tmp_path / "noisy-bn" / "batchnorm" / "seed-0" / "metrics.csv.xz"
     before = metrics.read_bytes()
     assert main(smoke_args(tmp_path, "--set", "data.dataset=synthetic", "--set", "train.lr=0.05",
                            "--arms", "batchnorm")) == 2

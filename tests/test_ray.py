@@ -2,13 +2,13 @@
 import pytest
 import torch
 
+from bnstudy.records import SCHEMAS, table_bytes
 from bnstudy.runner import run_experiment
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 
 SMOKE = dict(experiment="noisy-bn", preset="smoke", seeds=[0, 1], arms=["standard", "noisy-batchnorm"],
              device="cpu", overrides=["data.dataset=synthetic"], progress=False)
-FILES = ("metrics.csv", "activations.csv", "probes.csv")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_ray_launcher_matches_local_bit_for_bit(tmp_path, local_ray):
     assert [m["status"] for m in remote] == ["complete"] * 4
     for meta in local:
         run = f"noisy-bn/{meta['arm']}/seed-{meta['seed']}"
-        for name in FILES:
-            assert (tmp_path / "local" / run / name).read_bytes() == (tmp_path / "ray" / run / name).read_bytes(), run
+        for name in SCHEMAS:
+            assert table_bytes(tmp_path / "local" / run, name) == table_bytes(tmp_path / "ray" / run, name), run
     again = run_experiment(results_dir=str(tmp_path / "ray"), launcher="ray", **SMOKE)  # all complete: skipped
     assert again == remote

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from bnstudy.records import FAULT_ENV, ResultsLock
+from bnstudy.records import FAULT_ENV, SCHEMAS, ResultsLock, table_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = ["run", "noisy-bn", "--preset", "smoke", "--arms", "noisy-batchnorm", "--no-progress",
         "--set", "data.dataset=synthetic", "--set", "train.steps=30", "--set", "train.checkpoint_every=4",
         "--set", "train.log_every=3", "--set", "train.eval_every=10", "--set", "activations.every=4"]
-FILES = ("metrics.csv", "activations.csv", "probes.csv")
 
 
 def bnstudy(results: Path, fault: str | None = None, args=ARGS) -> subprocess.CompletedProcess:
@@ -33,7 +32,7 @@ def bnstudy(results: Path, fault: str | None = None, args=ARGS) -> subprocess.Co
 
 def csvs(results: Path) -> dict[str, bytes]:
     folder = results / "noisy-bn" / "noisy-batchnorm" / "seed-0"
-    return {name: (folder / name).read_bytes() for name in FILES}
+    return {name: table_bytes(folder, name) for name in SCHEMAS}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +61,22 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_numbers(tmp_path, uninterrup
     resumed = bnstudy(tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert csvs(tmp_path) == uninterrupted
+
+
+@pytest.mark.parametrize("fault", ["finish@1", "settle@1"])
+def test_a_kill_while_a_finished_run_is_compressed_loses_nothing(tmp_path, uninterrupted, fault):
+    """Killed after meta.json says complete: before compression (plain CSVs only), or after it (both forms)."""
+    assert bnstudy(tmp_path, fault).returncode == -signal.SIGKILL
+    folder = tmp_path / "noisy-bn" / "noisy-batchnorm" / "seed-0"
+    assert json.loads((folder / "meta.json").read_text())["status"] == "complete"
+    assert csvs(tmp_path) == uninterrupted  # readable in between, from the plain files
+    rerun = bnstudy(tmp_path)
+    assert rerun.returncode == 0 and "skipped" in rerun.stdout
+    assert csvs(tmp_path) == uninterrupted
+    assert sorted(p.name for p in folder.glob("*.csv*")) == sorted(f"{name}.csv.xz" for name in SCHEMAS)
+    files = json.loads((folder / "meta.json").read_text())["files"]
+    assert {name: entry["bytes"] for name, entry in files.items()} == {
+        name: (folder / name).stat().st_size for name in files}
 
 
 def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, uninterrupted):

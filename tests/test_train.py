@@ -6,7 +6,7 @@ import torch
 from bnstudy.config import load_experiment, run_config
 from bnstudy.data import load_images
 from bnstudy.probes.activations import PERCENTILES, quantiles, unit_statistics
-from bnstudy.records import RunDir
+from bnstudy.records import RunDir, table_bytes
 from bnstudy.train import train_run
 
 CPU = torch.device("cpu")
@@ -24,7 +24,7 @@ def run(tmp_path, config, callbacks=None):
 
 def csvs(tmp_path, config):
     folder = RunDir(tmp_path, config.experiment, config.arm, config.seed).path
-    return {name: (folder / f"{name}.csv").read_bytes() for name in ("metrics", "activations", "probes")}
+    return {name: table_bytes(folder, name) for name in ("metrics", "activations", "probes")}
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
@@ -67,14 +67,14 @@ def test_divergence_is_a_result(tmp_path):
     config = smoke(arm="standard", overrides=["train.lr=1e6", "train.steps=30"])
     meta = run(tmp_path, config)
     assert meta["status"] == "diverged" and meta["diverged_at"] is not None
-    metrics = pd.read_csv(RunDir(tmp_path, config.experiment, config.arm, config.seed).csv("metrics"))
+    metrics = pd.read_csv(RunDir(tmp_path, config.experiment, config.arm, config.seed).table_path("metrics"))
     assert metrics.step.max() == meta["diverged_at"] < 29
 
 
 def test_activation_rows_are_recorded_at_t_and_t_plus_1(tmp_path):
     config = smoke(arm="batchnorm")
     run(tmp_path, config)
-    acts = pd.read_csv(RunDir(tmp_path, config.experiment, config.arm, config.seed).csv("activations"))
+    acts = pd.read_csv(RunDir(tmp_path, config.experiment, config.arm, config.seed).table_path("activations"))
     assert sorted(acts.step.unique()) == [0, 1, 5, 6, 10, 11]
     assert sorted(acts.layer.unique()) == [2, 9, 13]
     assert set(acts.stat) == {"p05", "p15", "p50", "p85", "p95", "mean", "var"}
@@ -91,7 +91,7 @@ def test_activations_record_the_training_forward_only_when_probes_share_the_step
     config = run_config(load_experiment("dln"), "batchnorm-lr1e-6", 0, "smoke")  # probes and recording at step 0, 5, ...
     train_run(config, RunDir(tmp_path, config.experiment, config.arm, config.seed), load_dataset(config, None, CPU),
               CPU, progress=False)
-    acts = pd.read_csv(RunDir(tmp_path, config.experiment, config.arm, config.seed).csv("activations"))
+    acts = pd.read_csv(RunDir(tmp_path, config.experiment, config.arm, config.seed).table_path("activations"))
     assert not acts.duplicated(["step", "layer", "unit", "stat"]).any()
 
 
