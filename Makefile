@@ -2,7 +2,7 @@
 #   make noisy-bn | landscape | ics | dln | lp-norm | lr | curvature [SEED=1 | SEEDS="0 1 2"] [PRESET=smoke|quick|paper] [DEVICE=auto|cpu|cuda] [RESULTS=dir] [DATA=dir]
 #   make all [SEEDS="0 1 2"]  every experiment, then the report;  make report  the report alone
 #   make bench [E2E=1]  costs as ratios (E2E=1 also times the whole quick noisy-bn)
-#   make test
+#   make test | test-gpu [NOVENV=1]  (NOVENV=1: the system python3 with PYTHONPATH=., as on a GPU image without network)
 PYTHON  ?= python3
 VENV    ?= .venv
 SEED    ?= 0
@@ -23,10 +23,10 @@ RUN_ARGS  = --preset $(PRESET) --seeds $(SEEDS) --device $(DEVICE) --results-dir
 
 EXPERIMENTS := noisy-bn landscape ics dln lp-norm lp-norm-dln lr lr-sweep curvature curvature-dln
 
-.PHONY: help install data $(EXPERIMENTS) $(RUNS) all report bench plot test clean-venv
+.PHONY: help install data $(EXPERIMENTS) $(RUNS) all report bench plot test test-gpu clean-venv
 
 help:
-	@sed -n '1,4p' Makefile
+	@sed -n '1,5p' Makefile
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,15 @@ plot: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the tests marked `cuda` alone (tests/test_cuda.py); each skips, saying why, where torch sees no GPU
+ifdef NOVENV
+test-gpu:
+	PYTHONPATH=. $(PYTHON) -m pytest -q -m cuda -rs -p no:cacheprovider tests/test_cuda.py
+else
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -m cuda -rs tests/test_cuda.py
+endif
 
 clean-venv:
 	rm -rf $(VENV)

@@ -118,6 +118,17 @@ class CurvatureConfig:
 
 
 @dataclass(frozen=True)
+class BackendConfig:
+    """How a run uses its device; bnstudy.backends states the policy and why. All but `deterministic` and
+    `channels_last` act on CUDA alone."""
+
+    tf32: bool = False  # TF32 in convolutions and matmuls; off: full float32, as the probes' gradient differences need
+    cudnn_benchmark: bool = True  # cuDNN times its convolution algorithms once per shape (off in deterministic mode)
+    channels_last: bool = False  # NHWC memory layout for the convolutions' weights (and so their activations)
+    deterministic: bool = False  # torch.use_deterministic_algorithms: CUDA runs repeat and resume bit for bit
+
+
+@dataclass(frozen=True)
 class RunConfig:
     experiment: str = "noisy-bn"
     arm: str = "batchnorm"
@@ -130,6 +141,7 @@ class RunConfig:
     landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
     ics: ICSConfig = field(default_factory=ICSConfig)
     curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
 
     @property
     def run_name(self) -> str:

@@ -97,6 +97,7 @@ PACKED_LEVEL = 6  # xz's default: a whole CSV fits its 8 MiB dictionary, so 9 wo
 def table_path(folder: Path, name: str) -> Path | None:
     """Where one run folder keeps table `name`: the plain CSV if there is one (a run in progress, or a finish
     interrupted before the plain files were removed: then both hold the same rows), else the compressed one."""
+    folder = Path(folder)
     for path in (folder / f"{name}.csv", folder / f"{name}.csv{PACKED_SUFFIX}"):
         if path.exists():
             return path

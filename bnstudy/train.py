@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from bnstudy.backends import backend_policy, memory_format
 from bnstudy.config import RunConfig
 from bnstudy.data import BatchOrder, Dataset
 from bnstudy.models import build_model, has_noise, set_noise
@@ -228,7 +229,7 @@ def train_step(state: RunState, batch, task: Task) -> torch.Tensor:
 
 def make_state(config: RunConfig, dataset: Dataset, device: torch.device) -> RunState:
     torch.manual_seed(config.seed)  # same seed -> same initial weights in every arm (norms draw nothing)
-    model = build_model(config.model).to(device)
+    model = build_model(config.model).to(device, memory_format=memory_format(config.backend))
     optimizer = torch.optim.SGD(model.parameters(), lr=config.train.lr, momentum=0.0, weight_decay=0.0, foreach=True)
     order = BatchOrder(dataset.train_size, config.train.batch_size, config.seed)
     return RunState(model, optimizer, order)
@@ -241,12 +242,13 @@ def train_run(config: RunConfig, run: RunDir, dataset: Dataset, device: torch.de
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     try:
-        return _train_run(config, run, dataset, device, callbacks, progress)
+        with backend_policy(config.backend, device) as backend:
+            return _train_run(config, run, dataset, device, callbacks, progress, backend)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_run(config, run, dataset, device, callbacks, progress) -> dict:
+def _train_run(config, run, dataset, device, callbacks, progress, backend: dict) -> dict:
     state = make_state(config, dataset, device)
     logs = run.open_logs()
     ckpt = read_checkpoint(run) if run.read_meta().get("status") == "running" else None
@@ -257,7 +259,7 @@ def _train_run(config, run, dataset, device, callbacks, progress) -> dict:
             log.clear()
     run.write_config(config)
     run.update_meta(status="running", experiment=config.experiment, arm=config.arm, seed=config.seed,
-                    preset=config.preset, dataset=dataset.name, environment=environment(device),
+                    preset=config.preset, dataset=dataset.name, environment=environment(device), backend=backend,
                     norm=config.model.norm, lr=config.train.lr, model=config.model.kind, steps=config.train.steps)
     callbacks = list(callbacks or []) + probe_callbacks(config, state.model)
     diverged = _loop(config, run, dataset, state, logs, callbacks, progress)

@@ -20,3 +20,14 @@ def cifar_dir() -> Path:
     if not path or not (Path(path) / "cifar-10-batches-py").is_dir():
         pytest.skip("BNSTUDY_DATA does not point at an unpacked CIFAR-10")
     return Path(path)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a GPU: where torch sees none they skip, saying why (`make test-gpu` runs them)."""
+    if torch.cuda.is_available():
+        return
+    built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    skip = pytest.mark.skip(reason=f"no CUDA GPU visible to torch {torch.__version__} ({built})")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

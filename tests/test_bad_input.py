@@ -60,6 +60,8 @@ BAD = {  # name: (extra arguments, or a function of tmp_path returning them; wor
     "wrong checksum": (lambda t: ["--data-dir", str(cifar_like(t / "d" / "cifar-10-batches-py"))], "matches no known copy"),
     "unknown device": (["--device", "tpu"], "unknown device 'tpu'"),
     "cuda without a GPU": (["--device", "cuda"], "no CUDA GPU"),
+    "cuda:0 without a GPU": (["--device", "cuda:0"], "--device cuda:0: no CUDA GPU"),
+    "malformed cuda index": (["--device", "cuda:abc"], "unknown device 'cuda:abc'"),
     "unknown launcher": (["--launcher", "slurm"], "invalid choice: 'slurm'"),
 }
 
@@ -76,7 +78,7 @@ def command(extra, results):
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input(case, finished, tmp_path, capsys):
     extra, words = BAD[case]
-    if case == "cuda without a GPU" and torch.cuda.is_available():
+    if "without a GPU" in case and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     extra = extra(tmp_path) if callable(extra) else extra
     before = snapshot(finished)
