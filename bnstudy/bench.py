@@ -14,8 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils import benchmark
+from torch.utils.flop_counter import FlopCounterMode
 
-from bnstudy.config import DataConfig, ModelConfig
+from bnstudy.backends import backend_policy
+from bnstudy.config import BackendConfig, DataConfig, ModelConfig
 from bnstudy.data import BatchOrder, DataError, Dataset, load_images
 from bnstudy.models import build_model
 from bnstudy.probes.curvature import top_eigenvalues
@@ -132,6 +134,14 @@ def deepcopy_landscape(model, x, y, etas):
 # ----------------------------------------------------------------------------------------------
 def run_bench(device: torch.device, data_dir: Path | None, width: float, batch: int, min_run_time: float,
               etas: int = 8) -> list[Row]:
+    """Every ratio, under the backend policy training runs use (bnstudy.backends); on CUDA also `device_rows`."""
+    with backend_policy(BackendConfig(), device):
+        rows = policy_rows(device, data_dir, width, batch, min_run_time, etas)
+    return rows + (device_rows(device, data_dir, width, batch, min_run_time) if device.type == "cuda" else [])
+
+
+def policy_rows(device: torch.device, data_dir: Path | None, width: float, batch: int, min_run_time: float,
+                etas: int) -> list[Row]:
     dataset, model = bench_setup(device, data_dir, width)
     x, y = dataset.train_x[:batch], dataset.train_y[:batch]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, foreach=True)
@@ -170,6 +180,73 @@ def run_bench(device: torch.device, data_dir: Path | None, width: float, batch: 
     rows.append(Row("curvature probe (lambda_max, tol 1e-3) / 1 forward+backward", t_curv / t_fwd_bwd, "ratio", "", "",
                     f"{hvps} Hessian-vector products, probe {t_curv:.2f} s"))
     return rows
+
+
+# Dense (no sparsity) TF32 tensor-core peaks from NVIDIA's datasheets, in FLOP/s, by a part of the name torch
+# reports; the first match wins, so a name that contains another comes first.
+TF32_PEAKS = (("H100 PCIe", 378e12), ("H100 NVL", 417.5e12), ("H100", 494.7e12), ("H200", 494.7e12),
+              ("GH200", 494.7e12), ("A100", 156e12), ("L40S", 183e12), ("L40", 90.5e12), ("L4", 60e12),
+              ("A10", 62.5e12))
+
+
+def tf32_peak(gpu_name: str) -> float | None:
+    return next((peak for part, peak in TF32_PEAKS if part in gpu_name), None)
+
+
+def step_flops(model, x, y) -> int:
+    """FLOPs of one training forward+backward, counted by torch from the operators it runs (a multiply-add is 2)."""
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def timed_step(device: torch.device, data_dir: Path | None, width: float, batch: int, min_run_time: float,
+               backend: BackendConfig) -> tuple[float, int]:
+    """Seconds per bare training step, and its FLOPs, under `backend` (a fresh model in its memory format)."""
+    with backend_policy(backend, device):
+        dataset, model = bench_setup(device, data_dir, width)
+        model = model.to(memory_format=torch.channels_last if backend.channels_last else torch.contiguous_format)
+        x, y = dataset.train_x[:batch], dataset.train_y[:batch]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, foreach=True)
+        return seconds(bare_step(model, x, y, optimizer), min_run_time), step_flops(model, x, y)
+
+
+def device_rows(device: torch.device, data_dir: Path | None, width: float, batch: int, min_run_time: float) -> list[Row]:
+    """Throughput and what each backend option of bnstudy.backends costs or buys (CUDA only: on a CPU the
+    options do nothing or measure something else, so these rows are absent there)."""
+    t, flops = timed_step(device, data_dir, width, batch, min_run_time, BackendConfig())
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    rows = [Row(f"training step, VGG-16 width {width:g}, batch {batch}", t * 1e3, "ms", note=gpu),
+            Row(f"training images/s, VGG-16 width {width:g}", batch / t, "images/s"),
+            Row("FLOPs of one training step (counted by torch.utils.flop_counter)", flops / 1e9, "GFLOP")]
+    peak = tf32_peak(gpu)
+    options = {"TF32 on": BackendConfig(tf32=True), "channels_last": BackendConfig(channels_last=True),
+               "TF32 on + channels_last": BackendConfig(tf32=True, channels_last=True),
+               "deterministic mode": BackendConfig(deterministic=True)}
+    times = {"policy (float32, TF32 off)": t} | {name: timed_step(device, data_dir, width, batch, min_run_time, cfg)[0]
+                                                for name, cfg in options.items()}
+    for name, seconds_per_step in times.items():
+        if name in options:
+            rows.append(Row(f"training step, {name} / policy", seconds_per_step / t, "ratio"))
+        if peak is not None:
+            rows.append(Row(f"achieved / dense TF32 peak, {name}", flops / seconds_per_step / peak, "fraction", "", "",
+                            f"{flops / seconds_per_step / 1e12:.1f} TFLOP/s of {peak / 1e12:g}"))
+    return rows + [compile_row(device, data_dir, width, batch, min_run_time, t)]
+
+
+def compile_row(device, data_dir, width, batch, min_run_time, t_eager: float) -> Row:
+    """What torch.compile would buy for the plain step (not used for training runs: see bnstudy.backends)."""
+    with backend_policy(BackendConfig(), device):
+        dataset, model = bench_setup(device, data_dir, width)
+        x, y = dataset.train_x[:batch], dataset.train_y[:batch]
+        try:
+            compiled = torch.compile(model)
+            t = seconds(bare_step(compiled, x, y, torch.optim.SGD(model.parameters(), lr=0.01, foreach=True)),
+                        min_run_time)
+        except Exception as err:  # a compiler missing or failing is a measurement too, not a crash of the bench
+            return Row("training step, torch.compile / eager", float("nan"), "ratio", note=f"failed: {type(err).__name__}")
+    return Row("training step, torch.compile / eager", t / t_eager, "ratio")
 
 
 def end_to_end(data_dir: Path | None, device: str) -> list[Row]:

@@ -35,6 +35,16 @@ class Results:
         seeds = sorted(set(self.meta.seed))
         presets = ", ".join(sorted(set(self.meta.preset)))
         datasets = ", ".join(sorted(set(self.meta.dataset)))
-        return f"{self.experiment} | preset: {presets} | data: {datasets} | seeds: {', '.join(map(str, seeds))} (n={len(seeds)})"
+        caption = f"{self.experiment} | preset: {presets} | data: {datasets} | seeds: {', '.join(map(str, seeds))} (n={len(seeds)})"
+        return caption + self._gpu_words()
+
+    def _gpu_words(self) -> str:
+        """' | GPU: <name>' where runs trained on CUDA (and how many did not, if some); '' for CPU runs alone."""
+        environments = [e if isinstance(e, dict) else {} for e in self.meta.get("environment", [])]
+        gpus = sorted({e["gpu"] for e in environments if e.get("gpu")})
+        on_cpu = sum(not e.get("gpu") for e in environments)
+        if not gpus:
+            return ""
+        return f" | GPU: {', '.join(gpus)}" + (f" ({on_cpu} of {len(environments)} runs on a CPU)" if on_cpu else "")
 
 

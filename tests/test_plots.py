@@ -1,4 +1,6 @@
 """The seed band: our vectorized bootstrap against seaborn's own ("ci", 95) aggregation."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -30,3 +32,18 @@ def test_one_seed_gives_no_band():
     assert bootstrap_band([0.7]) == (0.7, 0.7)
     low, high = bootstrap_band([np.nan])
     assert np.isnan(low) and np.isnan(high)
+
+
+def test_caption_names_the_gpu_of_cuda_runs(tmp_path):
+    from bnstudy.results import Results
+
+    def meta(arm, environment):
+        folder = tmp_path / "noisy-bn" / arm / "seed-0"
+        folder.mkdir(parents=True)
+        (folder / "meta.json").write_text(json.dumps({"arm": arm, "seed": 0, "preset": "paper", "dataset": "CIFAR-10",
+                                                      "status": "complete", "environment": environment}))
+
+    meta("batchnorm", {"device": "cpu"})
+    assert "GPU" not in Results(tmp_path, "noisy-bn").caption()
+    meta("standard", {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3"})
+    assert Results(tmp_path, "noisy-bn").caption().endswith("| GPU: NVIDIA H100 80GB HBM3 (1 of 2 runs on a CPU)")
