@@ -34,10 +34,14 @@ import torch
 
 from bnstudy.config import BackendConfig
 
-# How far two float32 runs of one configuration may drift apart on a GPU, relative, per logged loss over a
-# smoke run: a CUDA run against the CPU's, and a resumed CUDA run (deterministic mode off) against an
-# uninterrupted one. Summation order alone moves a float32 loss by about 1e-6; a dozen SGD steps amplify it.
-CUDA_RTOL = 1e-3
+# How far two float32 runs of one configuration may drift apart on different kernels (a GPU against the CPU,
+# NCHW against channels_last, a resumed CUDA run against an uninterrupted one): relative, per logged loss of
+# a smoke run at LR 1e-6 (tests/test_cuda.py). Measured on the CPU, NCHW against channels_last: 2.4e-6 on the
+# real CIFAR-10, 1.6e-6 on the synthetic set. Why so small an LR: with BN, float32 weight gradients from two
+# correct kernels differ by about 4e-3 relative (BN's backward subtracts nearly equal terms), so at training
+# LRs (0.1, 1e-3, and on the synthetic set even 1e-4) two runs separate to percent-level losses within a few
+# steps, on any device; at 1e-6 the comparison holds the pipeline (data, order, forward, step, records) equal.
+CUDA_RTOL = 1e-4
 
 
 def _precision_api() -> bool:

@@ -5,6 +5,7 @@ carries a caption naming the experiment, preset, dataset and seeds.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -14,11 +15,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from PIL import Image  # noqa: E402  (matplotlib's own dependency)
 from scipy import stats  # noqa: E402
 
 from bnstudy.analysis import (CHANCE, TRAINS_MARGIN, curvature_summary, landscape_summary,  # noqa: E402
                               largest_trainable_lr, moment_changes, sweep_table)
 from bnstudy.config import load_experiment  # noqa: E402
+from bnstudy.records import atomic_write_bytes  # noqa: E402
 from bnstudy.results import Results  # noqa: E402
 
 N_BOOT = 1000  # resamples of the bootstrap band (seaborn's default)
@@ -344,7 +347,18 @@ def draw_figures(results: Results) -> list[Path]:
     for name in exp.figures:
         fig = FIGURES[name](results, order)
         path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=110)
+        atomic_write_bytes(path, png_bytes(fig))  # a kill while drawing leaves the previous figure, never half of one
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def png_bytes(fig, dpi: int = 110) -> bytes:
+    """The figure as a 256-colour palette PNG: line plots use far fewer colours, and the file is a third of
+    matplotlib's RGBA one (5.2 -> 1.7 MB for the committed figures), which keeps the repository small."""
+    rgba = io.BytesIO()
+    fig.savefig(rgba, dpi=dpi, format="png")
+    image = Image.open(rgba).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    out = io.BytesIO()
+    image.save(out, format="png", optimize=True)
+    return out.getvalue()

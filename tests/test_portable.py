@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GPU_IMAGE = {"torch", "numpy", "pandas", "scipy", "matplotlib", "seaborn", "tqdm"}
+GPU_IMAGE = {"torch", "numpy", "pandas", "scipy", "matplotlib", "seaborn", "tqdm",
+             "PIL"}  # Pillow: a dependency of matplotlib, so wherever matplotlib is
 
 # Every `import` statement executed in a bnstudy module, cached modules included (builtins.__import__ sees
 # them all; a finder on sys.meta_path would miss a package some library had already imported).
