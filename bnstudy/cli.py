@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bnstudy.config import PRESETS, ConfigError, list_experiments
-from bnstudy.data import DataError
+from bnstudy.config import PRESETS, list_experiments
+from bnstudy.errors import USER_ERRORS
 
 EPILOG = """examples:
   bnstudy run noisy-bn                          quick preset, seed 0, every arm
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataError, UsageError, FileExistsError) as err:
+    except (*USER_ERRORS, UsageError, FileExistsError) as err:
         print(f"bnstudy: error: {err}", file=sys.stderr)
         return 2
     except PermissionError as err:

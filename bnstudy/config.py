@@ -23,12 +23,10 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bnstudy.errors import ConfigError  # noqa: F401  (raised here; importers take it from here too)
+
 PRESETS = ("smoke", "quick", "paper")
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
-
-
-class ConfigError(ValueError):
-    """A configuration a user wrote is wrong; the message says what and where."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ import torch
 
 from bnstudy.config import DataConfig
 
+from bnstudy.errors import DataError  # noqa: F401  (raised here; importers take it from here too)
+
 CIFAR_DIRNAME = "cifar-10-batches-py"
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -45,10 +47,6 @@ CIFAR_CHECKSUMS = {  # copy name -> file -> md5
         "test_batch": "96a481fc669a50313aa78d87659fb773",
     },
 }
-
-
-class DataError(RuntimeError):
-    """The dataset is missing, corrupt or unusable; the message says what to do."""
 
 
 @dataclass
