@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
@@ -253,54 +254,39 @@ class RunDir:
 
 
 class ResultsLock:
-    """One bnstudy process per experiment folder: a lock file holding the owner's host and pid.
+    """One bnstudy process per experiment folder: an exclusive lock (flock) on `<folder>/.lock`.
 
-    A second process refuses with a clear message; a lock whose process is gone (same host) is stale
-    and taken over.
+    The kernel holds the lock for the process and drops it when the process ends, however it ends:
+    SIGKILL included, and a killed process that its parent has not reaped yet (a zombie, as Docker without
+    an init leaves it) holds no files. So no lock outlives its process, and no pid is trusted. The file
+    itself only tells a refused process who holds it (host and pid); it stays in place when released.
     """
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / ".lock"
         self.owner = f"{platform.node()} {os.getpid()}"
+        self.fd: int | None = None
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if not self._stale():
-                    holder = self.path.read_text().strip() or "unknown"
-                    raise FileExistsError(f"{self.path.parent} is in use by another bnstudy run (host and pid: "
-                                          f"{holder}); wait for it to finish, or use another --results-dir") from None
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(self.owner + "\n")
-            return self
-        raise FileExistsError(f"could not take the lock {self.path}")
-
-    def _stale(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            host, pid = self.path.read_text().split()
-        except (OSError, ValueError):
-            return True  # empty or torn lock file: its writer died while writing it
-        if host != platform.node():
-            return False  # another machine's process: cannot tell, so assume it is alive
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FileExistsError(f"{self.path.parent} is in use by another bnstudy run (lock file {self.path}, "
+                                  f"held by host and pid {holder}); wait for it to finish, or use another "
+                                  f"--results-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (self.owner + "\n").encode(), 0)
+        self.fd = fd
+        return self
 
     def __exit__(self, *exc) -> None:
-        try:
-            if self.path.read_text().strip() == self.owner:
-                self.path.unlink()
-        except FileNotFoundError:
-            pass
+        os.ftruncate(self.fd, 0)  # no owner named once released
+        os.close(self.fd)  # closing the last descriptor releases the flock
+        self.fd = None
 
 
 def git_sha() -> str:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,8 +95,32 @@ def test_a_second_process_on_the_same_folder_refuses_and_changes_nothing(tmp_pat
         second = bnstudy(tmp_path)
         assert second.returncode == 2
         assert "in use by another bnstudy run" in second.stderr and "Traceback" not in second.stderr
+        assert str(folder / ".lock") in second.stderr and f"{os.getpid()}" in second.stderr
         assert not (folder / "noisy-batchnorm").exists()
-    assert not (folder / ".lock").exists()
+    with ResultsLock(folder):  # released: taken again at once
+        pass
+
+
+def test_a_killed_run_that_is_still_a_zombie_holds_no_lock(tmp_path):
+    """SIGKILLed, its parent never reaping it: its pid lives on as a zombie, its lock must not."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{FAULT_ENV: "train-step@3"})
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time; child = subprocess.Popen(sys.argv[1:]); "
+                               "print(child.pid, flush=True); time.sleep(300)",
+         sys.executable, "-m", "bnstudy", *ARGS, "--results-dir", str(tmp_path)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        status = Path(f"/proc/{pid}/status")
+        deadline = time.monotonic() + 120
+        while "State:\tZ" not in status.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "State:\tZ" in status.read_text()  # killed by its fault point, not reaped
+        rerun = bnstudy(tmp_path)
+        assert rerun.returncode == 0, rerun.stderr
+    finally:
+        parent.kill()
+        parent.wait()
 
 
 def test_a_stale_lock_is_taken_over(tmp_path):
