@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from bnstudy.errors import RecordError
+
 # Every CSV's columns, declared once. A writer refuses rows with other columns.
 SCHEMAS: dict[str, tuple[str, ...]] = {
     # split: train (per step, on the step's batch, train mode) | test (eval mode) | test-recal (noisy arms:
@@ -112,6 +114,17 @@ def table_bytes(folder: Path, name: str) -> bytes:
         raise FileNotFoundError(f"{folder}: no {name}.csv or {name}.csv{PACKED_SUFFIX}")
     data = path.read_bytes()
     return lzma.decompress(data) if path.suffix == PACKED_SUFFIX else data
+
+
+def read_json(path: Path, hint: str = "") -> dict:
+    """A JSON object from `path`, or RecordError naming the file (torn, empty, null, a list, unreadable)."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RecordError(f"{path}: unreadable ({type(err).__name__}: {err}){'; ' + hint if hint else ''}") from None
+    if not isinstance(value, dict):
+        raise RecordError(f"{path}: holds {type(value).__name__}, not a JSON object{'; ' + hint if hint else ''}")
+    return value
 
 
 def _compact(value):
@@ -229,10 +242,21 @@ class RunDir:
         return meta
 
     def read_meta(self) -> dict:
-        try:
-            return json.loads(self.meta_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        """meta.json, or {} for a run never started; a file there that is not a JSON object stops the command
+        (a torn meta.json of a finished run must not pass for "not started" and get trained over)."""
+        if not self.meta_path.exists():
             return {}
+        return read_json(self.meta_path, hint=self.damage_hint())
+
+    def damage_hint(self) -> str:
+        """What the folder still says about the run, for a message about one of its damaged files."""
+        if any(self.packed(name).exists() for name in SCHEMAS):
+            return "the folder holds a finished run's compressed tables: restore the file, or remove the folder to train again"
+        return "restore the file, or remove the folder to train the run again"
+
+    def read_config(self) -> dict | None:
+        path = self.path / "config.json"
+        return read_json(path, hint=self.damage_hint()) if path.exists() else None
 
     def write_meta(self, meta: dict) -> None:
         atomic_write_text(self.meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -1,13 +1,12 @@
 """Reading an experiment's results: every run folder's tidy CSVs and meta.json, concatenated."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from bnstudy.config import ConfigError
-from bnstudy.records import SCHEMAS, table_path
+from bnstudy.records import SCHEMAS, read_json, table_path
 
 
 class Results:
@@ -19,7 +18,7 @@ class Results:
         run_dirs = sorted(p.parent for p in self.root.glob("*/seed-*/meta.json"))
         if not run_dirs:
             raise ConfigError(f"no runs of '{experiment}' under {self.root}; run `bnstudy run {experiment}` first")
-        self.meta = pd.DataFrame([json.loads((d / "meta.json").read_text()) for d in run_dirs])
+        self.meta = pd.DataFrame([read_json(d / "meta.json") for d in run_dirs])
         self.tables = {name: self._concat(run_dirs, name) for name in SCHEMAS}
 
     def _concat(self, run_dirs: list[Path], name: str) -> pd.DataFrame:

@@ -153,16 +153,37 @@ def save_checkpoint(run: RunDir, state: RunState, logs: dict, elapsed: float) ->
     }, run.checkpoint_path, keep_previous=True)
 
 
-def read_checkpoint(run: RunDir) -> dict | None:
-    """The newest checkpoint that loads; the previous one if the newest is damaged; None if neither."""
+CHECKPOINT_KEYS = {"step", "model", "optimizer", "order", "torch_rng", "cuda_rng", "log_sizes", "elapsed"}
+
+
+def read_checkpoint(run: RunDir, logs: dict) -> dict | None:
+    """The newest checkpoint that loads, holds a checkpoint and fits the CSVs on disk; else the previous one;
+    None if neither (the run starts again from step 0). Each one passed over is said, with why.
+
+    A CSV shorter than a checkpoint's recorded size (an older copy, a partial sync) cannot resume from it:
+    truncating "up" would pad the file with NUL bytes."""
     for path in (run.checkpoint_path, previous(run.checkpoint_path)):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except FileNotFoundError:
+        if not path.exists():
             continue
-        except Exception as err:  # a damaged file fails in many ways (pickle, zip, EOF): fall back to the older one
-            print(f"{path}: unreadable checkpoint ({type(err).__name__}); trying the previous one", flush=True)
+        problem, ckpt = _checkpoint_problem(path, logs)
+        if problem is None:
+            return ckpt
+        print(f"{path}: {problem}; trying an earlier checkpoint", flush=True)
     return None
+
+
+def _checkpoint_problem(path, logs: dict) -> tuple[str | None, dict | None]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a damaged file fails in many ways (pickle, zip, EOF)
+        return f"unreadable checkpoint ({type(err).__name__})", None
+    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
+        return "not a bnstudy checkpoint (keys missing)", None
+    short = {name: (logs[name].size(), size) for name, size in ckpt["log_sizes"].items() if logs[name].size() < size}
+    if short:
+        return "damaged run: " + ", ".join(f"{logs[n].path.name} has {have} bytes, the checkpoint at step "
+                                           f"{ckpt['step']} recorded {want}" for n, (have, want) in short.items()), None
+    return None, ckpt
 
 
 def load_checkpoint(ckpt: dict, state: RunState, logs: dict) -> None:
@@ -251,10 +272,12 @@ def train_run(config: RunConfig, run: RunDir, dataset: Dataset, device: torch.de
 def _train_run(config, run, dataset, device, callbacks, progress, backend: dict) -> dict:
     state = make_state(config, dataset, device)
     logs = run.open_logs()
-    ckpt = read_checkpoint(run) if run.read_meta().get("status") == "running" else None
+    ckpt = read_checkpoint(run, logs) if run.read_meta().get("status") == "running" else None
     if ckpt is not None:
         load_checkpoint(ckpt, state, logs)
     else:
+        if run.read_meta().get("status") == "running":
+            print(f"{run.path}: no checkpoint to resume from; training again from step 0", flush=True)
         for log in logs.values():
             log.clear()
     run.write_config(config)
@@ -289,10 +312,10 @@ def _loop(config, run, dataset, state, logs, callbacks, progress) -> int | None:
         checkpoint_due = state.step % t.checkpoint_every == 0 or last
         if state.step % t.log_every == 0 or eval_due or checkpoint_due:  # a checkpoint holds no pending rows
             diverged = flush_train_metrics(state, logs, config)
-            bar.set_postfix(state.last_train | {"test_acc": state.last_test.get("acc")}, refresh=False)
         if diverged is None and eval_due:
             state.last_test = evaluate_test(state.model, dataset, config)
             logs["metrics"].append(test_rows(state.last_test, config, state.step))
+        bar.set_postfix(state.last_train | {"test_acc": state.last_test.get("acc")}, refresh=False)
         if diverged is None and checkpoint_due:
             save_checkpoint(run, state, logs, state.elapsed + time.perf_counter() - started)
     bar.close()
@@ -306,14 +329,18 @@ def _emit(logs: dict, config: RunConfig, results: list[dict]) -> None:
             logs[name].append(tagged(rows, config))
 
 
-def last_train_accuracy(run: RunDir, window: int) -> float | None:
-    """Mean training accuracy over the last `window` logged steps (the paper's "training accuracy")."""
+def final_training_numbers(run: RunDir, window: int = 100) -> dict:
+    """From metrics.csv, so a resumed run reports what an uninterrupted one would: the mean training accuracy
+    over the last `window` logged steps (the paper's "training accuracy") and the last training loss."""
     metrics = pd.read_csv(run.table_path("metrics"))
-    acc = metrics[(metrics.split == "train") & (metrics.metric == "acc")].value.tail(window)
-    return round(float(acc.mean()), 5) if len(acc) else None
+    train = metrics[metrics.split == "train"]
+    acc, loss = train[train.metric == "acc"].value.tail(window), train[train.metric == "loss"].value
+    return {"final_train_acc_last100": round(float(acc.mean()), 5) if len(acc) else None,
+            "final_train_loss": float(loss.iloc[-1]) if len(loss) else None}
 
 
 def _finish(config, run, dataset, state, logs, diverged: int | None) -> dict:
+    fault_point("finishing")  # after the last checkpoint: a resumed run must still report every final number
     final = {}
     if diverged is None:
         final = state.last_test or evaluate_test(state.model, dataset, config)  # resumed after the last eval
@@ -326,10 +353,9 @@ def _finish(config, run, dataset, state, logs, diverged: int | None) -> dict:
     for log in logs.values():
         log.flush()
     fields = {"status": "diverged" if diverged is not None else "complete", "diverged_at": diverged,
-              "final_train_acc_last100": last_train_accuracy(run, window=100),
-              "steps_done": state.step, "wall_time_s": round(state.elapsed, 2),
+              **final_training_numbers(run), "steps_done": state.step, "wall_time_s": round(state.elapsed, 2),
               "final_test_acc": final.get("acc"), "final_test_acc_recal": final.get("recal_acc"),
-              "final_test_loss": final.get("loss"), "final_train_loss": state.last_train.get("loss")}
+              "final_test_loss": final.get("loss")}
     run.update_meta(**fields)
     fault_point("finish")  # a kill here leaves a finished run with plain CSVs: the next `run` settles it
     return run.settle()

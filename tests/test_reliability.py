@@ -130,3 +130,56 @@ def test_a_stale_lock_is_taken_over(tmp_path):
     (folder / ".lock").write_text(f"{os.uname().nodename} {dead.stdout.strip()}\n")
     with ResultsLock(folder):
         assert (folder / ".lock").read_text().split()[1] == str(os.getpid())
+
+
+def run_folder(results: Path) -> Path:
+    return results / "noisy-bn" / "noisy-batchnorm" / "seed-0"
+
+
+def test_a_csv_shorter_than_its_checkpoint_says_is_never_padded(tmp_path, uninterrupted):
+    """An older or partly synced copy: no checkpoint fits it, so the run trains again from step 0."""
+    assert bnstudy(tmp_path, "train-step@26").returncode == -signal.SIGKILL  # checkpoints at steps 20 and 24
+    metrics = run_folder(tmp_path) / "metrics.csv"
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:11]))
+    resumed = bnstudy(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "damaged run: metrics.csv has" in resumed.stdout and "training again from step 0" in resumed.stdout
+    assert csvs(tmp_path) == uninterrupted and b"\0" not in csvs(tmp_path)["metrics"]
+
+
+def test_a_checkpoint_that_holds_no_checkpoint_falls_back_to_the_previous_one(tmp_path, uninterrupted):
+    import torch
+
+    assert bnstudy(tmp_path, "train-step@14").returncode == -signal.SIGKILL
+    torch.save({}, run_folder(tmp_path) / "checkpoint.pt")
+    resumed = bnstudy(tmp_path)
+    assert resumed.returncode == 0 and "not a bnstudy checkpoint" in resumed.stdout, resumed.stderr
+    assert csvs(tmp_path) == uninterrupted
+
+
+def final_numbers(results: Path) -> dict:
+    meta = json.loads((run_folder(results) / "meta.json").read_text())
+    return {k: v for k, v in meta.items() if k.startswith("final_")}
+
+
+def test_a_run_killed_after_its_last_checkpoint_reports_every_final_number(tmp_path):
+    whole = tmp_path / "whole"
+    assert bnstudy(whole).returncode == 0
+    assert bnstudy(tmp_path / "killed", "finishing@1").returncode == -signal.SIGKILL
+    assert bnstudy(tmp_path / "killed").returncode == 0
+    assert final_numbers(tmp_path / "killed") == final_numbers(whole)
+    assert None not in final_numbers(whole).values()
+
+
+@pytest.mark.parametrize("text", ['{"status": "compl', "", "null", "[1, 2]"])
+@pytest.mark.parametrize("name", ["meta.json", "config.json"])
+def test_an_unreadable_meta_or_config_json_stops_the_run_and_touches_nothing(tmp_path, name, text):
+    assert bnstudy(tmp_path).returncode == 0
+    folder = run_folder(tmp_path)
+    (folder / name).write_text(text)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    rerun = bnstudy(tmp_path)
+    assert rerun.returncode == 2 and "Traceback" not in rerun.stderr, rerun.stderr
+    assert rerun.stderr.startswith("bnstudy: error:") and rerun.stderr.count("\n") == 1
+    assert str(folder / name) in rerun.stderr and "finished run's compressed tables" in rerun.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

@@ -64,7 +64,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_numbers(tmp_path):
 
 
 def test_divergence_is_a_result(tmp_path):
-    config = smoke(arm="standard", overrides=["train.lr=1e6", "train.steps=30"])
+    config = smoke(arm="standard", overrides=["train.lr=1e3", "train.steps=30"])
     meta = run(tmp_path, config)
     assert meta["status"] == "diverged" and meta["diverged_at"] is not None
     metrics = pd.read_csv(RunDir(tmp_path, config.experiment, config.arm, config.seed).table_path("metrics"))
