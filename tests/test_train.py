@@ -108,3 +108,13 @@ def test_unit_statistics_against_known_order_statistics_and_torch():
     levels = list(PERCENTILES.values())
     rows = y[:, [0, 5]].transpose(0, 1).reshape(2, -1)
     assert torch.allclose(quantiles(rows, levels), torch.quantile(rows, torch.tensor(levels), dim=1), atol=0, rtol=1e-6)
+
+
+def test_the_progress_bar_ends_on_the_final_test_accuracy(tmp_path, capsys):
+    config = smoke(arm="batchnorm")  # evaluations at steps 6 and 12
+    dataset = load_images(config.data, None, CPU)
+    meta = train_run(config, RunDir(tmp_path, config.experiment, config.arm, config.seed), dataset, CPU, progress=True)
+    shown = capsys.readouterr().err.rsplit("test_acc=", 1)[1][:5]
+    metrics = pd.read_csv(RunDir(tmp_path, config.experiment, config.arm, config.seed).table_path("metrics"))
+    test = metrics[(metrics.split == "test") & (metrics.metric == "acc")].set_index("step").value
+    assert test[6] != test[12] and float(shown) == pytest.approx(meta["final_test_acc"], abs=1e-3)
