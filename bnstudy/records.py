@@ -33,6 +33,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from bnstudy.errors import RecordError
@@ -46,6 +47,7 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     "activations": ("step", "arm", "seed", "layer", "unit", "stat", "value"),
     "probes": ("step", "arm", "seed", "probe", "layer", "eta", "metric", "value"),
 }
+NUMERIC = {"step": "int64", "seed": "int64", "eta": "float64", "value": "float64"}  # read with these dtypes
 
 
 FAULT_ENV = "BNSTUDY_FAULT"  # tests only: "point@n" kills this process with SIGKILL at the n-th pass of `point`
@@ -105,6 +107,19 @@ def table_path(folder: Path, name: str) -> Path | None:
         if path.exists():
             return path
     return None
+
+
+def read_table(path: Path, name: str) -> pd.DataFrame:
+    """Table `name` from `path` (plain or compressed) with its schema's columns and numeric dtypes, or
+    RecordError naming the file: a torn archive, a non-numeric cell or foreign columns never reach a figure."""
+    try:
+        frame = pd.read_csv(path, dtype={c: t for c, t in NUMERIC.items() if c in SCHEMAS[name]})
+    except (ValueError, OSError, EOFError, lzma.LZMAError) as err:  # pandas' ParserError is a ValueError
+        raise RecordError(f"{path}: unreadable as the {name} table ({str(err).splitlines()[0][:200]}); "
+                          f"restore it, or remove its run folder") from None
+    if tuple(frame.columns) != SCHEMAS[name]:
+        raise RecordError(f"{path}: columns {', '.join(frame.columns)}; the {name} table has {', '.join(SCHEMAS[name])}")
+    return frame
 
 
 def table_bytes(folder: Path, name: str) -> bytes:
@@ -189,6 +204,13 @@ class RunDir:
         self.path = self.results_dir / experiment / arm / f"seed-{seed}"
         self.arm, self.seed = arm, seed
 
+    @classmethod
+    def at(cls, folder: Path) -> RunDir:
+        """The run whose folder is `<results>/<experiment>/<arm>/seed-<n>`."""
+        folder = Path(folder)
+        return cls(folder.parent.parent.parent, folder.parent.parent.name, folder.parent.name,
+                   int(folder.name.removeprefix("seed-")))
+
     @property
     def meta_path(self) -> Path:
         return self.path / "meta.json"
@@ -226,6 +248,24 @@ class RunDir:
     def drop_plain_tables(self) -> None:
         for name in SCHEMAS:
             self.csv(name).unlink(missing_ok=True)
+
+    def incomplete(self) -> str | None:
+        """Why a finished run is not whole (a file it wrote missing, or not the bytes meta.json lists), or None.
+
+        Runs settled since tables were compressed list their files with size and SHA-256; a finish interrupted
+        before that must still have every table in one form or the other."""
+        listed = self.read_meta().get("files")
+        if not listed:
+            missing = [f"{name}.csv" for name in SCHEMAS if self.table_path(name) is None]
+            return f"{', '.join(missing)} missing" if missing else None
+        for name, entry in listed.items():
+            path = self.path / name
+            if not path.exists():
+                return f"{name} missing"
+            data = path.read_bytes()
+            if len(data) != entry.get("bytes") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+                return f"{name} is not the file meta.json lists ({len(data)} bytes, {entry.get('bytes')} listed)"
+        return None
 
     def has_plain_tables(self) -> bool:
         return any(self.csv(name).exists() for name in SCHEMAS)

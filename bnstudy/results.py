@@ -1,12 +1,15 @@
 """Reading an experiment's results: every run folder's tidy CSVs and meta.json, concatenated."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from bnstudy.config import ConfigError
-from bnstudy.records import SCHEMAS, read_json, table_path
+from bnstudy.records import SCHEMAS, RecordError, RunDir, read_table
+
+FINISHED = ("complete", "diverged")
 
 
 class Results:
@@ -18,12 +21,29 @@ class Results:
         run_dirs = sorted(p.parent for p in self.root.glob("*/seed-*/meta.json"))
         if not run_dirs:
             raise ConfigError(f"no runs of '{experiment}' under {self.root}; run `bnstudy run {experiment}` first")
-        self.meta = pd.DataFrame([read_json(d / "meta.json") for d in run_dirs])
-        self.tables = {name: self._concat(run_dirs, name) for name in SCHEMAS}
+        runs, self.left_out = self._whole_runs([RunDir.at(d) for d in run_dirs])
+        if not runs:
+            raise RecordError(f"no whole run of '{experiment}' under {self.root}: " + "; ".join(self.left_out.values()))
+        self.meta = pd.DataFrame([run.read_meta() for run in runs])
+        self.tables = {name: self._concat(runs, name) for name in SCHEMAS}
 
-    def _concat(self, run_dirs: list[Path], name: str) -> pd.DataFrame:
-        paths = [table_path(d, name) for d in run_dirs]
-        frames = [f for f in (pd.read_csv(p) for p in paths if p is not None) if len(f)]
+    @staticmethod
+    def _whole_runs(runs: list[RunDir]) -> tuple[list[RunDir], dict[str, str]]:
+        """The runs to read, and those left out (said on stderr): a finished run missing a file it wrote
+        contributes to no curve, number or caption."""
+        whole, left_out = [], {}
+        for run in runs:
+            why = run.incomplete() if run.read_meta().get("status") in FINISHED else None
+            if why:
+                left_out[str(run.path)] = f"{run.path}: {why}"
+                print(f"bnstudy: warning: left out {run.path}: {why}", file=sys.stderr)
+            else:
+                whole.append(run)
+        return whole, left_out
+
+    def _concat(self, runs: list[RunDir], name: str) -> pd.DataFrame:
+        paths = [run.table_path(name) for run in runs]
+        frames = [f for f in (read_table(p, name) for p in paths if p is not None) if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCHEMAS[name])
 
     def arms(self, order: tuple[str, ...] = ()) -> list[str]:

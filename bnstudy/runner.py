@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from bnstudy.config import ConfigError, RunConfig, build, load_experiment, run_config
 from bnstudy.data import Dataset, gaussian_regression, load_images
-from bnstudy.records import ResultsLock, RunDir
+from bnstudy.records import RecordError, ResultsLock, RunDir
 from bnstudy.train import train_run
 
 
@@ -36,6 +36,14 @@ def resolve_data_dir(data_dir: str | None) -> Path:
     return Path(data_dir or os.environ.get("BNSTUDY_DATA") or "data")
 
 
+def check_run(run: RunDir, config: RunConfig) -> None:
+    """What a run folder already holds must fit this run: its configuration, and if finished, every file."""
+    check_same_config(run, config)
+    why = run.incomplete() if run.is_finished() else None
+    if why:
+        raise RecordError(f"{run.path}: finished, but {why}; restore it, or remove the folder to train the run again")
+
+
 def check_same_config(run: RunDir, config: RunConfig) -> None:
     """A run folder belongs to one configuration: refuse to mix another into it.
 
@@ -43,16 +51,16 @@ def check_same_config(run: RunDir, config: RunConfig) -> None:
     RunConfig since the run was written takes its default, which keeps the behaviour from before it existed
     (a new probe section is off); a value the run did store always decides.
     """
-    path = run.path / "config.json"
-    if not path.exists():
+    stored = run.read_config()
+    if stored is None:
         return
     try:
-        stored = build(RunConfig, json.loads(path.read_text()))
-        differences = [] if stored == config else sorted(_differences(_as_stored(stored), _as_stored(config)))
+        stored = build(RunConfig, stored)
+        differences = [] if stored == config else _differences(_as_stored(stored), _as_stored(config))
     except ConfigError as error:  # a field since removed, or of another type: not this configuration
         differences = [str(error)]
     if differences:
-        raise ConfigError(f"{run.path} holds a run with another configuration ({'; '.join(differences[:3])}); "
+        raise ConfigError(f"{run.path} holds a run with another configuration ({'; '.join(differences)}); "
                           f"use another --results-dir or remove that folder")
 
 
@@ -61,6 +69,7 @@ def _as_stored(config: RunConfig) -> dict:
 
 
 def _differences(a: dict, b: dict, where: str = "") -> list[str]:
+    """Every field that differs, most telling first: preset, model.*, train.*, data.*, then the rest (by name)."""
     out = []
     for key in sorted(set(a) | set(b)):
         x, y = a.get(key), b.get(key)
@@ -68,13 +77,15 @@ def _differences(a: dict, b: dict, where: str = "") -> list[str]:
             out += _differences(x, y, f"{where}{key}.")
         elif x != y:
             out.append(f"{where}{key}: {x!r} there, {y!r} now")
-    return out
+    rank = {"preset": 0, "model": 1, "train": 2, "data": 3}
+    return out if where else sorted(out, key=lambda d: (rank.get(d.partition(":")[0].split(".")[0], 4), d))
 
 
 def plan(experiment: str, preset: str, seeds: list[int], arms: list[str] | None, overrides: list[str]) -> list[RunConfig]:
     """Every run of the experiment as a validated RunConfig, arms-major so paired seeds sit together."""
     exp = load_experiment(experiment)
-    return [run_config(exp, arm, seed, preset, overrides) for arm in (arms or exp.arms_for(preset)) for seed in seeds]
+    arms, seeds = dict.fromkeys(arms or exp.arms_for(preset)), dict.fromkeys(seeds)  # `3 3`: one run, order kept
+    return [run_config(exp, arm, seed, preset, overrides) for arm in arms for seed in seeds]
 
 
 def run_experiment(experiment: str, preset: str, seeds: list[int], arms: list[str] | None = None,
@@ -87,11 +98,11 @@ def run_experiment(experiment: str, preset: str, seeds: list[int], arms: list[st
     dev = resolve_device(device)
     runs = [(config, RunDir(results_dir, config.experiment, config.arm, config.seed)) for config in configs]
     for config, run in runs:  # all checks before the first step of training
-        check_same_config(run, config)
+        check_run(run, config)
     folder = check_writable(Path(results_dir) / configs[0].experiment)
     with ResultsLock(folder):  # one process per experiment folder: rows never interleave
         for config, run in runs:  # checked again under the lock: the folder may have changed meanwhile
-            check_same_config(run, config)
+            check_run(run, config)
         pending = []
         for config, run in runs:
             if run.is_finished():

@@ -27,7 +27,7 @@ from bnstudy.probes.activations import ActivationRecorder
 from bnstudy.probes.curvature import CurvatureProbe
 from bnstudy.probes.ics import ICSProbe
 from bnstudy.probes.landscape import LandscapeProbe, eta_grid
-from bnstudy.records import RunDir, atomic_save, environment, fault_point, previous
+from bnstudy.records import RunDir, atomic_save, environment, fault_point, previous, read_table
 
 
 @dataclass
@@ -332,7 +332,7 @@ def _emit(logs: dict, config: RunConfig, results: list[dict]) -> None:
 def final_training_numbers(run: RunDir, window: int = 100) -> dict:
     """From metrics.csv, so a resumed run reports what an uninterrupted one would: the mean training accuracy
     over the last `window` logged steps (the paper's "training accuracy") and the last training loss."""
-    metrics = pd.read_csv(run.table_path("metrics"))
+    metrics = read_table(run.table_path("metrics"), "metrics")
     train = metrics[metrics.split == "train"]
     acc, loss = train[train.metric == "acc"].value.tail(window), train[train.metric == "loss"].value
     return {"final_train_acc_last100": round(float(acc.mean()), 5) if len(acc) else None,

@@ -183,3 +183,43 @@ def test_an_unreadable_meta_or_config_json_stops_the_run_and_touches_nothing(tmp
     assert rerun.stderr.startswith("bnstudy: error:") and rerun.stderr.count("\n") == 1
     assert str(folder / name) in rerun.stderr and "finished run's compressed tables" in rerun.stderr
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def two_seeds(tmp_path) -> Path:
+    assert bnstudy(tmp_path, args=[*ARGS, "--seeds", "0", "1"]).returncode == 0
+    return tmp_path / "noisy-bn" / "noisy-batchnorm"
+
+
+def test_a_finished_run_missing_a_file_is_left_out_of_figures_and_captions(tmp_path, capsys):
+    from bnstudy.cli import main
+    from bnstudy.results import Results
+
+    arm = two_seeds(tmp_path)
+    (arm / "seed-1" / "activations.csv.xz").unlink()
+    assert main(["plot", "noisy-bn", "--results-dir", str(tmp_path)]) == 0
+    assert f"left out {arm / 'seed-1'}: activations.csv.xz missing" in capsys.readouterr().err
+    results = Results(tmp_path, "noisy-bn")
+    assert "seeds: 0 (n=1)" in results.caption() and set(results.tables["metrics"].seed) == {0}
+
+
+def test_a_finished_run_missing_a_file_is_not_skipped_as_complete(tmp_path):
+    arm = two_seeds(tmp_path)
+    (arm / "seed-1" / "metrics.csv.xz").write_bytes(b"")  # there, but not whole
+    rerun = bnstudy(tmp_path, args=[*ARGS, "--seeds", "0", "1"])
+    assert rerun.returncode == 2 and rerun.stderr.count("\n") == 1, rerun.stderr
+    assert f"{arm / 'seed-1'}: finished, but metrics.csv.xz is not the file meta.json lists" in rerun.stderr
+
+
+def test_a_non_numeric_cell_stops_plot_with_one_line(tmp_path, capsys):
+    import lzma
+
+    from bnstudy.cli import main
+
+    arm = two_seeds(tmp_path)
+    text = lzma.decompress((arm / "seed-0" / "metrics.csv.xz").read_bytes()).decode().splitlines()
+    text[3] = ",".join(text[3].split(",")[:-1] + ["abc"])
+    plain = arm / "seed-0" / "metrics.csv"  # a plain copy is read before the compressed one
+    plain.write_text("\n".join(text) + "\n")
+    assert main(["plot", "noisy-bn", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{plain}: unreadable as the metrics table" in err and err.count("\n") == 1 and "Traceback" not in err
