@@ -17,6 +17,8 @@ Every mistake raises ConfigError with one sentence a user understands.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 import types
 import typing
@@ -180,6 +182,8 @@ def _coerce(value, typ, where: str):
             return value
     elif typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, int) and abs(value) > 1e300:  # so large it does not even convert to a float
+                raise ConfigError(f"{where} must be a finite number, got an integer of {len(str(value))} digits")
             return float(value)
     elif typ is str:
         if isinstance(value, str):
@@ -236,20 +240,44 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def config_differences(there: RunConfig, now: RunConfig, labels: tuple[str, str] = ("there", "now")) -> list[str]:
+    """Every field whose value differs, as 'key: A there, B now' (`labels`), most telling first: preset,
+    model.*, train.*, data.*, then the rest by name."""
+    found = _differences(_stored_form(dataclasses.asdict(there)), _stored_form(dataclasses.asdict(now)), labels)
+    rank = {"preset": 0, "model": 1, "train": 2, "data": 3}
+    return sorted(found, key=lambda d: (rank.get(d.partition(":")[0].split(".")[0], 4), d))
+
+
+def _stored_form(value):
+    """Tuples as lists, as config.json holds them."""
+    if isinstance(value, dict):
+        return {k: _stored_form(v) for k, v in value.items()}
+    return list(map(_stored_form, value)) if isinstance(value, (list, tuple)) else value
+
+
+def _differences(a: dict, b: dict, labels: tuple[str, str], where: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, labels, f"{where}{key}.")
+        elif x != y:
+            out.append(f"{where}{key}: {x!r} {labels[0]}, {y!r} {labels[1]}")
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # --set section.key=value
 # ----------------------------------------------------------------------------------------------
 def parse_override(text: str) -> dict:
     """'train.lr=0.5' -> {'train': {'lr': 0.5}}; the value is read as TOML, else as a bare string."""
-    if "=" not in text:
-        raise ConfigError(f"--set expects section.key=value, got '{text}'")
-    dotted, raw = text.split("=", 1)
+    dotted, _, raw = text.partition("=")
     keys = [k.strip() for k in dotted.split(".")]
-    if not all(keys):
-        raise ConfigError(f"--set expects section.key=value, got '{text}'")
+    if "=" not in text or not all(re.fullmatch(r"\w+", k, re.ASCII) for k in keys):  # words: one line, no '\n'
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # not TOML (TOMLDecodeError), or an integer past Python's 4,300 digits
         value = raw.strip()
     nested: dict = value
     for key in reversed(keys):
@@ -265,7 +293,7 @@ def _check_override_keys(text: str, override: dict, cls=RunConfig, where: str = 
     types_ = {k: v for k, v in _field_types(cls).items() if where or k not in RUN_IDENTITY}
     for key, value in override.items():
         if key not in types_:
-            dotted = text.split("=", 1)[0].strip()
+            dotted = ".".join(k.strip() for k in text.partition("=")[0].split("."))
             raise ConfigError(f"--set {dotted}: no such key; known keys{' of ' + where if where else ''}: "
                               f"{', '.join(sorted(types_))}")
         if isinstance(value, dict) and dataclasses.is_dataclass(types_[key]):
@@ -297,7 +325,7 @@ def load_experiment(name: str) -> Experiment:
     path = experiment_path(name)
     try:
         raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
+    except ValueError as err:  # TOMLDecodeError, not UTF-8, or an integer past Python's 4,300 digits
         raise ConfigError(f"{path}: malformed TOML: {err}") from None
     known_top = {"name", "title", "arms", "default_arms", "presets", "base", "figures", "sweep"}
     unknown = sorted(set(raw) - known_top)
@@ -323,10 +351,26 @@ def load_experiment(name: str) -> Experiment:
         base=raw.get("base", {}),
         figures=tuple(raw.get("figures", ())),
     )
+    _check_names(path, experiment.name, experiment.arms)
     for preset in PRESETS:  # fail at load, not after an hour of training, on a broken arm or preset
         for arm in experiment.arms_for(preset):
             run_config(experiment, arm=arm, seed=0, preset=preset)
     return experiment
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # an experiment's name: one folder under --results-dir
+ARM_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]*")  # also '.': sweeps name arms e.g. 'batchnorm-lr0.1'
+
+
+def _check_names(path: Path, name, arms: dict) -> None:
+    """Names become folders under --results-dir: plain words, never a way out of it ('../x', '/x', 'a/b')."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ConfigError(f"{path}: experiment name {name!r} must be letters, digits, '-' and '_', "
+                          f"starting with a letter or digit (it names a folder)")
+    for arm in arms:
+        if not ARM_NAME.fullmatch(arm):
+            raise ConfigError(f"{path}: arm name {arm!r} must be letters, digits, '-', '_' and '.' (not '..'), "
+                              f"starting with a letter or digit (it names a folder)")
 
 
 def expand_sweep(path: Path, sweep: dict, arms: dict, default_arms: list[str]) -> tuple[dict, list[str]]:
@@ -349,8 +393,7 @@ def run_config(experiment: Experiment, arm: str, seed: int, preset: str, overrid
         raise ConfigError(f"unknown preset '{preset}'; known: {', '.join(PRESETS)}")
     if arm not in experiment.arms:
         raise ConfigError(f"unknown arm '{arm}' in experiment {experiment.name}; known: {', '.join(experiment.arms)}")
-    if seed < 0:
-        raise ConfigError(f"seed must be >= 0, got {seed}")
+    _check_seed(seed)
     merged = deep_merge(experiment.base, experiment.presets.get(preset, {}))
     merged = deep_merge(merged, experiment.arms[arm])
     for text in overrides:
@@ -371,9 +414,87 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+MAX_SEED = 2**31 - 1  # torch, numpy and CUDA generators all take a seed of 31 bits
+MAX_STEPS = 10**9  # steps and intervals: years of training at the paper's scale; step numbers stay well inside int64
+MAX_EXAMPLES = 10**6  # 20x CIFAR-10's training split; a synthetic set that large is already 12 GB of float32 images
+
+# Every int and float field of RunConfig: its unit, and the largest value a run can take without crashing or
+# hanging (each bound's reason in its comment). The lower bounds are rules of validate() below.
+LIMITS: dict[str, tuple[str, float]] = {
+    "seed": ("a random seed", MAX_SEED),
+    "data.train_size": ("examples", MAX_EXAMPLES),
+    "data.test_size": ("examples", MAX_EXAMPLES),
+    "data.eval_batch": ("examples per forward pass", MAX_EXAMPLES),
+    "model.cfg": ("VGG weight layers", 19),  # the deepest VGG_CFGS entry
+    "model.width": ("a multiplier on channel counts", 64),  # VGG-16 at 64: 32,768 channels, 1e11 weights
+    "model.head": ("units per hidden layer at width 1", 65_536),  # one 65,536^2 layer is 16 GiB of float32
+    "model.dln_depth": ("linear layers", 1_024),  # a deeper DLN's gradients vanish or overflow float32 anyway
+    "model.dln_width": ("units per layer", 4_096),  # a 4,096^2 layer per depth: 64 MiB each
+    # the noise (paper: at most 1.25) is squared by the next BN's variance: float32 overflows near 1e19
+    "model.noise.n_mu": ("standard deviations of a normalized unit", 1e3),
+    "model.noise.n_sigma": ("a scale factor", 1e3),
+    "model.noise.r_mu": ("standard deviations of a normalized unit", 1e3),
+    "model.noise.r_sigma": ("a scale factor", 1e3),
+    "train.steps": ("SGD steps", MAX_STEPS),
+    "train.batch_size": ("examples per step", MAX_EXAMPLES),
+    "train.lr": ("the SGD step size", 1e3),  # paper: 0.1, sweeps here stop at 2; 1e308 overflows torch's float32 step
+    "train.log_every": ("steps", MAX_STEPS),
+    "train.eval_every": ("steps", MAX_STEPS),
+    "train.checkpoint_every": ("steps", MAX_STEPS),
+    "train.threads": ("CPU threads", 1_024),  # more than any machine's cores; OpenMP fails on huge counts
+    "activations.layers": ("a weight-layer number", 1_024),  # no model here has more layers (dln_depth <= 1,024)
+    "activations.units": ("units per layer", 65_536),  # more than any layer has (units are clipped to its width)
+    "activations.every": ("steps", MAX_STEPS),
+    "landscape.every": ("steps", MAX_STEPS),
+    "landscape.eta_min": ("multiples of train.lr", 1e4),  # paper: 1/2 and 4 (VGG), 1/100 and 30 (DLN)
+    "landscape.eta_max": ("multiples of train.lr", 1e4),
+    "landscape.points": ("step sizes per probe", 1_000),  # each a forward and backward pass: more would hang a run
+    "ics.every": ("steps", MAX_STEPS),
+    "ics.layers": ("a weight-layer number", 1_024),
+    "curvature.every": ("steps", MAX_STEPS),
+    "curvature.k": ("eigenvalues", 64),  # ARPACK keeps 2k + 1 Lanczos vectors, each the size of the model
+    "curvature.tol": ("a relative accuracy", 1.0),  # 1 already asks for no digit at all
+    "curvature.max_hvps": ("Lanczos restarts", 100_000),  # ARPACK counts in 32 bits; more would run for days
+}
+MAX_PROBE_STEP = 1e6  # landscape.eta_max * train.lr: a longer step sends float32 weights far past any loss surface
+
+
+def numeric_keys(cls=RunConfig, where: str = "") -> list[str]:
+    """The dotted key of every int and float field (or tuple of them), in every section, from the types alone."""
+    keys = []
+    for name, typ in _field_types(cls).items():
+        key = _join(where, name)
+        if dataclasses.is_dataclass(typ):
+            keys += numeric_keys(typ, key)
+        elif {int, float} & {typ, *typing.get_args(typ)}:
+            keys.append(key)
+    return keys
+
+
+def _check_seed(seed: int) -> None:
+    _require(0 <= seed <= MAX_SEED, f"seed must be 0 <= seed < 2**31 (torch and numpy take 31-bit seeds), got {seed}")
+
+
+def _check_limits(config: RunConfig) -> None:
+    """Every number finite and at most its limit: non-finite or huge values are invalid input everywhere."""
+    for key in numeric_keys():
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        unit, limit = LIMITS.get(key, ("", math.inf))  # a field not in LIMITS yet is still checked as finite
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, float):
+                _require(math.isfinite(v) and v <= limit, f"{key} must be a finite number at most {limit:g} "
+                                                          f"({unit}), got {v}")
+            elif isinstance(v, int):
+                _require(v <= limit, f"{key} must be at most {limit:,} ({unit}), got {v}")
+
+
 def validate(config: RunConfig) -> None:
     from bnstudy.models import MODELS, NORMS, VGG_CFGS, count_weight_layers
 
+    _check_seed(config.seed)
+    _check_limits(config)
     m, t, d, a = config.model, config.train, config.data, config.activations
     _require(m.kind in MODELS, f"unknown model.kind '{m.kind}'; known: {', '.join(MODELS)}")
     _require(m.norm in NORMS, f"unknown model.norm '{m.norm}'; known: {', '.join(NORMS)}")
@@ -397,6 +518,8 @@ def validate(config: RunConfig) -> None:
     ls = config.landscape
     _require(ls.every >= 0, f"landscape.every must be >= 0 (0 = off), got {ls.every}")
     _require(0 < ls.eta_min <= ls.eta_max, f"landscape needs 0 < eta_min <= eta_max, got {ls.eta_min}, {ls.eta_max}")
+    _require(ls.eta_max * t.lr <= MAX_PROBE_STEP, f"landscape.eta_max * train.lr (the longest probe step) must be "
+                                                  f"at most {MAX_PROBE_STEP:g}, got {ls.eta_max * t.lr:g}")
     _require(ls.points >= 1, f"landscape.points must be >= 1, got {ls.points}")
     _require(ls.spacing in ("linear", "log"), f"unknown landscape.spacing '{ls.spacing}'; known: linear, log")
     _require(ls.direction in ("gradient", "random"), f"unknown landscape.direction '{ls.direction}'; known: gradient, random")

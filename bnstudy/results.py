@@ -1,12 +1,13 @@
 """Reading an experiment's results: every run folder's tidy CSVs and meta.json, concatenated."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from bnstudy.config import ConfigError
+from bnstudy.config import ConfigError, RunConfig, build, config_differences
 from bnstudy.records import SCHEMAS, RecordError, RunDir, read_table
 
 FINISHED = ("complete", "diverged")
@@ -24,6 +25,7 @@ class Results:
         runs, self.left_out = self._whole_runs([RunDir.at(d) for d in run_dirs])
         if not runs:
             raise RecordError(f"no whole run of '{experiment}' under {self.root}: " + "; ".join(self.left_out.values()))
+        self._check_pooled(runs)
         self.meta = pd.DataFrame([run.read_meta() for run in runs])
         self.tables = {name: self._concat(runs, name) for name in SCHEMAS}
 
@@ -40,6 +42,22 @@ class Results:
             else:
                 whole.append(run)
         return whole, left_out
+
+    def _check_pooled(self, runs: list[RunDir]) -> None:
+        """An arm's seeds are averaged together: refuse seeds that ran different configurations."""
+        first: dict[str, RunConfig] = {}
+        for run in runs:
+            stored = run.read_config()
+            if stored is None:
+                continue
+            config = build(RunConfig, stored)
+            base = first.setdefault(run.arm, config)
+            differences = config_differences(base, dataclasses.replace(config, seed=base.seed),
+                                             (f"in seed {base.seed}", f"in seed {run.seed}"))
+            if differences:
+                raise RecordError(f"{self.root / run.arm}: seeds {base.seed} and {run.seed} ran different "
+                                  f"configurations ({'; '.join(differences)}), which are never pooled; move one "
+                                  f"to another results folder")
 
     def _concat(self, runs: list[RunDir], name: str) -> pd.DataFrame:
         paths = [run.table_path(name) for run in runs]

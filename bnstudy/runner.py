@@ -1,15 +1,14 @@
 """An experiment's runs (arms x seeds): skip finished ones, resume partial ones, run the rest here."""
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from bnstudy.config import ConfigError, RunConfig, build, load_experiment, run_config
+from bnstudy.config import ConfigError, RunConfig, build, config_differences, load_experiment, run_config
 from bnstudy.data import Dataset, gaussian_regression, load_images
 from bnstudy.records import RecordError, ResultsLock, RunDir
 from bnstudy.train import train_run
@@ -37,8 +36,10 @@ def resolve_data_dir(data_dir: str | None) -> Path:
 
 
 def check_run(run: RunDir, config: RunConfig) -> None:
-    """What a run folder already holds must fit this run: its configuration, and if finished, every file."""
+    """What a run folder already holds must fit this run: its configuration, its arm's other seeds, and if
+    finished, every file."""
     check_same_config(run, config)
+    check_pooled(run, config)
     why = run.incomplete() if run.is_finished() else None
     if why:
         raise RecordError(f"{run.path}: finished, but {why}; restore it, or remove the folder to train the run again")
@@ -51,34 +52,34 @@ def check_same_config(run: RunDir, config: RunConfig) -> None:
     RunConfig since the run was written takes its default, which keeps the behaviour from before it existed
     (a new probe section is off); a value the run did store always decides.
     """
-    stored = run.read_config()
-    if stored is None:
-        return
-    try:
-        stored = build(RunConfig, stored)
-        differences = [] if stored == config else _differences(_as_stored(stored), _as_stored(config))
-    except ConfigError as error:  # a field since removed, or of another type: not this configuration
-        differences = [str(error)]
+    differences = stored_differences(run, config)
     if differences:
         raise ConfigError(f"{run.path} holds a run with another configuration ({'; '.join(differences)}); "
                           f"use another --results-dir or remove that folder")
 
 
-def _as_stored(config: RunConfig) -> dict:
-    return json.loads(json.dumps(asdict(config)))  # tuples -> lists, as config.json holds them
+def check_pooled(run: RunDir, config: RunConfig) -> None:
+    """Figures and claims pool an arm's seeds: a new seed must share the configuration of the seeds there."""
+    for folder in sorted(run.path.parent.glob("seed-*")):
+        sibling = RunDir.at(folder)
+        if folder == run.path or sibling.read_config() is None:
+            continue
+        differences = stored_differences(sibling, dataclasses.replace(config, seed=sibling.seed))
+        if differences:
+            raise ConfigError(f"{config.arm}: seed {config.seed} would be pooled with {folder} of another "
+                              f"configuration ({'; '.join(differences)}); use another --results-dir")
+        return  # the seeds there agree among themselves: each was checked when it was added
 
 
-def _differences(a: dict, b: dict, where: str = "") -> list[str]:
-    """Every field that differs, most telling first: preset, model.*, train.*, data.*, then the rest (by name)."""
-    out = []
-    for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _differences(x, y, f"{where}{key}.")
-        elif x != y:
-            out.append(f"{where}{key}: {x!r} there, {y!r} now")
-    rank = {"preset": 0, "model": 1, "train": 2, "data": 3}
-    return out if where else sorted(out, key=lambda d: (rank.get(d.partition(":")[0].split(".")[0], 4), d))
+def stored_differences(run: RunDir, config: RunConfig) -> list[str]:
+    """How `config` differs from the configuration stored in `run`'s folder ([] if none is stored)."""
+    stored = run.read_config()
+    if stored is None:
+        return []
+    try:
+        return config_differences(build(RunConfig, stored), config)
+    except ConfigError as error:  # a field since removed, or of another type: not this configuration
+        return [str(error)]
 
 
 def plan(experiment: str, preset: str, seeds: list[int], arms: list[str] | None, overrides: list[str]) -> list[RunConfig]:

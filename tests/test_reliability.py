@@ -223,3 +223,22 @@ def test_a_non_numeric_cell_stops_plot_with_one_line(tmp_path, capsys):
     assert main(["plot", "noisy-bn", "--results-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"{plain}: unreadable as the metrics table" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_seed_of_another_configuration_is_never_pooled(tmp_path, capsys):
+    from bnstudy.cli import main
+
+    assert bnstudy(tmp_path, args=[*ARGS, "--seed", "7"]).returncode == 0
+    other = bnstudy(tmp_path, args=[*ARGS, "--seed", "9", "--set", "train.steps=40", "--preset", "quick"])
+    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
+    assert "seed 9 would be pooled with" in other.stderr
+    assert other.stderr.index("preset: 'smoke' there, 'quick' now") < other.stderr.index("train.steps: 30 there, 40 now")
+    assert not (tmp_path / "noisy-bn" / "noisy-batchnorm" / "seed-9").exists()
+    # written behind run's back (another version, a copied folder): plot and report refuse too
+    assert bnstudy(tmp_path, args=[*ARGS, "--seed", "9"]).returncode == 0
+    config = tmp_path / "noisy-bn" / "noisy-batchnorm" / "seed-9" / "config.json"
+    config.write_text(config.read_text().replace('"steps": 30', '"steps": 400'))
+    for command in (["plot", "noisy-bn"], ["report", "--no-figures"]):
+        assert main([*command, "--results-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert "seeds 7 and 9 ran different configurations (train.steps: 30 in seed 7, 400 in seed 9)" in err, err
