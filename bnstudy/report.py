@@ -40,8 +40,8 @@ def claims_table(summaries: dict[str, pd.DataFrame]) -> str:
     lines = ["| # | the paper says | rule for the verdict | measured here | verdict | runs behind it |",
              "|---|---|---|---|---|---|"]
     for claim, verdict in evaluate_claims(summaries):
-        cells = [claim.number, claim.statement, claim.rule, verdict.measured, VERDICT_MARK[verdict.verdict],
-                 verdict.basis or "—"]
+        mark = VERDICT_MARK[verdict.verdict] + (f" ({', '.join(verdict.presets)})" if verdict.presets else "")
+        cells = [claim.number, claim.statement, claim.rule, verdict.measured, mark, verdict.basis or "—"]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -99,6 +99,11 @@ def redraw_figures(found: dict[str, Results]) -> None:
 
 def write_report(results_dir: str | Path = "results", readme: Path | None = None, figures: bool = True) -> Path:
     results_dir = Path(results_dir)
+    if readme is not None:  # checked before anything is written: a bad --readme leaves every file as it was
+        if not Path(readme).is_file():
+            raise ConfigError(f"--readme {readme}: no such file")
+        if not all(marker in Path(readme).read_text() for marker in (README_START, README_END)):
+            raise ConfigError(f"{readme} has no {README_START} ... {README_END} block to fill")
     summaries, found = collect(results_dir)
     if not found:
         raise ConfigError(f"no results under {results_dir}; run an experiment first (e.g. make noisy-bn)")

@@ -5,6 +5,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bnstudy.config import ConfigError, RunConfig, build, config_differences
@@ -27,7 +28,9 @@ class Results:
             raise RecordError(f"no whole run of '{experiment}' under {self.root}: " + "; ".join(self.left_out.values()))
         self._check_pooled(runs)
         self.meta = pd.DataFrame([run.read_meta() for run in runs])
-        self.tables = {name: self._concat(runs, name) for name in SCHEMAS}
+        tables = {name: self._concat(runs, name) for name in SCHEMAS}
+        self.non_finite = self._non_finite_notes(tables)
+        self.tables = {name: table[np.isfinite(table.value.astype(float))] for name, table in tables.items()}
 
     @staticmethod
     def _whole_runs(runs: list[RunDir]) -> tuple[list[RunDir], dict[str, str]]:
@@ -58,6 +61,24 @@ class Results:
                 raise RecordError(f"{self.root / run.arm}: seeds {base.seed} and {run.seed} ran different "
                                   f"configurations ({'; '.join(differences)}), which are never pooled; move one "
                                   f"to another results folder")
+
+    def _non_finite_notes(self, tables: dict[str, pd.DataFrame]) -> list[str]:
+        """Non-finite values are left out of every figure and number, and said (stderr, REPORT.md), never averaged
+        silently; a diverged run's are expected (its loss stopped being finite) and noted as its divergence."""
+        diverged = {(arm, seed) for arm, seed, status in zip(self.meta.arm, self.meta.seed, self.meta.status)
+                    if status == "diverged"}
+        notes = []
+        for name, table in tables.items():
+            bad = table[~np.isfinite(table.value.astype(float))]
+            for (arm, seed), rows in bad.groupby(["arm", "seed"]):
+                if (arm, seed) in diverged:
+                    continue
+                first = rows.iloc[0]
+                notes.append(f"{self.experiment}/{arm}/seed-{seed}: {len(rows)} non-finite value(s) in {name} "
+                             f"left out (first: {first.value} at step {first.step})")
+        for note in notes:
+            print(f"bnstudy: warning: {note}", file=sys.stderr)
+        return notes
 
     def _concat(self, runs: list[RunDir], name: str) -> pd.DataFrame:
         paths = [run.table_path(name) for run in runs]

@@ -1,7 +1,7 @@
 """Every claim's rule on hand-made summaries: one case where it holds, one where it does not."""
 import pandas as pd
 
-from bnstudy.claims import CLAIMS, FAILS, HOLDS, NOT_MEASURED, evaluate_claims
+from bnstudy.claims import CLAIMS, FAILS, HOLDS, NOT_MEASURED, evaluate, evaluate_claims
 
 
 def frame(rows: dict[str, dict], seeds=(0, 1), preset="quick") -> pd.DataFrame:
@@ -12,7 +12,7 @@ def frame(rows: dict[str, dict], seeds=(0, 1), preset="quick") -> pd.DataFrame:
 
 def check(number: str, summaries: dict) -> str:
     claim = next(c for c in CLAIMS if c.number == number)
-    return claim.check(summaries).verdict
+    return evaluate(claim, summaries).verdict
 
 
 def lr_runs(std01, bn01, std05, bn05):
@@ -129,7 +129,7 @@ def test_claim_10():
 def test_missing_experiments_are_not_measured_with_a_reason():
     verdicts = evaluate_claims({})
     assert len(verdicts) == len(CLAIMS) and all(v.verdict == NOT_MEASURED for _, v in verdicts)
-    assert "has no results" in verdicts[0][1].measured
+    assert verdicts[0][1].measured == "waiting for lr (no results yet)"
 
 
 def test_a_claim_holds_only_if_every_seed_agrees():
@@ -142,3 +142,18 @@ def test_claim_11():
     runs = lambda bn: {"curvature": frame({"standard": {"early_lambda_max": 50.0}, "batchnorm": {"early_lambda_max": bn}})}
     assert check("11 (ours, beyond the paper)", runs(10.0)) == HOLDS
     assert check("11 (ours, beyond the paper)", runs(80.0)) == FAILS
+
+
+def test_a_verdict_names_its_preset_and_is_never_given_at_a_scale_its_rule_does_not_accept():
+    claim = next(c for c in CLAIMS if c.number == "1")
+    quick = evaluate(claim, lr_runs(0.40, 0.70, 0.10, 0.65))
+    assert quick.verdict == HOLDS and quick.presets == ("quick",)
+    smoke = {"lr": lr_runs(0.40, 0.70, 0.10, 0.65)["lr"].assign(preset="smoke")}
+    verdict = evaluate(claim, smoke)
+    assert verdict.verdict == NOT_MEASURED and verdict.presets == ("smoke",)
+    assert "not smoke" in verdict.measured and "train acc at LR 0.1" in verdict.measured  # the numbers still shown
+
+
+def test_a_claim_says_which_experiment_it_waits_for():
+    claim = next(c for c in CLAIMS if c.number == "5")
+    assert evaluate(claim, {"ics": frame({})}).measured == "waiting for dln (no results yet)"

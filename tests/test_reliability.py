@@ -242,3 +242,22 @@ def test_a_seed_of_another_configuration_is_never_pooled(tmp_path, capsys):
         assert main([*command, "--results-dir", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert "seeds 7 and 9 ran different configurations (train.steps: 30 in seed 7, 400 in seed 9)" in err, err
+
+
+def test_a_non_finite_value_is_said_and_left_out_never_averaged(tmp_path, capsys):
+    import lzma
+
+    import numpy as np
+
+    from bnstudy.results import Results
+
+    arm = two_seeds(tmp_path)
+    lines = lzma.decompress((arm / "seed-0" / "activations.csv.xz").read_bytes()).decode().splitlines()
+    lines[5] = ",".join(lines[5].split(",")[:-1] + ["inf"])
+    (arm / "seed-0" / "activations.csv").write_text("\n".join(lines) + "\n")  # read before the compressed copy
+    results = Results(tmp_path, "noisy-bn")
+    assert results.non_finite == [f"noisy-bn/noisy-batchnorm/seed-0: 1 non-finite value(s) in activations left out "
+                                  f"(first: inf at step {lines[5].split(',')[0]})"]
+    assert "bnstudy: warning: noisy-bn/noisy-batchnorm/seed-0: 1 non-finite" in capsys.readouterr().err
+    assert np.isfinite(results.tables["activations"].value).all()
+    assert len(results.tables["activations"]) == 2 * (len(lines) - 1) - 1
