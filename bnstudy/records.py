@@ -69,10 +69,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name and rename: a reader never sees half a file, a crash leaves the old one."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write to a temporary name and rename: a reader never sees half a file, a crash leaves the old one.
+    The temporary name is the writer's own (pid), so two processes writing one file never mix their bytes."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
-        f.write(data)
+        f.write(data[: len(data) // 2])
+        fault_point("atomic-write")  # a kill here leaves a half-written temporary file, never a torn `path`
+        f.write(data[len(data) // 2:])
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -80,7 +83,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_save(obj, path: Path, keep_previous: bool = False) -> None:
     """torch.save to a temporary name, then rename; with keep_previous the old file becomes `<name>.prev`."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()

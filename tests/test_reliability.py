@@ -261,3 +261,14 @@ def test_a_non_finite_value_is_said_and_left_out_never_averaged(tmp_path, capsys
     assert "bnstudy: warning: noisy-bn/noisy-batchnorm/seed-0: 1 non-finite" in capsys.readouterr().err
     assert np.isfinite(results.tables["activations"].value).all()
     assert len(results.tables["activations"]) == 2 * (len(lines) - 1) - 1
+
+
+@pytest.mark.parametrize("command", [["plot", "noisy-bn"], ["report", "--no-figures"], ["report"]])
+def test_killing_plot_or_report_never_leaves_a_torn_file(tmp_path, command):
+    assert bnstudy(tmp_path).returncode == 0
+    assert bnstudy(tmp_path, args=["report"]).returncode == 0  # every figure, summary and the report there
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for n in (1, 2):  # the first and second file each command writes
+        assert bnstudy(tmp_path, f"atomic-write@{n}", args=command).returncode == -signal.SIGKILL
+        after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith(".tmp")}
+        assert after == before
