@@ -4,11 +4,19 @@ A user's mistake ends with one line `bnstudy: error: ...` and exit code 2, never
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from bnstudy.config import PRESETS, list_experiments
-from bnstudy.errors import USER_ERRORS
+INTERRUPTED = "bnstudy: interrupted; rerun the same command to resume from the last checkpoint"
+
+try:  # Ctrl-C while importing is one line and exit 130 too: the console script imports this module first
+    import argparse
+    import math
+
+    from bnstudy.config import LIMITS, PRESETS, ConfigError, experiment_path, list_experiments
+    from bnstudy.errors import USER_ERRORS
+except KeyboardInterrupt:
+    print(INTERRUPTED, file=sys.stderr)
+    raise SystemExit(130) from None
 
 EPILOG = """examples:
   bnstudy run noisy-bn                          quick preset, seed 0, every arm
@@ -121,9 +129,11 @@ def cmd_bench(args) -> int:
     from bnstudy.runner import resolve_data_dir, resolve_device
 
     device = resolve_device(args.device)
-    width = args.width or (1.0 if device.type == "cuda" else 0.25)
-    if width <= 0 or args.batch <= 0 or args.min_run_time <= 0:
-        raise UsageError("--width, --batch and --min-run-time must be > 0")
+    width = args.width if args.width is not None else (1.0 if device.type == "cuda" else 0.25)
+    _check_positive("--width", width, LIMITS["model.width"][1], "a multiplier on VGG-16's channel counts")
+    _check_positive("--min-run-time", args.min_run_time, 3600, "seconds per measurement; an hour is plenty")
+    if args.batch <= 0:
+        raise UsageError("--batch must be > 0 (examples per step)")
     rows = run_bench(device, resolve_data_dir(args.data_dir), width, args.batch, args.min_run_time)
     if args.end_to_end:
         rows += end_to_end(resolve_data_dir(args.data_dir), args.device)
@@ -133,6 +143,11 @@ def cmd_bench(args) -> int:
     print(format_table(rows))
     print(f"wrote {path}")
     return 0
+
+
+def _check_positive(option: str, value: float, most: float, unit: str) -> None:
+    if not (math.isfinite(value) and 0 < value <= most):  # nan passes a plain `<= 0` test
+        raise UsageError(f"{option} must be a finite number > 0 and at most {most:g} ({unit}), got {value:g}")
 
 
 def cmd_data(args) -> int:
@@ -151,10 +166,18 @@ def cmd_data(args) -> int:
 def cmd_list(args) -> int:
     from bnstudy.config import load_experiment
 
+    broken = []
     for name in list_experiments():
-        exp = load_experiment(name)
+        try:
+            exp = load_experiment(name)
+        except ConfigError as err:  # list the others, then name this one
+            path = str(experiment_path(name))
+            broken.append(str(err) if str(err).startswith(path) else f"{path}: {err}")
+            continue
         print(f"{name:12s} {exp.title}\n{'':12s} arms: {', '.join(exp.arms)}")
-    return 0
+    for line in broken:
+        print(f"bnstudy: error: {line}", file=sys.stderr)
+    return 2 if broken else 0
 
 
 COMMANDS = {"run": cmd_run, "plot": cmd_plot, "report": cmd_report, "bench": cmd_bench, "data": cmd_data,
@@ -162,8 +185,8 @@ COMMANDS = {"run": cmd_run, "plot": cmd_plot, "report": cmd_report, "bench": cmd
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except (*USER_ERRORS, UsageError, FileExistsError) as err:
         print(f"bnstudy: error: {err}", file=sys.stderr)
@@ -172,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bnstudy: error: cannot write {err.filename}: permission denied", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bnstudy: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
 
 

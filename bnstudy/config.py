@@ -331,6 +331,7 @@ def load_experiment(name: str) -> Experiment:
     unknown = sorted(set(raw) - known_top)
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'; known: {', '.join(sorted(known_top))}")
+    _check_shapes(path, raw)
     arms = raw.get("arms", {})
     presets = raw.get("presets", {})
     if not isinstance(arms, dict) or not arms:
@@ -356,6 +357,25 @@ def load_experiment(name: str) -> Experiment:
         for arm in experiment.arms_for(preset):
             run_config(experiment, arm=arm, seed=0, preset=preset)
     return experiment
+
+
+def _check_shapes(path: Path, raw: dict) -> None:
+    """Tables and lists where the file needs them: a wrong shape is one sentence, not a traceback further on."""
+    def need(ok: bool, key: str, what: str) -> None:
+        _require(ok, f"{path}: '{key}' must be {what}")
+
+    for key in ("arms", "presets", "base", "sweep"):
+        need(isinstance(raw.get(key, {}), dict), key, "a table")
+    for key in ("arms", "presets"):
+        for name, body in raw.get(key, {}).items():
+            need(isinstance(body, dict), f"{key}.{name}", "a table")
+    lists = {"default_arms": raw.get("default_arms", []), "figures": raw.get("figures", []),
+             **{f"presets.{p}.arms": body.get("arms", []) for p, body in raw.get("presets", {}).items()}}
+    for key, value in lists.items():
+        need(isinstance(value, list) and all(isinstance(v, str) for v in value), key, "a list of strings")
+    sweep = raw.get("sweep", {})
+    for key, typ, what in (("key", str, "a string"), ("label", str, "a string"), ("values", list, "a list")):
+        need(isinstance(sweep.get(key, typ()), typ), f"sweep.{key}", what)
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # an experiment's name: one folder under --results-dir
