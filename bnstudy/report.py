@@ -17,7 +17,7 @@ from bnstudy.config import ConfigError, list_experiments, load_experiment
 from bnstudy.records import atomic_write_text
 from bnstudy.results import Results
 
-VERDICT_MARK = {"holds": "✅ holds", "does not hold": "❌ does not hold", "not measured": "➖ not measured"}
+VERDICT_MARK = {"holds": "✅ holds", "does not hold": "❌ does not hold", "tie": "🟰 tie", "not measured": "➖ not measured"}
 
 
 def collect(results_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Results]]:

@@ -1,13 +1,24 @@
 """Every claim's rule on hand-made summaries: one case where it holds, one where it does not."""
 import pandas as pd
 
-from bnstudy.claims import CLAIMS, FAILS, HOLDS, NOT_MEASURED, evaluate, evaluate_claims
+from bnstudy.claims import CLAIMS, FAILS, HOLDS, NOT_MEASURED, TIE, evaluate, evaluate_claims
+
+
+NORM_OF = {"standard": "none", "batchnorm": "batch", "noisy-batchnorm": "noisy-batch", "noise-only": "noise-only",
+           "l1": "l1", "l2": "l2", "linf": "linf"}
+
+
+def config_of(arm: str) -> dict:
+    """What the experiment files make of an arm name: its norm, and its LR (a sweep's '-lr' suffix, else 0.1)."""
+    name, _, lr = arm.partition("-lr")
+    return {"norm": NORM_OF[name], "lr": float(lr) if lr else 0.1}
 
 
 def frame(rows: dict[str, dict], seeds=(0, 1), preset="quick") -> pd.DataFrame:
     """rows: arm -> {column: value}; the same values for every seed, tagged as real runs would be."""
     return pd.DataFrame([{"arm": arm, "seed": seed, "preset": preset, "dataset": "CIFAR-10 (test)",
-                          "status": "complete", **values} for arm, values in rows.items() for seed in seeds])
+                          "status": "complete", **config_of(arm), **values}
+                         for arm, values in rows.items() for seed in seeds])
 
 
 def check(number: str, summaries: dict) -> str:
@@ -116,6 +127,9 @@ def test_claim_9():
     assert check("9", runs(0.6, 50.0)) == HOLDS
     assert check("9", runs(0.6, 500.0)) == FAILS
     assert check("9", runs(0.35, 50.0)) == FAILS
+    assert check("9", runs(0.6, 99.95)) == TIE  # below batchnorm's 100 by 0.05%: within the 0.1% of a tie
+    assert check("9", runs(0.6, 100.05)) == TIE
+    assert check("9", runs(0.6, 100.2)) == FAILS
 
 
 def test_claim_10():
@@ -157,3 +171,19 @@ def test_a_verdict_names_its_preset_and_is_never_given_at_a_scale_its_rule_does_
 def test_a_claim_says_which_experiment_it_waits_for():
     claim = next(c for c in CLAIMS if c.number == "5")
     assert evaluate(claim, {"ics": frame({})}).measured == "waiting for dln (no results yet)"
+
+
+def test_claims_find_their_runs_by_configuration_whatever_the_arms_are_named():
+    """A sweep would name arms 'batchnorm-lr1e-06' (and a user anything): rules ask for norm and LR, not names."""
+    summaries = {"lr": lr_runs(0.40, 0.70, 0.10, 0.65)["lr"], **ics_runs(2.0, 0.5, 0.1), **noisy_runs(0.65, 0.1)}
+    renamed = {name: table.assign(arm=table.arm.map(lambda a: f"renamed-{abs(hash(a)) % 10**6}"))
+               for name, table in summaries.items()}
+    for number in ("1", "3", "5"):
+        assert check(number, summaries) == HOLDS and check(number, renamed) == HOLDS
+
+
+def test_a_query_that_matches_two_runs_of_a_seed_is_not_guessed():
+    lr = lr_runs(0.40, 0.70, 0.10, 0.65)["lr"]
+    doubled = pd.concat([lr, lr[lr.arm == "batchnorm-lr0.1"].assign(arm="batchnorm-again")])
+    verdict = evaluate(next(c for c in CLAIMS if c.number == "1"), {"lr": doubled})
+    assert verdict.verdict == NOT_MEASURED and "several runs of one seed have norm = batch, lr = 0.1" in verdict.measured
