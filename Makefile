@@ -1,5 +1,5 @@
 # bnstudy: every target creates the virtual environment and installs what it needs by itself.
-#   make noisy-bn | landscape | ics | dln | lp-norm | lr | curvature [SEED=1 | SEEDS="0 1 2"] [PRESET=smoke|quick|paper] [DEVICE=auto|cpu|cuda] [RESULTS=dir] [DATA=dir]
+#   make EXPERIMENT [SEED=1 | SEEDS="0 1 2"] [PRESET=smoke|quick|paper] [DEVICE=auto|cpu|cuda] [RESULTS=dir] [DATA=dir]
 #   make all [SEEDS="0 1 2"]  every experiment, then the report;  make report  the report alone
 #   make bench [E2E=1]  costs as ratios (E2E=1 also times the whole quick noisy-bn)
 #   make test | test-gpu [NOVENV=1]  (NOVENV=1: the system python3 with PYTHONPATH=., as on a GPU image without network)
@@ -21,17 +21,28 @@ STAMP    := $(VENV)/.installed
 RUN_ARGS  = --preset $(PRESET) --seeds $(SEEDS) --device $(DEVICE) --results-dir $(RESULTS) --data-dir $(DATA) \
             --launcher $(LAUNCHER)
 
-EXPERIMENTS := noisy-bn landscape ics dln lp-norm lp-norm-dln lr lr-sweep curvature curvature-dln
+# The experiments are the files experiments/*.toml (noisy_bn.toml: make noisy-bn); experiments/families/*.toml
+# hold what a family of them shares and are no experiments.
+EXPERIMENTS := $(sort $(subst _,-,$(basename $(notdir $(wildcard experiments/*.toml)))))
+RUNS        := $(addprefix run-,$(EXPERIMENTS))
+# `with = ["lp-norm-dln"]` in lp_norm.toml: make lp-norm makes lp-norm-dln as well. Read as pairs
+# lp-norm:lp-norm-dln with tomllib (Python 3.11 or later, as the venv needs anyway); no venv needed.
+EXPERIMENTS_WITH := $(shell $(PYTHON) -c 'import pathlib, tomllib; [print(p.stem.replace("_", "-") + ":" + w) for p in sorted(pathlib.Path("experiments").glob("*.toml")) for w in tomllib.loads(p.read_text()).get("with", [])]' 2>/dev/null || echo FAILED)
+ifneq ($(filter FAILED,$(EXPERIMENTS_WITH)),)
+$(warning cannot read 'with' from experiments/*.toml with $(PYTHON) (3.11 or later needed): each experiment runs alone)
+EXPERIMENTS_WITH :=
+endif
 
 .PHONY: help install data $(EXPERIMENTS) $(RUNS) all report bench plot test test-gpu clean-venv
 
 help:
 	@sed -n '1,5p' Makefile
+	@echo "#   EXPERIMENT (experiments/*.toml): $(EXPERIMENTS)"
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt torch
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,ray]'
 	touch $@
 
@@ -45,7 +56,6 @@ $(DATA)/cifar-10-batches-py/batches.meta: | $(STAMP)
 data: $(DATA)/cifar-10-batches-py/batches.meta
 
 # run-noisy-bn, ...: train the experiment's arms x seeds (finished runs are skipped)
-RUNS := $(addprefix run-,$(EXPERIMENTS))
 $(RUNS): run-%: $(STAMP) data
 	$(BNSTUDY) run $* $(RUN_ARGS)
 
@@ -53,10 +63,8 @@ $(RUNS): run-%: $(STAMP) data
 $(EXPERIMENTS): %: run-%
 	$(BNSTUDY) plot $@ --results-dir $(RESULTS)
 
-# the l_p track and the learning-rate track each have a VGG part and a second part
-lp-norm: lp-norm-dln
-lr: lr-sweep
-curvature: curvature-dln
+# the l_p, learning-rate and curvature tracks each have a second part: `with` in their TOML files
+$(foreach pair,$(EXPERIMENTS_WITH),$(eval $(firstword $(subst :, ,$(pair))): $(lastword $(subst :, ,$(pair)))))
 
 # every experiment of the preset (finished runs are skipped), then the report, which draws every figure
 # (once: plotting each experiment here as well doubled the time of an `all` that had nothing left to train)

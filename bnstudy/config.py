@@ -1,18 +1,21 @@
 """Experiment files (TOML) -> frozen, validated run configurations.
 
-An experiment file names its arms, its presets and a base configuration:
+An experiment file joins a model family (experiments/families/<family>.toml: the family's base and its
+smoke/quick/paper presets) and states only what it changes, with its arms:
 
+    family = "vgg"
     name = "noisy-bn"
-    arms = ["standard", "batchnorm", "noisy-batchnorm"]   # the arms run by default
-    [base.train]             # any RunConfig section: data, model, train, activations, ...
-    lr = 0.1
+    default_arms = ["standard", "batchnorm", "noisy-batchnorm"]   # the arms run by default
+    [base.activations]       # any RunConfig section: data, model, train, activations, ...
+    layers = [2, 9, 13]
     [arms.standard.model]    # what an arm changes
     norm = "none"
-    [presets.quick.train]    # what a preset changes (scale only, never meaning)
-    steps = 1500
+    [presets.quick]          # what a preset changes on top of the family's (scale only, never meaning)
+    train.steps = 1200
 
-One run's configuration is built as: dataclass defaults <- base <- preset <- arm <- --set overrides.
-Every mistake raises ConfigError with one sentence a user understands.
+One run's configuration is built as: dataclass defaults <- family base <- experiment base <- family preset
+<- experiment preset <- arm <- --set overrides. Every mistake raises ConfigError with one sentence a user
+understands.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bnstudy.architectures import MODEL_KINDS, NORM_KINDS, VGG_CFGS, count_weight_layers
 from bnstudy.errors import ConfigError  # noqa: F401  (raised here; importers take it from here too)
 
 PRESETS = ("smoke", "quick", "paper")
@@ -60,7 +64,7 @@ class ModelConfig:
     cfg: int = 16  # VGG depth: 11 | 13 | 16 | 19 (paper: VGG-like with >= 13 weight layers -> 16)
     width: float = 1.0  # multiplier on every channel count and head width (paper: 1)
     head: tuple[int, ...] = (512, 512)  # hidden widths of the classifier at width 1 (paper: 512 -> 512 -> 512 -> 10)
-    norm: str = "batch"  # none | batch | noisy-batch | noise-only (see bnstudy.models.norms.NORMS)
+    norm: str = "batch"  # none | batch | noisy-batch | noise-only | l1 | l2 | linf | layer | group (architectures.NORM_KINDS)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     dln_depth: int = 25  # DLN: number of linear layers (paper: 25)
     dln_width: int = 10  # DLN: input, hidden and output width (paper: 10)
@@ -311,14 +315,67 @@ def experiment_path(name: str) -> Path:
             raise ConfigError(f"experiment file {candidate} does not exist")
         return candidate
     path = EXPERIMENTS_DIR / f"{name.replace('-', '_')}.toml"
-    if not path.is_file():
+    if not NAME.fullmatch(name) or not path.is_file():  # a plain name: 'families/vgg' is a family, not an experiment
         known = ", ".join(list_experiments()) or "(none)"
         raise ConfigError(f"unknown experiment '{name}'; known: {known}")
     return path
 
 
 def list_experiments() -> list[str]:
+    """The experiment files directly in experiments/; the families under experiments/families/ are not experiments."""
     return sorted(p.stem.replace("_", "-") for p in EXPERIMENTS_DIR.glob("*.toml"))
+
+
+def family_dirs(path: Path) -> list[Path]:
+    """Where `family = "vgg"` in the experiment file `path` is looked for: families/ next to the file, then
+    bnstudy's own experiments/families/ (so an experiment file kept anywhere can join a family of bnstudy's)."""
+    own = Path(__file__).resolve().parent.parent / "experiments" / "families"
+    return list(dict.fromkeys([path.parent / "families", own]))
+
+
+def list_families(path: Path) -> list[str]:
+    return sorted({p.stem for folder in family_dirs(path) for p in folder.glob("*.toml")})
+
+
+def load_family(path: Path, family) -> tuple[dict, dict]:
+    """The family an experiment file names: (base, presets). Every mistake is one sentence naming the file."""
+    if not isinstance(family, str) or not NAME.fullmatch(family):
+        raise ConfigError(f"{path}: 'family' must be the name of a file in families/ (letters, digits, '-' and '_'), "
+                          f"got {family!r}")
+    candidates = [folder / f"{family}.toml" for folder in family_dirs(path)]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        known = ", ".join(list_families(path)) or "(none)"
+        raise ConfigError(f"{path}: family '{family}' does not exist (no {' or '.join(map(str, candidates))}); "
+                          f"known families: {known}")
+    try:
+        raw = tomllib.loads(found.read_text())
+    except ValueError as err:  # TOMLDecodeError, not UTF-8, or an integer past Python's 4,300 digits
+        raise ConfigError(f"{path}: its family file {found} is malformed TOML: {err}") from None
+    where = f"{path}: its family file {found}"
+    unknown = sorted(set(raw) - {"base", "presets"})
+    if unknown:
+        raise ConfigError(f"{where} has unknown top-level key '{unknown[0]}'; known: base, presets "
+                          f"(arms, names and the rest belong to experiment files)")
+    base, presets = raw.get("base", {}), raw.get("presets", {})
+    _require(isinstance(base, dict), f"{where}: 'base' must be a table")
+    _require(isinstance(presets, dict), f"{where}: 'presets' must be a table")
+    for preset, body in presets.items():
+        _require(preset in PRESETS, f"{where}: unknown preset '{preset}'; known: {', '.join(PRESETS)}")
+        _require(isinstance(body, dict), f"{where}: 'presets.{preset}' must be a table")
+        _require("arms" not in body, f"{where}: 'presets.{preset}.arms': which arms a preset runs belongs to "
+                                     f"the experiment file")
+    for preset in PRESETS:  # unknown keys and wrong types name the family's file, not the experiment's
+        try:
+            build(RunConfig, deep_merge(base, presets.get(preset, {})))
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    return base, presets
+
+
+def merge_presets(family: dict, own: dict) -> dict:
+    """Each preset of the experiment file deep-merged on top of the family's preset of that name."""
+    return {p: deep_merge(family.get(p, {}), own.get(p, {})) for p in dict.fromkeys([*family, *own])}
 
 
 def load_experiment(name: str) -> Experiment:
@@ -327,11 +384,12 @@ def load_experiment(name: str) -> Experiment:
         raw = tomllib.loads(path.read_text())
     except ValueError as err:  # TOMLDecodeError, not UTF-8, or an integer past Python's 4,300 digits
         raise ConfigError(f"{path}: malformed TOML: {err}") from None
-    known_top = {"name", "title", "arms", "default_arms", "presets", "base", "figures", "sweep"}
+    known_top = {"name", "title", "arms", "default_arms", "presets", "base", "figures", "sweep", "family", "with"}
     unknown = sorted(set(raw) - known_top)
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'; known: {', '.join(sorted(known_top))}")
     _check_shapes(path, raw)
+    family_base, family_presets = load_family(path, raw["family"]) if "family" in raw else ({}, {})
     arms = raw.get("arms", {})
     presets = raw.get("presets", {})
     if not isinstance(arms, dict) or not arms:
@@ -341,6 +399,8 @@ def load_experiment(name: str) -> Experiment:
         arms, default_arms = expand_sweep(path, raw["sweep"], arms, default_arms)
     preset_arms = {p: tuple(v.pop("arms")) for p, v in ((p, dict(v)) for p, v in presets.items()) if "arms" in v}
     presets = {p: {k: v for k, v in body.items() if k != "arms"} for p, body in presets.items()}
+    # dataclass defaults <- family base <- experiment base <- family preset <- experiment preset <- arm <- --set
+    presets = merge_presets(family_presets, presets)
     experiment = Experiment(
         name=raw.get("name", path.stem.replace("_", "-")),
         title=raw.get("title", ""),
@@ -349,10 +409,11 @@ def load_experiment(name: str) -> Experiment:
         default_arms=tuple(default_arms),
         presets=presets,
         preset_arms=preset_arms,
-        base=raw.get("base", {}),
+        base=deep_merge(family_base, raw.get("base", {})),
         figures=tuple(raw.get("figures", ())),
     )
     _check_names(path, experiment.name, experiment.arms)
+    _check_with(path, experiment.name, raw.get("with", []))
     for preset in PRESETS:  # fail at load, not after an hour of training, on a broken arm or preset
         for arm in experiment.arms_for(preset):
             run_config(experiment, arm=arm, seed=0, preset=preset)
@@ -369,13 +430,23 @@ def _check_shapes(path: Path, raw: dict) -> None:
     for key in ("arms", "presets"):
         for name, body in raw.get(key, {}).items():
             need(isinstance(body, dict), f"{key}.{name}", "a table")
+    need(isinstance(raw.get("family", ""), str), "family", "a string (a file in families/)")
     lists = {"default_arms": raw.get("default_arms", []), "figures": raw.get("figures", []),
+             "with": raw.get("with", []),
              **{f"presets.{p}.arms": body.get("arms", []) for p, body in raw.get("presets", {}).items()}}
     for key, value in lists.items():
         need(isinstance(value, list) and all(isinstance(v, str) for v in value), key, "a list of strings")
     sweep = raw.get("sweep", {})
     for key, typ, what in (("key", str, "a string"), ("label", str, "a string"), ("values", list, "a list")):
         need(isinstance(sweep.get(key, typ()), typ), f"sweep.{key}", what)
+
+
+def _check_with(path: Path, name: str, together: list[str]) -> None:
+    """`with = ["lp-norm-dln"]`: experiments that `make <name>` runs as well (the Makefile reads it)."""
+    known = list_experiments()
+    for other in together:
+        _require(other in known and other != name, f"{path}: 'with' names {other!r}, which is not another "
+                                                   f"experiment; known: {', '.join(known)}")
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # an experiment's name: one folder under --results-dir
@@ -511,13 +582,12 @@ def _check_limits(config: RunConfig) -> None:
 
 
 def validate(config: RunConfig) -> None:
-    from bnstudy.models import MODELS, NORMS, VGG_CFGS, count_weight_layers
 
     _check_seed(config.seed)
     _check_limits(config)
     m, t, d, a = config.model, config.train, config.data, config.activations
-    _require(m.kind in MODELS, f"unknown model.kind '{m.kind}'; known: {', '.join(MODELS)}")
-    _require(m.norm in NORMS, f"unknown model.norm '{m.norm}'; known: {', '.join(NORMS)}")
+    _require(m.kind in MODEL_KINDS, f"unknown model.kind '{m.kind}'; known: {', '.join(MODEL_KINDS)}")
+    _require(m.norm in NORM_KINDS, f"unknown model.norm '{m.norm}'; known: {', '.join(NORM_KINDS)}")
     _require(m.cfg in VGG_CFGS, f"unknown model.cfg {m.cfg}; known: {', '.join(map(str, VGG_CFGS))}")
     _require(m.width > 0, f"model.width must be > 0, got {m.width}")
     _require(all(h > 0 for h in m.head), f"model.head widths must be > 0, got {list(m.head)}")

@@ -47,7 +47,9 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     "activations": ("step", "arm", "seed", "layer", "unit", "stat", "value"),
     "probes": ("step", "arm", "seed", "probe", "layer", "eta", "metric", "value"),
 }
-NUMERIC = {"step": "int64", "seed": "int64", "eta": "float64", "value": "float64"}  # read with these dtypes
+# Every column's dtype, for every schema. Nullable integers: a probe row without a layer leaves it empty.
+DTYPES = {"step": "int64", "arm": "str", "seed": "int64", "split": "str", "metric": "str", "value": "float64",
+          "layer": "Int64", "unit": "Int64", "stat": "str", "probe": "str", "eta": "float64"}
 
 
 FAULT_ENV = "BNSTUDY_FAULT"  # tests only: "point@n" kills this process with SIGKILL at the n-th pass of `point`
@@ -116,7 +118,7 @@ def read_table(path: Path, name: str) -> pd.DataFrame:
     """Table `name` from `path` (plain or compressed) with its schema's columns and numeric dtypes, or
     RecordError naming the file: a torn archive, a non-numeric cell or foreign columns never reach a figure."""
     try:
-        frame = pd.read_csv(path, dtype={c: t for c, t in NUMERIC.items() if c in SCHEMAS[name]})
+        frame = pd.read_csv(path, dtype={column: DTYPES[column] for column in SCHEMAS[name]})
     except (ValueError, OSError, EOFError, lzma.LZMAError) as err:  # pandas' ParserError is a ValueError
         raise RecordError(f"{path}: unreadable as the {name} table ({str(err).splitlines()[0][:200]}); "
                           f"restore it, or remove its run folder") from None
@@ -206,6 +208,12 @@ class RunDir:
         self.results_dir = Path(results_dir)
         self.path = self.results_dir / experiment / arm / f"seed-{seed}"
         self.arm, self.seed = arm, seed
+
+    @classmethod
+    def of_experiment(cls, results_dir: Path, experiment: str) -> list[RunDir]:
+        """Every run folder of an experiment that has started (has a meta.json), in name order."""
+        root = Path(results_dir) / experiment
+        return [cls.at(meta.parent) for meta in sorted(root.glob("*/seed-*/meta.json"))]
 
     @classmethod
     def at(cls, folder: Path) -> RunDir:

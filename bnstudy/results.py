@@ -20,10 +20,10 @@ class Results:
     def __init__(self, results_dir: Path, experiment: str):
         self.root = Path(results_dir) / experiment
         self.experiment = experiment
-        run_dirs = sorted(p.parent for p in self.root.glob("*/seed-*/meta.json"))
-        if not run_dirs:
+        started = RunDir.of_experiment(results_dir, experiment)
+        if not started:
             raise ConfigError(f"no runs of '{experiment}' under {self.root}; run `bnstudy run {experiment}` first")
-        runs, self.left_out = self._whole_runs([RunDir.at(d) for d in run_dirs])
+        runs, self.left_out = self._whole_runs(started)
         if not runs:
             raise RecordError(f"no whole run of '{experiment}' under {self.root}: " + "; ".join(self.left_out.values()))
         self._check_pooled(runs)

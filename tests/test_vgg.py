@@ -65,3 +65,20 @@ def test_glorot_init_and_zero_biases_and_paired_seeds():
         bound = (6 / (fan_in + fan_out)) ** 0.5
         assert la.weight.abs().max() <= bound
         assert la.weight.abs().max() > 0.9 * bound  # uniform over the whole Glorot range
+
+
+def test_the_torch_free_architecture_names_what_the_models_build():
+    from bnstudy import architectures
+    from bnstudy.models import MODELS
+
+    assert tuple(NORMS) == architectures.NORM_KINDS and tuple(MODELS) == architectures.MODEL_KINDS
+
+
+def test_validating_a_config_imports_no_model_code():
+    import subprocess
+    import sys
+
+    code = ("import sys, bnstudy.config as c; c.run_config(c.load_experiment('noisy-bn'), 'batchnorm', 0, 'quick'); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('bnstudy.models')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr

@@ -35,7 +35,3 @@ class DLN(nn.Module):
 
 def build_dln(cfg: ModelConfig) -> DLN:
     return DLN(cfg.dln_depth, cfg.dln_width, cfg.norm, cfg.noise)
-
-
-def dln_weight_layer_count(cfg: ModelConfig) -> int:
-    return cfg.dln_depth

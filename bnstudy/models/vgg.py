@@ -10,16 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bnstudy.architectures import VGG_CFGS
 from bnstudy.config import ModelConfig
 from bnstudy.models.norms import make_norm
-
-# Channel counts; "M" is a 2x2 max-pool. 32x32 inputs leave 1x1 after the five pools.
-VGG_CFGS = {
-    11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
-}
 
 
 def scaled(channels: int, width: float) -> int:
@@ -90,7 +83,3 @@ def layer(model: nn.Module, k: int) -> nn.Module:
 
 def build_vgg(cfg: ModelConfig) -> VGG:
     return VGG(cfg.cfg, cfg.width, cfg.head, cfg.norm, cfg.noise)
-
-
-def vgg_weight_layer_count(cfg: ModelConfig) -> int:
-    return sum(1 for v in VGG_CFGS[cfg.cfg] if v != "M") + len(cfg.head) + 1

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnstudy.probes.callback import Probe
+
 PERCENTILES = {"p05": 0.05, "p15": 0.15, "p50": 0.50, "p85": 0.85, "p95": 0.95}
 
 
@@ -39,7 +41,7 @@ def unit_statistics(output: torch.Tensor, units: list[int]) -> dict[str, torch.T
     return stats
 
 
-class ActivationRecorder:
+class ActivationRecorder(Probe):
     """Training callback: at steps t and t+1 for t a multiple of `every`, hook `modules` and record rows.
 
     modules: layer number -> the module whose output is that layer's pre-nonlinearity activation.
@@ -56,10 +58,10 @@ class ActivationRecorder:
     def due(self, step: int) -> bool:
         return step % self.every in (0, 1)
 
-    def before_step(self, ctx) -> dict[str, list[dict]]:
-        if self.modules and self.due(ctx.step):
-            for layer, module in self.modules.items():
-                self.handles.append(module.register_forward_hook(self._hook(layer, ctx.step)))
+    def measure(self, ctx) -> dict[str, list[dict]]:
+        """Hook the modules: the step's own forward pass records the rows, which after_step hands over."""
+        for layer, module in self.modules.items():
+            self.handles.append(module.register_forward_hook(self._hook(layer, ctx.step)))
         return {}
 
     def after_step(self, ctx) -> dict[str, list[dict]]:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from bnstudy.models import weight_layers
+from bnstudy.probes.callback import Probe
 from bnstudy.probes.functional import Evaluator, flat_norm, untouched
 
 
@@ -51,18 +52,13 @@ def gradient_shift(model: nn.Module, loss_fn, batch, lr: float, layers, *, bn_mo
             for layer, (l2, g_norm, cos) in zip(layers, values)]
 
 
-class ICSProbe:
+class ICSProbe(Probe):
     """Training callback: every `every` steps, Definition 2.1 at `layers` on the step's batch, before the step."""
 
     def __init__(self, layers: tuple[int, ...], every: int, bn_mode: str):
         self.layers, self.every, self.bn_mode = layers, every, bn_mode
 
-    def before_step(self, ctx) -> dict[str, list[dict]]:
-        if ctx.step % self.every:
-            return {}
+    def measure(self, ctx) -> dict[str, list[dict]]:
         rows = gradient_shift(ctx.model, ctx.loss_fn, ctx.batch, ctx.lr, self.layers, bn_mode=self.bn_mode)
         return {"probes": [{"step": ctx.step, "probe": "ics", "layer": r["layer"], "eta": ctx.lr, "metric": m,
                             "value": r[m]} for r in rows for m in ("l2", "cosine", "rel_l2")]}
-
-    def after_step(self, ctx) -> dict[str, list[dict]]:
-        return {}

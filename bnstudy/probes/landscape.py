@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bnstudy.probes.callback import Probe, step_seed
 from bnstudy.probes.functional import Evaluator, difference_norm, flat_norm, moved, untouched
 
 DIRECTIONS = ("gradient", "random")
@@ -94,19 +95,14 @@ def landscape_records(step: int, rows: list[dict]) -> list[dict]:
     return at_w + [record(r["eta"], m, r[m]) for r in rows for m in ("loss", "grad_diff", "step_norm")]
 
 
-class LandscapeProbe:
+class LandscapeProbe(Probe):
     """Training callback: every `every` steps, probe along the gradient on the step's own batch, before the step."""
 
     def __init__(self, etas: list[float], every: int, bn_mode: str, direction: str, seed: int):
         self.etas, self.every, self.bn_mode, self.direction, self.seed = etas, every, bn_mode, direction, seed
 
-    def before_step(self, ctx) -> dict[str, list[dict]]:
-        if ctx.step % self.every:
-            return {}
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + ctx.step)  # a function of (seed, step): resumable
+    def measure(self, ctx) -> dict[str, list[dict]]:
+        generator = torch.Generator().manual_seed(step_seed(self.seed, ctx.step))  # resumable
         rows = along_gradient(ctx.model, ctx.loss_fn, ctx.batch, self.etas, bn_mode=self.bn_mode,
                               direction=self.direction, generator=generator)
         return {"probes": landscape_records(ctx.step, rows)}
-
-    def after_step(self, ctx) -> dict[str, list[dict]]:
-        return {}
