@@ -85,10 +85,6 @@ def moment_changes(acts: pd.DataFrame) -> pd.DataFrame:
         ["d_mean", "d_var", "drift_mean", "drift_var"]].mean()
 
 
-def _per_run(frame: pd.DataFrame, columns: dict[str, pd.Series]) -> pd.DataFrame:
-    return pd.DataFrame(columns).reset_index() if len(frame) else pd.DataFrame(columns=["arm", "seed"])
-
-
 def run_summary(meta: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per arm x seed with the numbers the claims use."""
     keep = ["arm", "seed", "norm", "lr", "preset", "dataset", "status", "diverged_at", "steps_done", "wall_time_s",

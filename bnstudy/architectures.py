@@ -13,6 +13,10 @@ VGG_CFGS = {
     19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
 
+# dataset kind -> the model kinds that train on it (data.DATASETS adds each kind's task and reader; a test checks
+# the kinds agree)
+DATASET_MODELS = {"cifar10": ("vgg",), "synthetic": ("vgg",), "gaussian": ("dln",)}
+
 # The normalizations models.norms.make_norm builds (tests/test_vgg.py checks that NORMS has exactly these)
 NORM_KINDS = ("none", "batch", "noisy-batch", "noise-only", "l1", "l2", "linf", "layer", "group")
 

@@ -2,6 +2,8 @@
 
 Times alone drift on shared machines; every number here is a ratio of two timings taken in the same
 run, each the median of torch.utils.benchmark's blocked_autorange (which also synchronizes CUDA).
+"Ours" is the training loop's own step (bnstudy.train.run_step), not a copy of it. The data are
+CIFAR-10 where it is found, else the synthetic set: every row, and the printed header, name which.
 """
 from __future__ import annotations
 
@@ -17,15 +19,15 @@ from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 from bnstudy.backends import backend_policy
-from bnstudy.config import BackendConfig, DataConfig, ModelConfig
-from bnstudy.data import BatchOrder, DataError, Dataset, load_images
+from bnstudy.config import BackendConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
+from bnstudy.data import BatchOrder, DataError, Dataset, data_kind, load_images
 from bnstudy.models import build_model
 from bnstudy.probes.curvature import top_eigenvalues
 from bnstudy.probes.functional import difference_norm
 from bnstudy.probes.ics import gradient_shift
 from bnstudy.probes.landscape import along_gradient
 from bnstudy.records import atomic_write_text
-from bnstudy.train import CLASSIFICATION, RunState, train_step
+from bnstudy.train import RunState, run_step
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Row:
     target: str = ""
     meets: str = ""  # yes | no | "" (no target)
     note: str = ""
+    data: str = ""  # the dataset it was measured on (Dataset.name), where it trained on one
 
 
 def seconds(fn, min_run_time: float) -> float:
@@ -52,14 +55,27 @@ def _target(value: float, op: str, bound: float) -> tuple[str, str]:
 # ----------------------------------------------------------------------------------------------
 # The workloads
 # ----------------------------------------------------------------------------------------------
+CIFAR = DataConfig(dataset="cifar10", train_size=10_000, test_size=1_000)
+SYNTHETIC = DataConfig(dataset="synthetic", train_size=2_048, test_size=256)  # where CIFAR-10 is missing
+
+
 def bench_setup(device: torch.device, data_dir: Path | None, width: float):
+    """(dataset, model, its DataConfig): CIFAR-10 where it is found, else the synthetic set (its name says so, and
+    every row carries the name)."""
     torch.manual_seed(0)
     try:
-        dataset = load_images(DataConfig(dataset="cifar10", train_size=10_000, test_size=1_000), data_dir, device)
+        data, dataset = CIFAR, load_images(CIFAR, data_dir, device)
     except DataError:
-        dataset = load_images(DataConfig(dataset="synthetic", train_size=2_048, test_size=256), None, device)
+        data, dataset = SYNTHETIC, load_images(SYNTHETIC, None, device)
     model = build_model(ModelConfig(width=width, norm="batch")).to(device)
-    return dataset, model
+    return dataset, model, data
+
+
+def _measured_on(rows: list[Row], data: str) -> list[Row]:
+    """Each row names the data it was measured on, unless it already does."""
+    for row in rows:
+        row.data = row.data or data
+    return rows
 
 
 def bare_step(model, x, y, optimizer):
@@ -71,15 +87,31 @@ def bare_step(model, x, y, optimizer):
     return step
 
 
-def our_step(state: RunState, dataset: Dataset, log_every: int = 50):
-    """What the training loop does per step: next indices, gather, step; pending metrics written each interval."""
+class _NoLog:
+    """Takes the rows a run would write to disk, and drops them (the bench times the step, not the disk)."""
+
+    def append(self, rows) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def our_step(state: RunState, dataset: Dataset, config: RunConfig):
+    """The training loop's step itself (train.run_step, no callbacks): next indices, gather, SGD step, and the
+    pending metrics turned into rows at each log interval (one host sync), as `config.train` sets them."""
+    task, logs = data_kind(config.data.dataset).task, {"metrics": _NoLog()}
+
     def step():
-        index = state.order.next().to(dataset.train_x.device, non_blocking=True)
-        train_step(state, dataset.train_batch(index), CLASSIFICATION)
-        if len(state.pending) >= log_every:
-            torch.stack([l for _, l, _ in state.pending]).tolist()  # the loop's one host sync per interval
-            state.pending.clear()
+        run_step(state, dataset, task, config, logs, callbacks=[])
     return step
+
+
+def bench_config(data: DataConfig, batch: int, lr: float = 0.01, log_every: int = 50) -> RunConfig:
+    """The loop's configuration for `our_step`: never an evaluation, a checkpoint or an end within a bench."""
+    never = 10**9
+    return RunConfig(data=data, train=TrainConfig(steps=never, batch_size=batch, lr=lr, log_every=log_every,
+                                                  eval_every=never, checkpoint_every=never))
 
 
 class PerImageDataset(torch.utils.data.Dataset):
@@ -142,14 +174,14 @@ def run_bench(device: torch.device, data_dir: Path | None, width: float, batch: 
 
 def policy_rows(device: torch.device, data_dir: Path | None, width: float, batch: int, min_run_time: float,
                 etas: int) -> list[Row]:
-    dataset, model = bench_setup(device, data_dir, width)
+    dataset, model, data = bench_setup(device, data_dir, width)
     x, y = dataset.train_x[:batch], dataset.train_y[:batch]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, foreach=True)
     rows: list[Row] = []
 
     t_bare = seconds(bare_step(model, x, y, optimizer), min_run_time)
     state = RunState(model, optimizer, BatchOrder(dataset.train_size, batch, seed=0))
-    t_ours = seconds(our_step(state, dataset), min_run_time)
+    t_ours = seconds(our_step(state, dataset, bench_config(data, batch)), min_run_time)
     rows.append(Row("training steps/s, ours / bare step on a pre-made batch", t_bare / t_ours, "ratio",
                     *_target(t_bare / t_ours, ">=", 0.95), f"bare {1 / t_bare:.2f} steps/s, ours {1 / t_ours:.2f}"))
 
@@ -179,7 +211,7 @@ def policy_rows(device: torch.device, data_dir: Path | None, width: float, batch
     t_curv = seconds(lambda: top_eigenvalues(model, F.cross_entropy, (x, y), tol=1e-3), min_run_time)
     rows.append(Row("curvature probe (lambda_max, tol 1e-3) / 1 forward+backward", t_curv / t_fwd_bwd, "ratio", "", "",
                     f"{hvps} Hessian-vector products, probe {t_curv:.2f} s"))
-    return rows
+    return _measured_on(rows, dataset.name)
 
 
 # Dense (no sparsity) TF32 tensor-core peaks from NVIDIA's datasheets, in FLOP/s, by a part of the name torch
@@ -202,20 +234,21 @@ def step_flops(model, x, y) -> int:
 
 
 def timed_step(device: torch.device, data_dir: Path | None, width: float, batch: int, min_run_time: float,
-               backend: BackendConfig) -> tuple[float, int]:
-    """Seconds per bare training step, and its FLOPs, under `backend` (a fresh model in its memory format)."""
+               backend: BackendConfig) -> tuple[float, int, str]:
+    """Seconds per bare training step, its FLOPs, and the data's name, under `backend` (a fresh model in its
+    memory format)."""
     with backend_policy(backend, device):
-        dataset, model = bench_setup(device, data_dir, width)
+        dataset, model, _ = bench_setup(device, data_dir, width)
         model = model.to(memory_format=torch.channels_last if backend.channels_last else torch.contiguous_format)
         x, y = dataset.train_x[:batch], dataset.train_y[:batch]
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, foreach=True)
-        return seconds(bare_step(model, x, y, optimizer), min_run_time), step_flops(model, x, y)
+        return seconds(bare_step(model, x, y, optimizer), min_run_time), step_flops(model, x, y), dataset.name
 
 
 def device_rows(device: torch.device, data_dir: Path | None, width: float, batch: int, min_run_time: float) -> list[Row]:
     """Throughput and what each backend option of bnstudy.backends costs or buys (CUDA only: on a CPU the
     options do nothing or measure something else, so these rows are absent there)."""
-    t, flops = timed_step(device, data_dir, width, batch, min_run_time, BackendConfig())
+    t, flops, data = timed_step(device, data_dir, width, batch, min_run_time, BackendConfig())
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     rows = [Row(f"training step, VGG-16 width {width:g}, batch {batch}", t * 1e3, "ms", note=gpu),
             Row(f"training images/s, VGG-16 width {width:g}", batch / t, "images/s"),
@@ -232,25 +265,27 @@ def device_rows(device: torch.device, data_dir: Path | None, width: float, batch
         if peak is not None:
             rows.append(Row(f"achieved / dense TF32 peak, {name}", flops / seconds_per_step / peak, "fraction", "", "",
                             f"{flops / seconds_per_step / 1e12:.1f} TFLOP/s of {peak / 1e12:g}"))
-    return rows + [compile_row(device, data_dir, width, batch, min_run_time, t)]
+    return _measured_on(rows + [compile_row(device, data_dir, width, batch, min_run_time, t)], data)
 
 
 def compile_row(device, data_dir, width, batch, min_run_time, t_eager: float) -> Row:
     """What torch.compile would buy for the plain step (not used for training runs: see bnstudy.backends)."""
     with backend_policy(BackendConfig(), device):
-        dataset, model = bench_setup(device, data_dir, width)
+        dataset, model, _ = bench_setup(device, data_dir, width)
         x, y = dataset.train_x[:batch], dataset.train_y[:batch]
         try:
             compiled = torch.compile(model)
             t = seconds(bare_step(compiled, x, y, torch.optim.SGD(model.parameters(), lr=0.01, foreach=True)),
                         min_run_time)
         except Exception as err:  # a compiler missing or failing is a measurement too, not a crash of the bench
-            return Row("training step, torch.compile / eager", float("nan"), "ratio", note=f"failed: {type(err).__name__}")
-    return Row("training step, torch.compile / eager", t / t_eager, "ratio")
+            return Row("training step, torch.compile / eager", float("nan"), "ratio", note=f"failed: {type(err).__name__}",
+                       data=dataset.name)
+    return Row("training step, torch.compile / eager", t / t_eager, "ratio", data=dataset.name)
 
 
 def end_to_end(data_dir: Path | None, device: str) -> list[Row]:
     """Wall time and peak memory of the quick noisy-bn experiment (3 arms, figures), in a fresh results folder."""
+    import json
     import resource
     import subprocess
     import sys
@@ -264,20 +299,33 @@ def end_to_end(data_dir: Path | None, device: str) -> list[Row]:
             subprocess.run([sys.executable, "-m", "bnstudy", *command, *extra, "--results-dir", results], check=True,
                            stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - started
+        data = ", ".join(sorted({json.loads(p.read_text()).get("dataset", "") for p in
+                                 Path(results).glob("noisy-bn/*/seed-*/meta.json")}))
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB (Linux)
-    return [Row("make noisy-bn, quick preset: wall time", wall / 60, "minutes", *_target(wall / 60, "<=", 10.0)),
-            Row("make noisy-bn, quick preset: peak resident memory", peak, "GiB")]
+    return _measured_on([Row("make noisy-bn, quick preset: wall time", wall / 60, "minutes",
+                             *_target(wall / 60, "<=", 10.0)),
+                         Row("make noisy-bn, quick preset: peak resident memory", peak, "GiB")], data)
 
 
 def write_rows(rows: list[Row], path: Path, device: torch.device, width: float, batch: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fields = ["benchmark", "value", "unit", "target", "meets", "note", "device", "width", "batch", "torch"]
+    fields = ["benchmark", "value", "unit", "target", "meets", "note", "device", "width", "batch", "data", "torch"]
     lines = [",".join(fields)]
     for row in rows:
         values = [row.benchmark, f"{row.value:.4g}", row.unit, row.target, row.meets, row.note, str(device), f"{width:g}",
-                  str(batch), torch.__version__]
+                  str(batch), row.data, torch.__version__]
         lines.append(",".join(f'"{v}"' if "," in v else v for v in values))
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def format_header(rows: list[Row], device: torch.device, width: float, batch: int, data_dir: Path | None) -> str:
+    """What the table was measured on; where CIFAR-10 was not found, a second line says so plainly."""
+    data = ", ".join(dict.fromkeys(r.data for r in rows if r.data)) or "none"
+    lines = [f"device {device}, VGG-16 width {width:g}, batch {batch}, data {data}, torch {torch.__version__}"]
+    if any(r.data.startswith("synthetic") for r in rows):
+        lines.append(f"note: no usable CIFAR-10 under {data_dir} (`bnstudy data check --data-dir {data_dir}` says why): "
+                     f"these ratios are measured on the synthetic test images, not on CIFAR-10")
+    return "\n".join(lines)
 
 
 def format_table(rows: list[Row]) -> str:

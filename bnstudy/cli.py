@@ -125,7 +125,7 @@ def cmd_report(args) -> int:
 def cmd_bench(args) -> int:
     from pathlib import Path
 
-    from bnstudy.bench import end_to_end, format_table, run_bench, write_rows
+    from bnstudy.bench import end_to_end, format_header, format_table, run_bench, write_rows
     from bnstudy.runner import resolve_data_dir, resolve_device
 
     device = resolve_device(args.device)
@@ -139,7 +139,7 @@ def cmd_bench(args) -> int:
         rows += end_to_end(resolve_data_dir(args.data_dir), args.device)
     path = Path(args.results_dir) / "bench" / "bench.csv"
     write_rows(rows, path, device, width, args.batch)
-    print(f"device {device}, VGG-16 width {width:g}, batch {args.batch}, torch {__import__('torch').__version__}")
+    print(format_header(rows, device, width, args.batch, resolve_data_dir(args.data_dir)))
     print(format_table(rows))
     print(f"wrote {path}")
     return 0

@@ -28,7 +28,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bnstudy.architectures import MODEL_KINDS, NORM_KINDS, VGG_CFGS, count_weight_layers
+from bnstudy.architectures import DATASET_MODELS, MODEL_KINDS, NORM_KINDS, VGG_CFGS, count_weight_layers
 from bnstudy.errors import ConfigError  # noqa: F401  (raised here; importers take it from here too)
 
 PRESETS = ("smoke", "quick", "paper")
@@ -117,7 +117,7 @@ class CurvatureConfig:
     every: int = 0  # steps between probes; 0 = off
     k: int = 1  # eigenvalues, the algebraically largest
     tol: float = 1e-3  # relative accuracy asked of Lanczos (ARPACK)
-    max_hvps: int = 100  # cap on Lanczos restarts (each a few Hessian-vector products)
+    max_hvps: int = 100  # cap on Hessian-vector products per probe (not converged when reached: eigenvalues NaN)
     bn_mode: str = "train"  # train: batch statistics (as the training step sees the loss) | eval
 
 
@@ -545,7 +545,7 @@ LIMITS: dict[str, tuple[str, float]] = {
     "curvature.every": ("steps", MAX_STEPS),
     "curvature.k": ("eigenvalues", 64),  # ARPACK keeps 2k + 1 Lanczos vectors, each the size of the model
     "curvature.tol": ("a relative accuracy", 1.0),  # 1 already asks for no digit at all
-    "curvature.max_hvps": ("Lanczos restarts", 100_000),  # ARPACK counts in 32 bits; more would run for days
+    "curvature.max_hvps": ("Hessian-vector products", 100_000),  # each a double backward: more would run for days
 }
 MAX_PROBE_STEP = 1e6  # landscape.eta_max * train.lr: a longer step sends float32 weights far past any loss surface
 
@@ -600,8 +600,9 @@ def validate(config: RunConfig) -> None:
     _require(t.threads >= 0, f"train.threads must be >= 0 (0 = torch's default), got {t.threads}")
     for key in ("log_every", "eval_every", "checkpoint_every"):
         _require(getattr(t, key) > 0, f"train.{key} must be > 0, got {getattr(t, key)}")
-    _require(d.dataset in ("cifar10", "synthetic", "gaussian"), f"unknown data.dataset '{d.dataset}'; known: cifar10, synthetic, gaussian")
-    _require((d.dataset == "gaussian") == (m.kind == "dln"), f"model.kind '{m.kind}' cannot train on data.dataset '{d.dataset}' (dln needs gaussian; vgg needs images)")
+    _require(d.dataset in DATASET_MODELS, f"unknown data.dataset '{d.dataset}'; known: {', '.join(DATASET_MODELS)}")
+    _require(m.kind in DATASET_MODELS[d.dataset], f"model.kind '{m.kind}' cannot train on data.dataset '{d.dataset}' "
+                                                  f"(it trains {' or '.join(DATASET_MODELS[d.dataset])})")
     _require(d.train_size >= 0 and d.test_size >= 0, "data.train_size and data.test_size must be >= 0 (0 = all)")
     _require(d.eval_batch > 0, f"data.eval_batch must be > 0, got {d.eval_batch}")
     _require(a.units > 0 and a.every > 0, "activations.units and activations.every must be > 0")

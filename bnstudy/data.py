@@ -4,6 +4,9 @@ CIFAR-10 is read from the official "python version" (pickled batches in `cifar-1
 checksum-verified against the official files or the project's local JPEG-decoded copy. No
 torchvision, no DataLoader: the whole split is one standardized tensor on the device and a batch
 is an index gather.
+
+`DATASETS` is the one registry of the kinds `data.dataset` may name: each with its task (the loss and
+its reduction, and whether accuracy means anything), the model kinds that fit it, and how it is loaded.
 """
 from __future__ import annotations
 
@@ -14,13 +17,17 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from bnstudy.config import DataConfig
-
+from bnstudy.architectures import DATASET_MODELS
 from bnstudy.errors import DataError  # noqa: F401  (raised here; importers take it from here too)
+
+if TYPE_CHECKING:  # annotations only: bnstudy.config may import this module without a cycle
+    from bnstudy.config import DataConfig, RunConfig
 
 CIFAR_DIRNAME = "cifar-10-batches-py"
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -89,23 +96,27 @@ def md5(path: Path) -> str:
 
 
 def verify_cifar(folder: Path, checksums: dict[str, dict[str, str]] = CIFAR_CHECKSUMS) -> str:
-    """Name of the known copy every file of `folder` matches; DataError otherwise."""
+    """Name of the first known copy whose every file `folder` holds with that copy's md5; DataError otherwise.
+
+    Each copy is compared over its own files (copies need not list the same ones)."""
     if not folder.is_dir():
         raise DataError(f"CIFAR-10 not found: no folder {folder}. Set --data-dir or BNSTUDY_DATA to the folder "
                         f"holding {CIFAR_DIRNAME}/, or fetch it with `bnstudy data download`.")
-    names = sorted(next(iter(checksums.values())))
-    missing = [n for n in names if not (folder / n).is_file()]
-    if missing:
-        raise DataError(f"CIFAR-10 in {folder} is incomplete: missing {', '.join(missing)}")
+    missing = {copy: [n for n in sorted(expected) if not (folder / n).is_file()] for copy, expected in checksums.items()}
+    complete = [copy for copy, names in missing.items() if not names]
+    if not complete:  # name what the nearest copy lacks
+        nearest = min(missing.values(), key=len)
+        raise DataError(f"CIFAR-10 in {folder} is incomplete: missing {', '.join(nearest)}")
+    names = sorted({n for copy in complete for n in checksums[copy]})
     found = {n: md5(folder / n) for n in names}
-    for copy, expected in checksums.items():
-        if found == expected:
+    for copy in complete:
+        if all(found[n] == digest for n, digest in checksums[copy].items()):
             return copy
-    for copy, expected in checksums.items():  # name the first file that matches no copy
-        bad = [n for n in names if found[n] not in {c[n] for c in checksums.values()}]
-        if bad:
-            raise DataError(f"CIFAR-10 file {folder / bad[0]} has md5 {found[bad[0]]}, which matches no known copy "
-                            f"({', '.join(checksums)}): corrupt or truncated; fetch it again")
+    known = {n: {c[n] for c in checksums.values() if n in c} for n in names}
+    bad = [n for n in names if found[n] not in known[n]]  # name the first file that matches no copy
+    if bad:
+        raise DataError(f"CIFAR-10 file {folder / bad[0]} has md5 {found[bad[0]]}, which matches no known copy "
+                        f"({', '.join(checksums)}): corrupt or truncated; fetch it again")
     raise DataError(f"CIFAR-10 files in {folder} mix files of different copies ({', '.join(checksums)})")
 
 
@@ -180,17 +191,28 @@ def standardize(train: np.ndarray, test: np.ndarray, device: torch.device):
 
 
 def load_images(cfg: DataConfig, data_dir: Path | None, device: torch.device) -> Dataset:
-    if cfg.dataset == "synthetic":
-        train_x, train_y = synthetic_images(cfg.train_size or 512, seed=0)
-        test_x, test_y = synthetic_images(cfg.test_size or 256, seed=1)
-        name = "synthetic images (tests only)"
-    else:
-        folder = cifar_folder(data_dir)
-        name = f"CIFAR-10 ({verify_cifar(folder)})"
-        train_x, train_y = read_cifar(folder, TRAIN_FILES)
-        test_x, test_y = read_cifar(folder, TEST_FILES)
-        train_x, train_y = train_x[: cfg.train_size or None], train_y[: cfg.train_size or None]
-        test_x, test_y = test_x[: cfg.test_size or None], test_y[: cfg.test_size or None]
+    """An image kind of DATASETS (cifar10, synthetic) as `cfg` asks for it."""
+    return data_kind(cfg.dataset).reader(cfg, data_dir, device)
+
+
+def load_cifar10(cfg: DataConfig, data_dir: Path | None, device: torch.device) -> Dataset:
+    folder = cifar_folder(data_dir)
+    name = f"CIFAR-10 ({verify_cifar(folder)})"
+    train_x, train_y = read_cifar(folder, TRAIN_FILES)
+    test_x, test_y = read_cifar(folder, TEST_FILES)
+    train_x, train_y = train_x[: cfg.train_size or None], train_y[: cfg.train_size or None]
+    test_x, test_y = test_x[: cfg.test_size or None], test_y[: cfg.test_size or None]
+    return image_dataset(name, (train_x, train_y, test_x, test_y), cfg, device)
+
+
+def load_synthetic(cfg: DataConfig, data_dir: Path | None, device: torch.device) -> Dataset:
+    train_x, train_y = synthetic_images(cfg.train_size or 512, seed=0)
+    test_x, test_y = synthetic_images(cfg.test_size or 256, seed=1)
+    return image_dataset("synthetic images (tests only)", (train_x, train_y, test_x, test_y), cfg, device)
+
+
+def image_dataset(name: str, arrays: tuple, cfg: DataConfig, device: torch.device) -> Dataset:
+    train_x, train_y, test_x, test_y = arrays
     train_t, test_t = standardize(train_x, test_x, device)
     return Dataset(name, train_t, torch.as_tensor(train_y, device=device), test_t,
                    torch.as_tensor(test_y, device=device), augment=cfg.augment)
@@ -208,6 +230,10 @@ def gaussian_regression(cfg: DataConfig, width: int, seed: int, device: torch.de
     test_x = torch.randn(cfg.test_size or 1000, width, generator=generator)
     return Dataset("Gaussian regression y = A x (DLN)", train_x.to(device), (train_x @ a.T).to(device),
                    test_x.to(device), (test_x @ a.T).to(device))
+
+
+def load_gaussian(cfg: DataConfig, data_dir: Path | None, device: torch.device, *, width: int, seed: int) -> Dataset:
+    return gaussian_regression(cfg, width, seed, device)
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -255,3 +281,71 @@ class BatchOrder:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.perm, self.position = state["perm"], state["position"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry: every kind of data a run can name, with its task and its loader
+# ----------------------------------------------------------------------------------------------
+def summed_squared_error(outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """||outputs - targets||^2 summed over the samples (the DLN's loss in the paper), or its mean per sample."""
+    total = (outputs - targets).square().sum()
+    return total if reduction == "sum" else total / len(outputs)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a dataset asks of a model: its loss, how that reduces over a batch, and whether accuracy means anything."""
+
+    loss: object  # loss(outputs, targets, reduction="mean" | "sum")
+    reduction: str  # the training objective's reduction over the batch
+    classification: bool
+
+    def objective(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.loss(outputs, targets, reduction=self.reduction)
+
+
+CLASSIFICATION = Task(F.cross_entropy, "mean", True)
+REGRESSION = Task(summed_squared_error, "sum", False)  # the DLN: summed over the batch, as in the paper
+
+
+def _no_run_inputs(config: RunConfig) -> dict:
+    return {}
+
+
+@dataclass(frozen=True)
+class DataKind:
+    """One value of `data.dataset`: its task, the `model.kind`s that can train on it, and how it is loaded.
+
+    reader(config.data, data_dir, device, **run_inputs(config)) -> Dataset; run_inputs names whatever else of the
+    run (besides the data section) the tensors are a function of, so `key` says when two runs can share them."""
+
+    task: Task
+    models: tuple[str, ...]
+    reader: Callable[..., Dataset]
+    run_inputs: Callable[[RunConfig], dict] = _no_run_inputs
+
+    def key(self, config: RunConfig) -> tuple:
+        """Everything the tensors depend on besides the folder and the device: runs with equal keys share them."""
+        return (config.data, *sorted(self.run_inputs(config).items()))
+
+    def load(self, config: RunConfig, data_dir: Path | None, device: torch.device) -> Dataset:
+        return self.reader(config.data, data_dir, device, **self.run_inputs(config))
+
+
+def _gaussian_inputs(config: RunConfig) -> dict:
+    return {"width": config.model.dln_width, "seed": config.seed}  # A and the samples: a function of both
+
+
+DATASETS: dict[str, DataKind] = {  # the models of each kind: architectures.DATASET_MODELS (torch-free, for config)
+    "cifar10": DataKind(CLASSIFICATION, DATASET_MODELS["cifar10"], load_cifar10),
+    "synthetic": DataKind(CLASSIFICATION, DATASET_MODELS["synthetic"], load_synthetic),  # tiny, labelled synthetic: tests
+    "gaussian": DataKind(REGRESSION, DATASET_MODELS["gaussian"], load_gaussian, _gaussian_inputs),  # the DLN's y = A x
+}
+DATASET_KINDS = tuple(DATASETS)
+
+
+def data_kind(name: str) -> DataKind:
+    """The registry's entry for `name`; a DataError naming the known kinds otherwise."""
+    if name not in DATASETS:
+        raise DataError(f"unknown data.dataset '{name}'; known: {', '.join(DATASETS)}")
+    return DATASETS[name]

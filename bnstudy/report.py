@@ -21,19 +21,27 @@ VERDICT_MARK = {"holds": "✅ holds", "does not hold": "❌ does not hold", "tie
 
 
 def collect(results_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Results]]:
-    """Summaries (written to summary.csv) and Results of every experiment that has runs."""
+    """Summaries (written to summary.csv) and Results of every experiment that has runs.
+
+    An experiment without runs is skipped (listed as not run); a malformed experiment file, like any other
+    error, stops the report with its one line: it is never taken for "not run yet"."""
     summaries, found = {}, {}
     for name in list_experiments():
-        try:
-            results = Results(results_dir, load_experiment(name).name)
-        except ConfigError:
+        experiment = load_experiment(name).name
+        if not has_runs(results_dir, experiment):
             continue
+        results = Results(results_dir, experiment)
         summary = run_summary(results.meta, results.tables)
         atomic_write_text(results.root / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
         summaries[results.experiment], found[results.experiment] = summary, results
         if (results.tables["probes"].probe == "landscape").any():
             summaries[f"{results.experiment}:steps"] = landscape_summary(results.tables["probes"])
     return summaries, found
+
+
+def has_runs(results_dir: Path, experiment: str) -> bool:
+    """Whether any run folder of the experiment exists (the folders Results reads; without one it raises "no runs")."""
+    return any((Path(results_dir) / experiment).glob("*/seed-*/meta.json"))
 
 
 def claims_table(summaries: dict[str, pd.DataFrame]) -> str:

@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from bnstudy.config import ConfigError, RunConfig, build, config_differences, load_experiment, run_config
-from bnstudy.data import Dataset, gaussian_regression, load_images
+from bnstudy.data import Dataset, data_kind
 from bnstudy.records import RecordError, ResultsLock, RunDir
 from bnstudy.train import train_run
 
@@ -134,7 +134,7 @@ def run_local(pending: list[tuple[RunConfig, RunDir]], device: torch.device, dat
     """One run after another in this process; datasets loaded once and shared by the runs that use them."""
     datasets: dict = {}
     for config, run in pending:
-        key = (config.data, config.seed if config.data.dataset == "gaussian" else None)  # DLN data depend on the seed
+        key = data_kind(config.data.dataset).key(config)  # all the data depend on (the DLN's: seed and width too)
         if key not in datasets:
             datasets[key] = load_dataset(config, data_dir, device)
         print(summary_line(train_run(config, run, datasets[key], device, progress=progress)), flush=True)
@@ -188,9 +188,7 @@ LAUNCHERS = {"local": run_local, "ray": run_ray}
 
 
 def load_dataset(config: RunConfig, data_dir: str | None, device: torch.device) -> Dataset:
-    if config.data.dataset == "gaussian":
-        return gaussian_regression(config.data, config.model.dln_width, config.seed, device)
-    return load_images(config.data, resolve_data_dir(data_dir), device)
+    return data_kind(config.data.dataset).load(config, resolve_data_dir(data_dir), device)
 
 
 def summary_line(meta: dict) -> str:

@@ -15,31 +15,19 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from bnstudy.backends import backend_policy, memory_format
 from bnstudy.config import RunConfig
-from bnstudy.data import BatchOrder, Dataset
+from bnstudy.data import CLASSIFICATION, BatchOrder, Dataset, Task, data_kind, summed_squared_error  # noqa: F401
 from bnstudy.models import build_model, has_noise, set_noise
 from bnstudy.probes.activations import ActivationRecorder
+from bnstudy.probes.callback import Callback, Probe, StepContext, step_seed  # noqa: F401  (the callback protocol)
 from bnstudy.probes.curvature import CurvatureProbe
 from bnstudy.probes.ics import ICSProbe
 from bnstudy.probes.landscape import LandscapeProbe, eta_grid
 from bnstudy.records import RunDir, atomic_save, environment, fault_point, previous, read_table
-
-
-@dataclass
-class StepContext:
-    """What a callback sees at one step."""
-
-    step: int
-    model: nn.Module
-    batch: tuple[torch.Tensor, torch.Tensor]
-    loss_fn: object
-    lr: float
-    config: RunConfig
 
 
 @dataclass
@@ -54,29 +42,6 @@ class RunState:
     pending: list = field(default_factory=list)  # (step, loss, correct) tensors not yet written
     last_train: dict = field(default_factory=dict)  # the latest logged training loss and accuracy
     last_test: dict = field(default_factory=dict)  # the latest test evaluation
-
-
-def summed_squared_error(outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
-    """||outputs - targets||^2 summed over the samples (the DLN's loss in the paper), or its mean per sample."""
-    total = (outputs - targets).square().sum()
-    return total if reduction == "sum" else total / len(outputs)
-
-
-@dataclass(frozen=True)
-class Task:
-    """What a dataset asks of a model: its loss, how that reduces over a batch, and whether accuracy means anything."""
-
-    loss: object  # loss(outputs, targets, reduction="mean" | "sum")
-    reduction: str  # the training objective's reduction over the batch
-    classification: bool
-
-    def objective(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.loss(outputs, targets, reduction=self.reduction)
-
-
-CLASSIFICATION = Task(F.cross_entropy, "mean", True)
-TASKS = {"cifar10": CLASSIFICATION, "synthetic": CLASSIFICATION,
-         "gaussian": Task(summed_squared_error, "sum", False)}
 
 
 def accuracy_count(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -233,7 +198,7 @@ def test_rows(result: dict, config: RunConfig, step: int, split: str = "test") -
 
 
 def evaluate_test(model: nn.Module, dataset: Dataset, config: RunConfig) -> dict:
-    return evaluate(model, dataset.test_x, dataset.test_y, config.data.eval_batch, TASKS[config.data.dataset])
+    return evaluate(model, dataset.test_x, dataset.test_y, config.data.eval_batch, data_kind(config.data.dataset).task)
 
 
 def train_step(state: RunState, batch, task: Task) -> torch.Tensor:
@@ -294,24 +259,12 @@ def _loop(config, run, dataset, state, logs, callbacks, progress) -> int | None:
     started = time.perf_counter()
     bar = tqdm(total=t.steps, initial=state.step, desc=f"{config.experiment}/{config.run_name}",
                disable=not progress, dynamic_ncols=True, mininterval=1.0)
-    task = TASKS[config.data.dataset]
+    task = data_kind(config.data.dataset).task
     diverged = None
     while state.step < t.steps and diverged is None:
-        step = state.step
-        index = state.order.next().to(dataset.train_x.device, non_blocking=True)
-        ctx = StepContext(step, state.model, dataset.train_batch(index, state.order.generator), task.objective,
-                          t.lr, config)
-        _emit(logs, config, [cb.before_step(ctx) for cb in callbacks])
-        train_step(state, ctx.batch, task)
-        fault_point("train-step")
-        _emit(logs, config, [cb.after_step(ctx) for cb in callbacks])
-        state.step += 1
+        diverged = run_step(state, dataset, task, config, logs, callbacks)
         bar.update(1)
-        last = state.step == t.steps
-        eval_due = state.step % t.eval_every == 0 or last
-        checkpoint_due = state.step % t.checkpoint_every == 0 or last
-        if state.step % t.log_every == 0 or eval_due or checkpoint_due:  # a checkpoint holds no pending rows
-            diverged = flush_train_metrics(state, logs, config)
+        eval_due, checkpoint_due = eval_due_at(t, state.step), checkpoint_due_at(t, state.step)
         if diverged is None and eval_due:
             state.last_test = evaluate_test(state.model, dataset, config)
             logs["metrics"].append(test_rows(state.last_test, config, state.step))
@@ -321,6 +274,35 @@ def _loop(config, run, dataset, state, logs, callbacks, progress) -> int | None:
     bar.close()
     state.elapsed += time.perf_counter() - started
     return diverged
+
+
+def run_step(state: RunState, dataset: Dataset, task: Task, config: RunConfig, logs: dict, callbacks: list) -> int | None:
+    """One step of the loop, the one `bnstudy bench` times too: the next batch, callbacks before, one SGD step,
+    callbacks after; the pending training metrics written (one host sync) when a log interval ends, or an
+    evaluation or a checkpoint is due (a checkpoint holds no pending rows). Returns the first step whose loss
+    is not finite, if that write found one."""
+    t = config.train
+    index = state.order.next().to(dataset.train_x.device, non_blocking=True)
+    ctx = StepContext(state.step, state.model, dataset.train_batch(index, state.order.generator), task.objective,
+                      t.lr, config)
+    _emit(logs, config, [cb.before_step(ctx) for cb in callbacks])
+    train_step(state, ctx.batch, task)
+    fault_point("train-step")
+    _emit(logs, config, [cb.after_step(ctx) for cb in callbacks])
+    state.step += 1
+    if state.step % t.log_every == 0 or eval_due_at(t, state.step) or checkpoint_due_at(t, state.step):
+        return flush_train_metrics(state, logs, config)
+    return None
+
+
+def eval_due_at(t, step: int) -> bool:
+    """A test evaluation after `step` steps: every `eval_every`, and at the end."""
+    return step % t.eval_every == 0 or step == t.steps
+
+
+def checkpoint_due_at(t, step: int) -> bool:
+    """A checkpoint after `step` steps: every `checkpoint_every`, and at the end."""
+    return step % t.checkpoint_every == 0 or step == t.steps
 
 
 def _emit(logs: dict, config: RunConfig, results: list[dict]) -> None:
@@ -346,7 +328,10 @@ def _finish(config, run, dataset, state, logs, diverged: int | None) -> dict:
         final = state.last_test or evaluate_test(state.model, dataset, config)  # resumed after the last eval
         final = {"acc": None} | final
         if has_noise(state.model):
-            clone = recalibrated(state.model, dataset, config.train.batch_size, batches=50, seed=config.seed + 1)
+            # a stream per (seed, step), as the probes draw theirs; seed + 1 made seed s's recalibration batches
+            # exactly seed s + 1's first training batches
+            clone = recalibrated(state.model, dataset, config.train.batch_size, batches=50,
+                                 seed=step_seed(config.seed, state.step))
             recal = evaluate_test(clone, dataset, config)
             logs["metrics"].append(test_rows(recal, config, state.step, split="test-recal"))
             final = final | {"recal_acc": recal["acc"]}

@@ -35,3 +35,35 @@ def test_device_rows_run_and_give_finite_ratios(monkeypatch):
     assert "training step, deterministic mode / policy" in names and "training images/s, VGG-16 width 0.0625" in names
     assert all(r.value > 0 for r in rows)
     assert not any("peak" in n for n in names)  # no peak known for a CPU: the row is absent, not made up
+
+
+def test_bench_times_the_loops_own_step(monkeypatch):
+    """`ours` was a copy of the loop's step; it is now train.run_step itself, metrics flushed per interval."""
+    from bnstudy import train
+    from bnstudy.data import BatchOrder
+
+    assert bench.run_step is train.run_step
+    calls = []
+    monkeypatch.setattr(bench, "run_step", lambda *args, **kw: calls.append(args) or train.run_step(*args, **kw))
+    dataset, model, data = bench.bench_setup(torch.device("cpu"), Path("/nonexistent"), 0.0625)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    state = train.RunState(model, optimizer, BatchOrder(dataset.train_size, 8, seed=0))
+    step = bench.our_step(state, dataset, bench.bench_config(data, 8, log_every=3))
+    for _ in range(4):
+        step()
+    assert len(calls) == 4 and state.step == 4 and len(state.pending) == 1  # rows of steps 0..2 written at step 3
+
+
+def test_bench_says_which_data_it_measured_on(tmp_path, capsys):
+    """Without CIFAR-10 the bench fell back to the synthetic set silently: bench.csv and the header now say so."""
+    import pandas as pd
+
+    from bnstudy.cli import main
+
+    assert main(["bench", "--device", "cpu", "--width", "0.0625", "--batch", "8", "--min-run-time", "0.01",
+                 "--results-dir", str(tmp_path), "--data-dir", str(tmp_path / "no-data")]) == 0
+    table = pd.read_csv(tmp_path / "bench" / "bench.csv")
+    assert (table["data"] == "synthetic images (tests only)").all()
+    header = capsys.readouterr().out.splitlines()[:2]
+    assert "data synthetic images (tests only)" in header[0]
+    assert header[1].startswith(f"note: no usable CIFAR-10 under {tmp_path / 'no-data'}")

@@ -66,3 +66,39 @@ def test_probe_leaves_no_trace():
     assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
     assert torch.equal(rng, torch.get_rng_state())
     assert top_eigenvalues(model, F.cross_entropy, (x, y)) == first
+
+
+def test_max_hvps_caps_the_hessian_vector_products_not_arpacks_restarts():
+    """ARPACK's maxiter counts restarts (about ten products each here): the cap must count products."""
+    model, x, y = small_bn_net(3)
+    capped = top_eigenvalues(model, F.cross_entropy, (x, y), k=3, tol=1e-12, max_hvps=7)
+    assert capped["hvps"] == 7 and not capped["converged"] and capped["eigenvalues"] == []
+    ample = top_eigenvalues(model, F.cross_entropy, (x, y), k=3, tol=1e-10, max_hvps=10_000)
+    assert ample["converged"] and 7 < ample["hvps"] <= 10_000
+
+
+def test_the_curvature_probe_writes_nan_where_lanczos_ran_out_of_products():
+    from bnstudy.probes.callback import StepContext
+    from bnstudy.probes.curvature import CurvatureProbe
+
+    model, x, y = small_bn_net(4)
+    rows = CurvatureProbe(1, 2, "train", 1e-12, 5, seed=0).before_step(
+        StepContext(0, model, (x, y), F.cross_entropy, 0.1, None))["probes"]
+    values = {r["metric"]: r["value"] for r in rows}
+    assert set(values) == {"eig1", "eig2", "hvps"} and values["hvps"] == 5
+    assert all(v != v for k, v in values.items() if k != "hvps")  # NaN: left out of figures and said, never made up
+
+
+def test_curvature_probe_start_vectors_are_distinct_per_seed_and_step(monkeypatch):
+    """seed + step gave seed 0 at step 1 the start vector of seed 1 at step 0."""
+    from bnstudy.probes import curvature
+    from bnstudy.probes.callback import StepContext
+
+    seeds = []
+    monkeypatch.setattr(curvature, "top_eigenvalues",
+                        lambda *args, seed, **kw: seeds.append(seed) or {"eigenvalues": [1.0], "hvps": 1})
+    for run_seed in range(3):
+        probe = curvature.CurvatureProbe(1, 1, "train", 1e-3, 100, seed=run_seed)
+        for step in range(3):
+            probe.before_step(StepContext(step, None, None, None, 0.1, None))
+    assert len(seeds) == 9 == len(set(seeds))

@@ -89,3 +89,35 @@ def test_random_crop_flip_keeps_shape_and_content():
         for c in range(3):
             values = set(out[i, c].flatten().tolist()) - {0.0}
             assert values <= set(x[i, c].flatten().tolist())
+
+
+def test_each_known_copy_is_compared_over_its_own_files(tmp_path):
+    """The copies were all checked over the first copy's file list: a folder matching a later copy that lists
+    other files was 'incomplete' or 'mixed'."""
+    folder = tmp_path / "cifar-10-batches-py"
+    tiny = tiny_cifar(folder, np.random.default_rng(4))["tiny"]
+    wider = {"with readme": CIFAR_CHECKSUMS["official"] | {"readme.html": "0" * 32}}
+    assert verify_cifar(folder, wider | {"tiny": tiny}) == "tiny"
+    narrower = {"fewer files": {n: "0" * 32 for n in list(tiny)[:3]}}
+    assert verify_cifar(folder, narrower | {"tiny": tiny}) == "tiny"
+    (folder / "extra").write_bytes(b"x")
+    with_extra = {"tiny+extra": tiny | {"extra": hashlib.md5(b"x").hexdigest()}}
+    assert verify_cifar(folder, narrower | with_extra) == "tiny+extra"
+    (folder / "extra").unlink()
+    two_more = {"two more files": tiny | {"a": "0" * 32, "b": "0" * 32}}
+    with pytest.raises(DataError, match="incomplete: missing readme.html$"):
+        verify_cifar(folder, two_more | wider)  # the nearest copy's missing files are named
+
+
+def test_the_registry_names_every_kind_with_its_task_and_loader(tmp_path):
+    from bnstudy.config import DataConfig, ModelConfig, RunConfig, validate
+    from bnstudy.data import CLASSIFICATION, DATASET_KINDS, DATASETS, REGRESSION, data_kind
+
+    assert DATASET_KINDS == ("cifar10", "synthetic", "gaussian")
+    assert DATASETS["cifar10"].task is CLASSIFICATION is DATASETS["synthetic"].task
+    assert DATASETS["gaussian"].task is REGRESSION and not REGRESSION.classification
+    for kind, entry in DATASETS.items():  # config accepts each kind with each model kind the registry pairs it with
+        for model in entry.models:
+            validate(RunConfig(data=DataConfig(dataset=kind), model=ModelConfig(kind=model)))
+    with pytest.raises(DataError, match="unknown data.dataset 'mnist'; known: cifar10, synthetic, gaussian"):
+        data_kind("mnist")

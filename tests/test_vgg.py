@@ -71,7 +71,10 @@ def test_the_torch_free_architecture_names_what_the_models_build():
     from bnstudy import architectures
     from bnstudy.models import MODELS
 
+    from bnstudy.data import DATASETS
+
     assert tuple(NORMS) == architectures.NORM_KINDS and tuple(MODELS) == architectures.MODEL_KINDS
+    assert set(DATASETS) == set(architectures.DATASET_MODELS)
 
 
 def test_validating_a_config_imports_no_model_code():

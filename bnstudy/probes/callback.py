@@ -58,7 +58,7 @@ class Probe(Callback):
         raise NotImplementedError
 
 
-STREAMS_PER_SEED = 1_000_003  # a prime above the steps of any run the presets hold (15,000 at most)
+STREAMS_PER_SEED = 1_000_003  # above the steps of any preset's run (15,000 at most); config allows up to 10**9
 
 
 def step_seed(seed: int, step: int) -> int:

@@ -94,7 +94,3 @@ def moved(params: dict, direction: dict, eta: float) -> dict:
 
 def difference_norm(a: dict, b: dict) -> torch.Tensor:
     return flat_norm({name: a[name] - b[name] for name in a})
-
-
-def dot(a: dict, b: dict) -> torch.Tensor:
-    return sum((a[name] * b[name]).sum() for name in a)
