@@ -18,12 +18,13 @@ def landscape_summary(probes: pd.DataFrame) -> pd.DataFrame:
     return summary.join(at_w.rename(columns={"loss": "loss_at_w"})).reset_index()
 
 
-def curvature_summary(probes: pd.DataFrame) -> pd.DataFrame:
-    """One row per (arm, seed, step) curvature probe: lambda_max, HVPs used, the step's LR, and, where the landscape
-    probe ran at the same step, beta_eff and lambda_max / beta_eff."""
+def curvature_summary(probes: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
+    """One row per (arm, seed, step) curvature probe: lambda_max, HVPs used, the run's LR (meta.json), and, where
+    the landscape probe ran at the same step, beta_eff and lambda_max / beta_eff. (Runs written before eta meant the
+    landscape step size alone have the LR in eta too; it is not read.)"""
     curv = probes[probes.probe == "curvature"]
-    table = curv.pivot_table(index=["arm", "seed", "step", "eta"], columns="metric", values="value").reset_index()
-    table = table.rename(columns={"eig1": "lambda_max", "eta": "lr"})
+    table = curv.pivot_table(index=["arm", "seed", "step"], columns="metric", values="value").reset_index()
+    table = table.rename(columns={"eig1": "lambda_max"}).merge(meta[["arm", "seed", "lr"]], on=["arm", "seed"])
     if (probes.probe == "landscape").any():
         beta = landscape_summary(probes)[["arm", "seed", "step", "beta_eff"]]
         table = table.merge(beta, on=["arm", "seed", "step"], how="left")
@@ -101,7 +102,7 @@ def run_summary(meta: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.DataF
         ics.columns = [f"ics_{metric}_median_L{layer}" for metric, layer in ics.columns]
         summary = summary.merge(ics.reset_index(), on=["arm", "seed"], how="left")
     if (probes.probe == "curvature").any():
-        summary = summary.merge(phase_medians(curvature_summary(probes), ["lambda_max"]), on=["arm", "seed"],
+        summary = summary.merge(phase_medians(curvature_summary(probes, meta), ["lambda_max"]), on=["arm", "seed"],
                                 how="left")
     if len(acts):
         changes = moment_changes(acts).groupby(["arm", "seed", "layer"])[["d_mean", "d_var"]].mean().unstack("layer")

@@ -303,7 +303,7 @@ def lr_sweep(results: Results, order: tuple[str, ...] = ()):
 def curvature(results: Results, order: tuple[str, ...] = ()):
     """lambda_max over training per arm with the stability line 2/eta; lambda_max / beta_eff where both were probed."""
     arms = results.arms(order)
-    table = curvature_summary(results.tables["probes"])
+    table = curvature_summary(results.tables["probes"], results.meta)
     colors = _palette(arms)
     has_beta = "lambda_over_beta" in table and table.lambda_over_beta.notna().any()
     fig, axes = plt.subplots(1, 2 if has_beta else 1, figsize=(13 if has_beta else 7, 4.6), squeeze=False)

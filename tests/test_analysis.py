@@ -55,3 +55,14 @@ def test_sweep_expands_arms_by_value():
     assert exp.arms["batchnorm-lr0.5"] == {"model": {"norm": "batch"}, "train": {"lr": 0.5}}
     assert all(a.startswith(("standard-", "batchnorm-")) for a in exp.arms_for("quick"))
     assert len(exp.arms_for("quick")) == 16
+
+
+def test_curvature_rows_take_the_runs_lr_from_meta_not_from_eta():
+    from bnstudy.analysis import curvature_summary
+
+    probes = pd.DataFrame([dict(arm=arm, seed=0, step=step, probe="curvature", layer=0, eta=float("nan"), metric=m,
+                                value=v) for arm in ("a", "b") for step in (0, 10) for m, v in (("eig1", 3.0), ("hvps", 21))])
+    meta = pd.DataFrame([{"arm": "a", "seed": 0, "lr": 0.1}, {"arm": "b", "seed": 0, "lr": 0.01}])
+    table = curvature_summary(probes, meta)
+    assert len(table) == 4 and dict(zip(table.arm, table.lr)) == {"a": 0.1, "b": 0.01}
+    assert (table.lambda_max == 3.0).all()

@@ -112,8 +112,9 @@ class CurvatureProbe(Probe):
         result = top_eigenvalues(ctx.model, ctx.loss_fn, ctx.batch, self.k, bn_mode=self.bn_mode, tol=self.tol,
                                  max_hvps=self.max_hvps, seed=step_seed(self.seed, ctx.step))
         values = result["eigenvalues"] + [float("nan")] * (self.k - len(result["eigenvalues"]))
-        rows = [{"step": ctx.step, "probe": "curvature", "layer": 0, "eta": ctx.lr, "metric": f"eig{i + 1}",
+        # eta is the landscape probe's step size alone: empty here (the run's LR is in meta.json)
+        rows = [{"step": ctx.step, "probe": "curvature", "layer": 0, "eta": None, "metric": f"eig{i + 1}",
                  "value": value} for i, value in enumerate(values)]
-        rows.append({"step": ctx.step, "probe": "curvature", "layer": 0, "eta": ctx.lr, "metric": "hvps",
+        rows.append({"step": ctx.step, "probe": "curvature", "layer": 0, "eta": None, "metric": "hvps",
                      "value": result["hvps"]})
         return {"probes": rows}

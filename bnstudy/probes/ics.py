@@ -60,5 +60,6 @@ class ICSProbe(Probe):
 
     def measure(self, ctx) -> dict[str, list[dict]]:
         rows = gradient_shift(ctx.model, ctx.loss_fn, ctx.batch, ctx.lr, self.layers, bn_mode=self.bn_mode)
-        return {"probes": [{"step": ctx.step, "probe": "ics", "layer": r["layer"], "eta": ctx.lr, "metric": m,
+        # eta is the landscape probe's step size alone: empty here (the shift's LR is the run's, in meta.json)
+        return {"probes": [{"step": ctx.step, "probe": "ics", "layer": r["layer"], "eta": None, "metric": m,
                             "value": r[m]} for r in rows for m in ("l2", "cosine", "rel_l2")]}
