@@ -26,7 +26,7 @@ from bnstudy.probes.curvature import top_eigenvalues
 from bnstudy.probes.functional import difference_norm
 from bnstudy.probes.ics import gradient_shift
 from bnstudy.probes.landscape import along_gradient
-from bnstudy.records import atomic_write_text
+from bnstudy.recording import atomic_write_text
 from bnstudy.train import RunState, run_step
 
 

@@ -21,8 +21,8 @@ from scipy import stats  # noqa: E402
 from bnstudy.analysis import (CHANCE, TRAINS_MARGIN, curvature_summary, landscape_summary,  # noqa: E402
                               largest_trainable_lr, moment_changes, sweep_table)
 from bnstudy.config import load_experiment  # noqa: E402
-from bnstudy.records import atomic_write_bytes  # noqa: E402
-from bnstudy.results import Results  # noqa: E402
+from bnstudy.recording import atomic_write_bytes  # noqa: E402
+from bnstudy.reading import Results  # noqa: E402
 
 N_BOOT = 1000  # resamples of the bootstrap band (seaborn's default)
 

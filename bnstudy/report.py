@@ -14,8 +14,8 @@ from tqdm import tqdm
 from bnstudy.analysis import landscape_summary, run_summary
 from bnstudy.claims import evaluate_claims
 from bnstudy.config import ConfigError, list_experiments, load_experiment
-from bnstudy.records import atomic_write_text
-from bnstudy.results import Results
+from bnstudy.recording import atomic_write_text
+from bnstudy.reading import Results
 
 VERDICT_MARK = {"holds": "✅ holds", "does not hold": "❌ does not hold", "tie": "🟰 tie", "not measured": "➖ not measured"}
 

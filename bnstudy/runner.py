@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from bnstudy.config import ConfigError, RunConfig, build, config_differences, load_experiment, run_config
 from bnstudy.data import Dataset, data_kind
-from bnstudy.records import RecordError, ResultsLock, RunDir
+from bnstudy.recording import RecordError, ResultsLock, RunDir
 from bnstudy.train import train_run
 
 

@@ -27,7 +27,7 @@ from bnstudy.probes.callback import Callback, Probe, StepContext, step_seed  # n
 from bnstudy.probes.curvature import CurvatureProbe
 from bnstudy.probes.ics import ICSProbe
 from bnstudy.probes.landscape import LandscapeProbe, eta_grid
-from bnstudy.records import RunDir, atomic_save, environment, fault_point, previous, read_table
+from bnstudy.recording import RunDir, atomic_save, environment, fault_point, previous, read_table
 
 
 @dataclass

@@ -9,7 +9,7 @@ from bnstudy.probes.callback import Callback, Probe, StepContext, step_seed
 from bnstudy.probes.curvature import CurvatureProbe
 from bnstudy.probes.ics import ICSProbe
 from bnstudy.probes.landscape import LandscapeProbe
-from bnstudy.records import RunDir
+from bnstudy.recording import RunDir
 
 CPU = torch.device("cpu")
 

@@ -6,7 +6,7 @@ import pytest
 
 from bnstudy.cli import main
 from bnstudy.config import list_experiments, load_experiment, run_config
-from bnstudy.records import SCHEMAS, table_bytes, table_path
+from bnstudy.recording import SCHEMAS, table_bytes, table_path
 
 
 def smoke_args(tmp_path, *extra):

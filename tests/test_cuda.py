@@ -27,7 +27,7 @@ from bnstudy.models import VGG
 from bnstudy.probes.curvature import top_eigenvalues
 from bnstudy.probes.ics import gradient_shift
 from bnstudy.probes.landscape import along_gradient
-from bnstudy.records import FAULT_ENV, SCHEMAS, RunDir, table_bytes, table_path
+from bnstudy.recording import FAULT_ENV, SCHEMAS, RunDir, table_bytes, table_path
 from bnstudy.train import train_run
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -35,7 +35,7 @@ def test_one_seed_gives_no_band():
 
 
 def test_caption_names_the_gpu_of_cuda_runs(tmp_path):
-    from bnstudy.results import Results
+    from bnstudy.reading import Results
 
     def meta(arm, environment):
         folder = tmp_path / "noisy-bn" / arm / "seed-0"

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from bnstudy.records import SCHEMAS, table_bytes
+from bnstudy.recording import SCHEMAS, table_bytes
 from bnstudy.runner import run_experiment
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bnstudy.records import FAULT_ENV, SCHEMAS, ResultsLock, table_bytes
+from bnstudy.recording import FAULT_ENV, SCHEMAS, ResultsLock, table_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = ["run", "noisy-bn", "--preset", "smoke", "--arms", "noisy-batchnorm", "--no-progress",
@@ -192,7 +192,7 @@ def two_seeds(tmp_path) -> Path:
 
 def test_a_finished_run_missing_a_file_is_left_out_of_figures_and_captions(tmp_path, capsys):
     from bnstudy.cli import main
-    from bnstudy.results import Results
+    from bnstudy.reading import Results
 
     arm = two_seeds(tmp_path)
     (arm / "seed-1" / "activations.csv.xz").unlink()
@@ -249,7 +249,7 @@ def test_a_non_finite_value_is_said_and_left_out_never_averaged(tmp_path, capsys
 
     import numpy as np
 
-    from bnstudy.results import Results
+    from bnstudy.reading import Results
 
     arm = two_seeds(tmp_path)
     lines = lzma.decompress((arm / "seed-0" / "activations.csv.xz").read_bytes()).decode().splitlines()

@@ -4,7 +4,7 @@ import torch
 from bnstudy import runner
 from bnstudy.config import RunConfig, load_experiment, run_config
 from bnstudy.data import CLASSIFICATION, DATASETS, DataKind, Dataset
-from bnstudy.records import RunDir
+from bnstudy.recording import RunDir
 
 CPU = torch.device("cpu")
 

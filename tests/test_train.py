@@ -6,7 +6,7 @@ import torch
 from bnstudy.config import load_experiment, run_config
 from bnstudy.data import load_images
 from bnstudy.probes.activations import PERCENTILES, quantiles, unit_statistics
-from bnstudy.records import RunDir, table_bytes
+from bnstudy.recording import RunDir, table_bytes
 from bnstudy.train import train_run
 
 CPU = torch.device("cpu")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from bnstudy.config import ConfigError, RunConfig, build, config_differences
-from bnstudy.records import SCHEMAS, RecordError, RunDir, read_table
+from bnstudy.recording import SCHEMAS, RecordError, RunDir, read_table
 
 FINISHED = ("complete", "diverged")
 

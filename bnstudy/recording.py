@@ -1,4 +1,6 @@
-"""Run folders: config.json, meta.json, tidy CSVs, checkpoint. Schemas declared once; atomic writes.
+"""Recording a run: its folder, which this module alone lays out, writes, and reads file by file (bnstudy.reading
+reads an experiment's runs back through it). config.json, meta.json, tidy CSVs, checkpoint; schemas declared
+once; atomic writes.
 
     <results>/<experiment>/<arm>/seed-<n>/
         config.json      the RunConfig, as resolved
