@@ -75,7 +75,7 @@ def runs_of(summary: pd.DataFrame, query: dict) -> pd.DataFrame:
     return summary[mask]
 
 
-def paired(summary: pd.DataFrame, column: str, groups: dict[str, dict]) -> pd.DataFrame:
+def paired(summary: pd.DataFrame, column: str, groups: dict) -> pd.DataFrame:
     """Seeds x groups table of `column`, one run per seed for each group's query; only seeds where every
     group has a value. A query that matches two runs of one seed is ambiguous: it says so."""
     if column not in summary:
@@ -90,7 +90,7 @@ def paired(summary: pd.DataFrame, column: str, groups: dict[str, dict]) -> pd.Da
         frames.append(runs.set_index("seed")[column].rename(label))
     table = pd.concat(frames, axis=1).dropna()
     if table.empty:
-        raise Missing(f"no seed with '{column}' for every one of {', '.join(groups)}")
+        raise Missing(f"no seed with '{column}' for every one of {', '.join(map(str, groups))}")
     return table
 
 
@@ -130,16 +130,15 @@ def by_word(*queries: dict) -> dict[str, dict]:
 # ----------------------------------------------------------------------------------------------
 def claim_1(s) -> Verdict:
     lr = needs(s, "lr")
-    groups = {f"{word(q)} {rate:g}": at_lr(q, rate) for rate in (0.1, 0.5) for q in (STANDARD, BN)}
+    groups = {(word(q), rate): at_lr(q, rate) for rate in (0.1, 0.5) for q in (STANDARD, BN)}
     scored = lr.assign(acc=lr.final_train_acc_last100.where(lr.status != "diverged", CHANCE))  # diverged = chance
     acc = paired(scored, "acc", groups)
-    faster = acc["batchnorm 0.1"] - acc["standard 0.1"]
-    worse = acc["batchnorm 0.5"] - acc["standard 0.5"]
+    bn, std = word(BN), word(STANDARD)
+    faster, worse = acc[(bn, 0.1)] - acc[(std, 0.1)], acc[(bn, 0.5)] - acc[(std, 0.5)]
     ok = bool((faster >= 0.05).all() and (worse >= 0.15).all())
-    return Verdict(HOLDS if ok else FAILS,
-                   f"train acc at LR 0.1: batchnorm {pct(acc['batchnorm 0.1'])}, standard {pct(acc['standard 0.1'])}; "
-                   f"at LR 0.5: batchnorm {pct(acc['batchnorm 0.5'])}, standard {pct(acc['standard 0.5'])}",
-                   basis(lr, list(groups.values())))
+    return Verdict(HOLDS if ok else FAILS, "; ".join(
+        f"{'train acc at' if rate == 0.1 else 'at'} LR {rate:g}: {bn} {pct(acc[(bn, rate)])}, {std} {pct(acc[(std, rate)])}"
+        for rate in (0.1, 0.5)), basis(lr, list(groups.values())))
 
 
 def claim_2(s) -> Verdict:
@@ -171,9 +170,9 @@ def claim_4(s) -> Verdict:
     runs = needs(s, "noisy-bn")
     acc = paired(runs, "final_train_acc_last100", by_word(NOISE_ONLY, STANDARD))
     diverged = runs_of(runs, NOISE_ONLY).set_index("seed").status.eq("diverged").reindex(acc.index)
-    stopped = (acc["noise-only"] <= 0.15) | diverged
+    stopped = (acc[word(NOISE_ONLY)] <= 0.15) | diverged
     return Verdict(HOLDS if bool(stopped.all()) else FAILS,
-                   f"train acc: noise-only {pct(acc['noise-only'])}, standard {pct(acc.standard)}",
+                   f"train acc: noise-only {pct(acc[word(NOISE_ONLY)])}, standard {pct(acc.standard)}",
                    basis(runs, [NOISE_ONLY, STANDARD]))
 
 
