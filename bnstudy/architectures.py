@@ -17,6 +17,9 @@ VGG_CFGS = {
 # the kinds agree)
 DATASET_MODELS = {"cifar10": ("vgg",), "synthetic": ("vgg",), "gaussian": ("dln",)}
 
+# Weight initializations (models.inits.INITS has exactly these): glorot is the paper's
+INIT_KINDS = ("glorot", "kaiming")
+
 # The normalizations models.norms.make_norm builds (tests/test_vgg.py checks that NORMS has exactly these)
 NORM_KINDS = ("none", "batch", "noisy-batch", "noise-only", "l1", "l2", "linf", "layer", "group")
 

@@ -28,7 +28,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bnstudy.architectures import DATASET_MODELS, MODEL_KINDS, NORM_KINDS, VGG_CFGS, count_weight_layers
+from bnstudy.architectures import DATASET_MODELS, INIT_KINDS, MODEL_KINDS, NORM_KINDS, VGG_CFGS, count_weight_layers
 from bnstudy.errors import ConfigError  # noqa: F401  (raised here; importers take it from here too)
 
 PRESETS = ("smoke", "quick", "paper")
@@ -65,6 +65,7 @@ class ModelConfig:
     width: float = 1.0  # multiplier on every channel count and head width (paper: 1)
     head: tuple[int, ...] = (512, 512)  # hidden widths of the classifier at width 1 (paper: 512 -> 512 -> 512 -> 10)
     norm: str = "batch"  # none | batch | noisy-batch | noise-only | l1 | l2 | linf | layer | group (architectures.NORM_KINDS)
+    init: str = "glorot"  # weight init: glorot (Xavier uniform, the paper) | kaiming (He normal, fan-in, ReLU gain)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     dln_depth: int = 25  # DLN: number of linear layers (paper: 25)
     dln_width: int = 10  # DLN: input, hidden and output width (paper: 10)
@@ -588,6 +589,7 @@ def validate(config: RunConfig) -> None:
     m, t, d, a = config.model, config.train, config.data, config.activations
     _require(m.kind in MODEL_KINDS, f"unknown model.kind '{m.kind}'; known: {', '.join(MODEL_KINDS)}")
     _require(m.norm in NORM_KINDS, f"unknown model.norm '{m.norm}'; known: {', '.join(NORM_KINDS)}")
+    _require(m.init in INIT_KINDS, f"unknown model.init '{m.init}'; known: {', '.join(INIT_KINDS)}")
     _require(m.cfg in VGG_CFGS, f"unknown model.cfg {m.cfg}; known: {', '.join(map(str, VGG_CFGS))}")
     _require(m.width > 0, f"model.width must be > 0, got {m.width}")
     _require(all(h > 0 for h in m.head), f"model.head widths must be > 0, got {list(m.head)}")

@@ -85,3 +85,38 @@ def test_validating_a_config_imports_no_model_code():
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('bnstudy.models')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+def test_init_kinds_are_the_ones_models_build():
+    from bnstudy import architectures
+    from bnstudy.models.inits import INITS
+
+    assert tuple(INITS) == architectures.INIT_KINDS
+
+
+def test_kaiming_init_has_variance_two_over_fan_in():
+    torch.manual_seed(0)
+    model = VGG(16, 0.5, (256, 256), "none", init="kaiming")
+    for layer in weight_layers(model)[2:]:  # layers with thousands of weights: the sample std is close
+        fan_in = layer.weight[0].numel()
+        assert layer.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.05)
+        assert not layer.bias.any()
+
+
+def test_glorot_shrinks_the_no_bn_logits_that_kaiming_keeps():
+    """Each ReLU layer halves the second moment under Glorot (fan_in = fan_out): after 15 of them the logits
+    of the no-BN VGG barely depend on the input, the plateau the quick preset shows; He init keeps the scale."""
+    x = torch.randn(64, 3, 32, 32)
+    scale = {}
+    for init in ("glorot", "kaiming"):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            scale[init] = VGG(16, 0.25, (512, 512), "none", init=init)(x).std().item()
+    assert scale["kaiming"] > 30 * scale["glorot"]
+
+
+def test_an_unknown_init_is_a_config_error():
+    from bnstudy.config import ConfigError, load_experiment, run_config
+
+    with pytest.raises(ConfigError, match="unknown model.init 'he'; known: glorot, kaiming"):
+        run_config(load_experiment("noisy-bn"), "standard", 0, "smoke", ["model.init=he"])

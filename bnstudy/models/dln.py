@@ -9,17 +9,17 @@ import torch
 from torch import nn
 
 from bnstudy.config import ModelConfig
+from bnstudy.models.inits import initialize
 from bnstudy.models.norms import make_norm
 
 
 class DLN(nn.Module):
-    def __init__(self, depth: int = 25, width: int = 10, norm: str = "none", noise=None):
+    def __init__(self, depth: int = 25, width: int = 10, norm: str = "none", noise=None, init: str = "glorot"):
         super().__init__()
         norm_args = {} if noise is None else {"noise": noise}
         self.layers = nn.ModuleList(nn.Linear(width, width, bias=False) for _ in range(depth))
         self.norms = nn.ModuleList(make_norm(norm, width, False, **norm_args) for _ in range(depth - 1))
-        for layer in self.layers:
-            nn.init.xavier_uniform_(layer.weight)  # Glorot, as in the paper
+        initialize(list(self.layers), init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, width) -> (N, width)
         for layer, norm in zip(self.layers, self.norms):
@@ -34,4 +34,4 @@ class DLN(nn.Module):
 
 
 def build_dln(cfg: ModelConfig) -> DLN:
-    return DLN(cfg.dln_depth, cfg.dln_width, cfg.norm, cfg.noise)
+    return DLN(cfg.dln_depth, cfg.dln_width, cfg.norm, cfg.noise, init=cfg.init)

@@ -12,6 +12,7 @@ from torch import nn
 
 from bnstudy.architectures import VGG_CFGS
 from bnstudy.config import ModelConfig
+from bnstudy.models.inits import initialize
 from bnstudy.models.norms import make_norm
 
 
@@ -21,7 +22,7 @@ def scaled(channels: int, width: float) -> int:
 
 class VGG(nn.Module):
     def __init__(self, cfg: int = 16, width: float = 1.0, head: tuple[int, ...] = (512, 512), norm: str = "batch",
-                 noise=None, num_classes: int = 10, in_channels: int = 3):
+                 noise=None, num_classes: int = 10, in_channels: int = 3, init: str = "glorot"):
         super().__init__()
         norm_args = {} if noise is None else {"noise": noise}
         self._preactivations: list[nn.Module] = []  # per weight layer: the module whose output feeds the ReLU
@@ -43,18 +44,11 @@ class VGG(nn.Module):
         self._preactivations.append(logits)  # the last layer has no norm and no ReLU
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(*classifier, logits)
-        self.reset_parameters()
+        initialize(weight_layers(self), init)
 
     def _block(self, layer: nn.Module, norm: nn.Module) -> list[nn.Module]:
         self._preactivations.append(norm)
         return [layer, norm, nn.ReLU()]
-
-    def reset_parameters(self) -> None:
-        """Glorot (Xavier) uniform weights and zero biases, as in the paper."""
-        for layer in weight_layers(self):
-            nn.init.xavier_uniform_(layer.weight)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
 
     def preactivation(self, k: int) -> nn.Module:
         """The module whose output is the input to the nonlinearity of weight layer #k (from 1)."""
@@ -82,4 +76,4 @@ def layer(model: nn.Module, k: int) -> nn.Module:
 
 
 def build_vgg(cfg: ModelConfig) -> VGG:
-    return VGG(cfg.cfg, cfg.width, cfg.head, cfg.norm, cfg.noise)
+    return VGG(cfg.cfg, cfg.width, cfg.head, cfg.norm, cfg.noise, init=cfg.init)
