@@ -349,10 +349,7 @@ def load_family(path: Path, family) -> tuple[dict, dict]:
         known = ", ".join(list_families(path)) or "(none)"
         raise ConfigError(f"{path}: family '{family}' does not exist (no {' or '.join(map(str, candidates))}); "
                           f"known families: {known}")
-    try:
-        raw = tomllib.loads(found.read_text())
-    except ValueError as err:  # TOMLDecodeError, not UTF-8, or an integer past Python's 4,300 digits
-        raise ConfigError(f"{path}: its family file {found} is malformed TOML: {err}") from None
+    raw = _read_toml(found, f"{path}: its family file {found} is malformed TOML")
     where = f"{path}: its family file {found}"
     unknown = sorted(set(raw) - {"base", "presets"})
     if unknown:
@@ -374,6 +371,13 @@ def load_family(path: Path, family) -> tuple[dict, dict]:
     return base, presets
 
 
+def _read_toml(path: Path, malformed: str) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except ValueError as err:  # TOMLDecodeError, not UTF-8, or an integer past Python's 4,300 digits
+        raise ConfigError(f"{malformed}: {err}") from None
+
+
 def merge_presets(family: dict, own: dict) -> dict:
     """Each preset of the experiment file deep-merged on top of the family's preset of that name."""
     return {p: deep_merge(family.get(p, {}), own.get(p, {})) for p in dict.fromkeys([*family, *own])}
@@ -381,10 +385,7 @@ def merge_presets(family: dict, own: dict) -> dict:
 
 def load_experiment(name: str) -> Experiment:
     path = experiment_path(name)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except ValueError as err:  # TOMLDecodeError, not UTF-8, or an integer past Python's 4,300 digits
-        raise ConfigError(f"{path}: malformed TOML: {err}") from None
+    raw = _read_toml(path, f"{path}: malformed TOML")
     known_top = {"name", "title", "arms", "default_arms", "presets", "base", "figures", "sweep", "family", "with"}
     unknown = sorted(set(raw) - known_top)
     if unknown:

@@ -8,10 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnstudy.config import ConfigError, RunConfig, build, config_differences
+from bnstudy.config import ConfigError, RunConfig, config_differences
 from bnstudy.recording import SCHEMAS, RecordError, RunDir, read_table
-
-FINISHED = ("complete", "diverged")
 
 
 class Results:
@@ -38,7 +36,7 @@ class Results:
         contributes to no curve, number or caption."""
         whole, left_out = [], {}
         for run in runs:
-            why = run.incomplete() if run.read_meta().get("status") in FINISHED else None
+            why = run.incomplete()
             if why:
                 left_out[str(run.path)] = f"{run.path}: {why}"
                 print(f"bnstudy: warning: left out {run.path}: {why}", file=sys.stderr)
@@ -50,10 +48,9 @@ class Results:
         """An arm's seeds are averaged together: refuse seeds that ran different configurations."""
         first: dict[str, RunConfig] = {}
         for run in runs:
-            stored = run.read_config()
-            if stored is None:
+            config = run.stored_config()
+            if config is None:
                 continue
-            config = build(RunConfig, stored)
             base = first.setdefault(run.arm, config)
             differences = config_differences(base, dataclasses.replace(config, seed=base.seed),
                                              (f"in seed {base.seed}", f"in seed {run.seed}"))

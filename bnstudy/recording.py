@@ -38,6 +38,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from bnstudy.config import RunConfig, build
 from bnstudy.errors import RecordError
 
 # Every CSV's columns, declared once. A writer refuses rows with other columns.
@@ -49,6 +50,8 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     "activations": ("step", "arm", "seed", "layer", "unit", "stat", "value"),
     "probes": ("step", "arm", "seed", "probe", "layer", "eta", "metric", "value"),
 }
+FINISHED = ("complete", "diverged")  # statuses of a run that will write nothing more
+
 # Every column's dtype, for every schema. Nullable integers: a probe row without a layer leaves it empty.
 DTYPES = {"step": "int64", "arm": "str", "seed": "int64", "split": "str", "metric": "str", "value": "float64",
           "layer": "Int64", "unit": "Int64", "stat": "str", "probe": "str", "eta": "float64"}
@@ -263,11 +266,15 @@ class RunDir:
             self.csv(name).unlink(missing_ok=True)
 
     def incomplete(self) -> str | None:
-        """Why a finished run is not whole (a file it wrote missing, or not the bytes meta.json lists), or None.
+        """Why a finished run is not whole (a file it wrote missing, or not the bytes meta.json lists), or None
+        (also for a run not finished: its files are still being written).
 
         Runs settled since tables were compressed list their files with size and SHA-256; a finish interrupted
         before that must still have every table in one form or the other."""
-        listed = self.read_meta().get("files")
+        meta = self.read_meta()
+        if meta.get("status") not in FINISHED:
+            return None
+        listed = meta.get("files")
         if not listed:
             missing = [f"{name}.csv" for name in SCHEMAS if self.table_path(name) is None]
             return f"{', '.join(missing)} missing" if missing else None
@@ -307,6 +314,12 @@ class RunDir:
             return "the folder holds a finished run's compressed tables: restore the file, or remove the folder to train again"
         return "restore the file, or remove the folder to train the run again"
 
+    def stored_config(self) -> RunConfig | None:
+        """The configuration config.json holds, rebuilt by config.build (a field added to RunConfig since the run
+        was written takes its default, which keeps the behaviour from before it existed), or None."""
+        stored = self.read_config()
+        return None if stored is None else build(RunConfig, stored)
+
     def read_config(self) -> dict | None:
         path = self.path / "config.json"
         return read_json(path, hint=self.damage_hint()) if path.exists() else None
@@ -320,7 +333,7 @@ class RunDir:
         return meta
 
     def is_finished(self) -> bool:
-        return self.read_meta().get("status") in ("complete", "diverged")
+        return self.read_meta().get("status") in FINISHED
 
     def write_config(self, config) -> None:
         atomic_write_text(self.path / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bnstudy.config import ConfigError, RunConfig, build, config_differences, load_experiment, run_config
+from bnstudy.config import ConfigError, RunConfig, config_differences, load_experiment, run_config
 from bnstudy.data import Dataset, data_kind
 from bnstudy.recording import RecordError, ResultsLock, RunDir
 from bnstudy.train import train_run
@@ -40,7 +40,7 @@ def check_run(run: RunDir, config: RunConfig) -> None:
     finished, every file."""
     check_same_config(run, config)
     check_pooled(run, config)
-    why = run.incomplete() if run.is_finished() else None
+    why = run.incomplete()
     if why:
         raise RecordError(f"{run.path}: finished, but {why}; restore it, or remove the folder to train the run again")
 
@@ -48,7 +48,7 @@ def check_run(run: RunDir, config: RunConfig) -> None:
 def check_same_config(run: RunDir, config: RunConfig) -> None:
     """A run folder belongs to one configuration: refuse to mix another into it.
 
-    The stored config is rebuilt by `build`, the loader every configuration goes through, so a field added to
+    The stored config is rebuilt by `RunDir.stored_config` (config.build, the one loader), so a field added to
     RunConfig since the run was written takes its default, which keeps the behaviour from before it existed
     (a new probe section is off); a value the run did store always decides.
     """
@@ -62,7 +62,7 @@ def check_pooled(run: RunDir, config: RunConfig) -> None:
     """Figures and claims pool an arm's seeds: a new seed must share the configuration of the seeds there."""
     for folder in sorted(run.path.parent.glob("seed-*")):
         sibling = RunDir.at(folder)
-        if folder == run.path or sibling.read_config() is None:
+        if folder == run.path or not (folder / "config.json").exists():
             continue
         differences = stored_differences(sibling, dataclasses.replace(config, seed=sibling.seed))
         if differences:
@@ -73,11 +73,9 @@ def check_pooled(run: RunDir, config: RunConfig) -> None:
 
 def stored_differences(run: RunDir, config: RunConfig) -> list[str]:
     """How `config` differs from the configuration stored in `run`'s folder ([] if none is stored)."""
-    stored = run.read_config()
-    if stored is None:
-        return []
     try:
-        return config_differences(build(RunConfig, stored), config)
+        stored = run.stored_config()
+        return [] if stored is None else config_differences(stored, config)
     except ConfigError as error:  # a field since removed, or of another type: not this configuration
         return [str(error)]
 
