@@ -123,6 +123,14 @@ class CurvatureConfig:
 
 
 @dataclass(frozen=True)
+class WeightsConfig:
+    """Per weight layer ||W||, the step's gradient, <g, W> and the norm's change; the logits' scale (beyond the
+    paper: bnstudy.probes.weights)."""
+
+    every: int = 0  # steps between records (step 0 included: the gradients at initialization); 0 = off
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     """How a run uses its device; bnstudy.backends states the policy and why. All but `deterministic` and
     `channels_last` act on CUDA alone."""
@@ -146,6 +154,7 @@ class RunConfig:
     landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
     ics: ICSConfig = field(default_factory=ICSConfig)
     curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
 
     @property
@@ -439,8 +448,12 @@ def _check_shapes(path: Path, raw: dict) -> None:
     for key, value in lists.items():
         need(isinstance(value, list) and all(isinstance(v, str) for v in value), key, "a list of strings")
     sweep = raw.get("sweep", {})
-    for key, typ, what in (("key", str, "a string"), ("label", str, "a string"), ("values", list, "a list")):
-        need(isinstance(sweep.get(key, typ()), typ), f"sweep.{key}", what)
+    for key, typ, what in (("key", str, "a string"), ("label", str, "a string"),
+                           ("values", (list, dict), "a list, or a table of lists by arm")):
+        need(isinstance(sweep.get(key, []), typ), f"sweep.{key}", what)
+    if isinstance(sweep.get("values"), dict):
+        for arm, values in sweep["values"].items():
+            need(isinstance(values, list) and values, f"sweep.values.{arm}", "a non-empty list")
 
 
 def _check_with(path: Path, name: str, together: list[str]) -> None:
@@ -467,14 +480,21 @@ def _check_names(path: Path, name, arms: dict) -> None:
 
 
 def expand_sweep(path: Path, sweep: dict, arms: dict, default_arms: list[str]) -> tuple[dict, list[str]]:
-    """[sweep] key = "train.lr", values = [...], label = "lr": every arm x every value, named e.g. 'batchnorm-lr0.1'."""
+    """[sweep] key = "train.lr", values = [...], label = "lr": every arm x every value, named e.g. 'batchnorm-lr0.1'.
+
+    values may instead be a table of lists by arm ([sweep.values] standard = [...], batchnorm = [...]): each arm
+    its own grid, e.g. learning rates around each arm's own best; every arm must have one."""
     unknown = sorted(set(sweep) - {"key", "values", "label"})
     if unknown or "key" not in sweep or not sweep.get("values"):
         raise ConfigError(f"{path}: [sweep] needs key and a non-empty values list (and optionally label)")
     label = sweep.get("label", sweep["key"].split(".")[-1])
+    grids = sweep["values"] if isinstance(sweep["values"], dict) else {arm: sweep["values"] for arm in arms}
+    if set(grids) != set(arms):
+        raise ConfigError(f"{path}: [sweep.values] must give a list for every arm and no other; arms: "
+                          f"{', '.join(arms)}; lists for: {', '.join(grids)}")
     expanded = {}
     for arm, body in arms.items():
-        for value in sweep["values"]:
+        for value in grids[arm]:
             expanded[f"{arm}-{label}{value:g}" if isinstance(value, (int, float)) else f"{arm}-{label}{value}"] = \
                 deep_merge(body, parse_override(f"{sweep['key']}={value!r}"))
     defaults = [name for name in expanded if name.rsplit("-" + label, 1)[0] in default_arms]
@@ -548,6 +568,7 @@ LIMITS: dict[str, tuple[str, float]] = {
     "curvature.k": ("eigenvalues", 64),  # ARPACK keeps 2k + 1 Lanczos vectors, each the size of the model
     "curvature.tol": ("a relative accuracy", 1.0),  # 1 already asks for no digit at all
     "curvature.max_hvps": ("Hessian-vector products", 100_000),  # each a double backward: more would run for days
+    "weights.every": ("steps", MAX_STEPS),
 }
 MAX_PROBE_STEP = 1e6  # landscape.eta_max * train.lr: a longer step sends float32 weights far past any loss surface
 
@@ -624,6 +645,7 @@ def validate(config: RunConfig) -> None:
     _require(c.every >= 0 and c.k >= 1 and c.max_hvps >= 1 and c.tol > 0,
              "curvature needs every >= 0, k >= 1, max_hvps >= 1 and tol > 0")
     _require(c.bn_mode in ("train", "eval"), f"unknown curvature.bn_mode '{c.bn_mode}'; known: train, eval")
+    _require(config.weights.every >= 0, f"weights.every must be >= 0 (0 = off), got {config.weights.every}")
     n_layers = count_weight_layers(m)
     for section, layers in (("activations", a.layers), ("ics", config.ics.layers if config.ics.every else ())):
         for layer in layers:

@@ -8,7 +8,7 @@ once; atomic writes.
                          dataset, timings, final numbers
         metrics.csv      per-step training loss/accuracy, test accuracy at intervals
         activations.csv  percentiles and moments of chosen units at chosen layers
-        probes.csv       numbers from the probes (landscape, ICS, curvature)
+        probes.csv       numbers from the probes (landscape, ICS, curvature, weights)
         checkpoint.pt    resume point (never committed)
 
 While a run is in progress its CSVs are plain text, appended to and truncated to a checkpoint's byte

@@ -27,6 +27,7 @@ from bnstudy.probes.callback import Callback, Probe, StepContext, step_seed  # n
 from bnstudy.probes.curvature import CurvatureProbe
 from bnstudy.probes.ics import ICSProbe
 from bnstudy.probes.landscape import LandscapeProbe, eta_grid
+from bnstudy.probes.weights import WeightsProbe
 from bnstudy.recording import RunDir, atomic_save, environment, fault_point, previous, read_table
 
 
@@ -96,7 +97,9 @@ def probe_callbacks(config: RunConfig, model: nn.Module) -> list:
     c = config.curvature
     if c.every:
         callbacks.append(CurvatureProbe(c.every, c.k, c.bn_mode, c.tol, c.max_hvps, config.seed))
-    # last: its hooks go on after the probes' forward passes, so it records the training forward alone
+    # last: their hooks go on after the probes' forward passes, so they record the training forward alone
+    if config.weights.every:
+        callbacks.append(WeightsProbe(config.weights.every))
     return callbacks + [ActivationRecorder({k: model.preactivation(k) for k in a.layers}, a.units, a.every, config.seed)]
 
 
@@ -248,7 +251,7 @@ def _train_run(config, run, dataset, device, callbacks, progress, backend: dict)
     run.write_config(config)
     run.update_meta(status="running", experiment=config.experiment, arm=config.arm, seed=config.seed,
                     preset=config.preset, dataset=dataset.name, environment=environment(device), backend=backend,
-                    norm=config.model.norm, lr=config.train.lr, model=config.model.kind, steps=config.train.steps)
+                    norm=config.model.norm, init=config.model.init, lr=config.train.lr, model=config.model.kind, steps=config.train.steps)
     callbacks = list(callbacks or []) + probe_callbacks(config, state.model)
     diverged = _loop(config, run, dataset, state, logs, callbacks, progress)
     return _finish(config, run, dataset, state, logs, diverged)
