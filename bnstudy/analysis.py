@@ -53,17 +53,84 @@ CHANCE = 0.1  # CIFAR-10: ten balanced classes
 TRAINS_MARGIN = 0.1  # "still trains": final training accuracy at least this far above chance
 
 
+def arm_kind(meta: pd.DataFrame) -> pd.Series:
+    """What a run is apart from its LR and seed: its norm and its init, e.g. 'none, kaiming'."""
+    init = meta["init"] if "init" in meta else pd.Series("glorot", index=meta.index)
+    return meta.norm + ", " + init.fillna("glorot")
+
+
 def sweep_table(meta: pd.DataFrame) -> pd.DataFrame:
-    """One row per run of a learning-rate sweep: norm, lr, seed, final training accuracy, whether it trains."""
+    """One row per run of a learning-rate sweep: kind (norm, init), lr, seed, final training accuracy, whether
+    it trains, and `scored`: that accuracy with a diverged run counted as chance."""
     table = meta[["arm", "seed", "norm", "lr", "status", "diverged_at", "final_train_acc_last100"]].copy()
+    table["kind"] = arm_kind(meta)
+    table["init"] = meta["init"] if "init" in meta else "glorot"
     table["trains"] = (table.status == "complete") & (table.final_train_acc_last100 >= CHANCE + TRAINS_MARGIN)
-    return table.sort_values(["norm", "lr", "seed"])
+    table["scored"] = table.final_train_acc_last100.where(table.status == "complete", CHANCE)
+    return table.sort_values(["kind", "lr", "seed"])
 
 
 def largest_trainable_lr(table: pd.DataFrame) -> pd.Series:
-    """Per norm: the largest LR at which every seed still trains (NaN where none does)."""
-    per_lr = table.groupby(["norm", "lr"]).trains.all().reset_index()
-    return per_lr[per_lr.trains].groupby("norm").lr.max().reindex(table.norm.unique())
+    """Per kind (norm, init): the largest LR at which every seed still trains (NaN where none does)."""
+    per_lr = table.groupby(["kind", "lr"]).trains.all().reset_index()
+    return per_lr[per_lr.trains].groupby("kind").lr.max().reindex(table.kind.unique())
+
+
+def best_lr(table: pd.DataFrame) -> pd.Series:
+    """Per kind: the LR whose training accuracy (last 100 steps, diverged = chance), averaged over seeds, is highest:
+    one LR per kind for every seed, so a seed's luck does not pick its own LR."""
+    mean = table.groupby(["kind", "lr"]).scored.mean().reset_index()
+    return mean.loc[mean.groupby("kind").scored.idxmax()].set_index("kind").lr
+
+
+# ----------------------------------------------------------------------------------------------
+# The weights probe (bnstudy.probes.weights) and the training curve's first steps
+# ----------------------------------------------------------------------------------------------
+BN_KINDS = ("batch", "noisy-batch")  # norms that make the weight layer before them scale-invariant
+
+
+def weights_summary(probes: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
+    """One row per (arm, seed, step, layer >= 1) of the weights probe, with the run's LR and norm and
+    eff_step = eta ||g|| / ||W||, cosine = cos(g, W), identity_error = |(||W'||^2 - ||W||^2) - eta^2 ||g||^2| /
+    (eta^2 ||g||^2) (Arora et al.), and scale_invariant: the layer is followed by BN (every layer but the last of
+    a BN network)."""
+    rows = probes[(probes.probe == "weights") & (probes.layer >= 1)]
+    table = rows.pivot_table(index=["arm", "seed", "step", "layer"], columns="metric", values="value").reset_index()
+    table = table.merge(meta[["arm", "seed", "lr", "norm"]], on=["arm", "seed"])
+    squared_step = table.lr ** 2 * table.grad_norm ** 2
+    last = table.groupby(["arm", "seed"]).layer.transform("max")
+    return table.assign(eff_step=table.lr * table.grad_norm / table.w_norm,
+                        cosine=table.grad_dot_w / (table.grad_norm * table.w_norm),
+                        identity_error=(table.sq_norm_change - squared_step).abs() / squared_step,
+                        scale_invariant=table.norm.isin(BN_KINDS) & (table.layer < last))
+
+
+def weights_per_step(weights: pd.DataFrame) -> pd.DataFrame:
+    """Per (arm, seed, step): the mean effective step over the layers before a norm (all but the last: the ones
+    BN makes scale-invariant, where it has BN), the median identity error over the scale-invariant ones, and
+    ||W|| / ||W_0|| over every weight layer taken as one vector."""
+    hidden = weights[weights.layer < weights.groupby(["arm", "seed"]).layer.transform("max")]
+    keys = ["arm", "seed", "step"]
+    table = hidden.groupby(keys).eff_step.mean().to_frame()
+    table["identity_error"] = weights[weights.scale_invariant].groupby(keys).identity_error.median()
+    total = (weights.w_norm ** 2).groupby([weights[k] for k in keys]).sum() ** 0.5
+    table["w_norm_ratio"] = total / total.groupby(level=["arm", "seed"]).transform("first")
+    return table.reset_index()
+
+
+LEAVES_CHANCE = CHANCE + 0.05  # "left chance": the recent training accuracy at least 5 points above chance
+LEAVES_WINDOW = 10  # steps averaged (1,280 examples at batch 128: chance's 10% has a standard error of 0.8 points)
+
+
+def left_chance_at(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per run, the first step at which the mean training accuracy over the last LEAVES_WINDOW steps is at least
+    LEAVES_CHANCE (NaN if never)."""
+    acc = metrics[(metrics.split == "train") & (metrics.metric == "acc")].sort_values("step")
+    rolling = acc.groupby(["arm", "seed"]).value.transform(lambda v: v.rolling(LEAVES_WINDOW).mean())
+    above = acc[rolling >= LEAVES_CHANCE]
+    first = above.groupby(["arm", "seed"]).step.min().rename("left_chance_at")
+    runs = acc[["arm", "seed"]].drop_duplicates().set_index(["arm", "seed"])
+    return runs.join(first).reset_index()
 
 
 def moment_changes(acts: pd.DataFrame) -> pd.DataFrame:
@@ -88,7 +155,7 @@ def moment_changes(acts: pd.DataFrame) -> pd.DataFrame:
 
 def run_summary(meta: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per arm x seed with the numbers the claims use."""
-    keep = ["arm", "seed", "norm", "lr", "preset", "dataset", "status", "diverged_at", "steps_done", "wall_time_s",
+    keep = ["arm", "seed", "norm", "init", "lr", "steps", "preset", "dataset", "status", "diverged_at", "steps_done", "wall_time_s",
             "final_train_acc_last100", "final_test_acc", "final_test_acc_recal", "final_train_loss"]
     summary = meta[[c for c in keep if c in meta]].copy()
     probes, acts = tables["probes"], tables["activations"]
@@ -97,13 +164,21 @@ def run_summary(meta: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.DataF
         land["loss_ratio"] = land.loss_max / land.loss_min
         summary = summary.merge(phase_medians(land, ["grad_diff_max", "beta_eff", "loss_ratio"]), on=["arm", "seed"],
                                 how="left")
+        summary = summary.merge(land.groupby(["arm", "seed"]).beta_eff.median().rename("beta_eff_median").reset_index(),
+                                on=["arm", "seed"], how="left")
     if (probes.probe == "ics").any():
         ics = probes[probes.probe == "ics"].groupby(["arm", "seed", "layer", "metric"]).value.median().unstack(["metric", "layer"])
         ics.columns = [f"ics_{metric}_median_L{layer}" for metric, layer in ics.columns]
         summary = summary.merge(ics.reset_index(), on=["arm", "seed"], how="left")
     if (probes.probe == "curvature").any():
-        summary = summary.merge(phase_medians(curvature_summary(probes, meta), ["lambda_max"]), on=["arm", "seed"],
-                                how="left")
+        curv = curvature_summary(probes, meta).assign(eta_lambda=lambda d: d.lr * d.lambda_max)
+        summary = summary.merge(phase_medians(curv, ["lambda_max", "eta_lambda"]), on=["arm", "seed"], how="left")
+    if (probes.probe == "weights").any():
+        per_step = weights_per_step(weights_summary(probes, meta))
+        identity = per_step.groupby(["arm", "seed"]).identity_error.median().rename("identity_error_median")
+        summary = summary.merge(phase_medians(per_step, ["eff_step"]).merge(identity.reset_index(), on=["arm", "seed"]),
+                                on=["arm", "seed"], how="left")
+        summary = summary.merge(left_chance_at(tables["metrics"]), on=["arm", "seed"], how="left")
     if len(acts):
         changes = moment_changes(acts).groupby(["arm", "seed", "layer"])[["d_mean", "d_var"]].mean().unstack("layer")
         changes.columns = [f"{metric}_L{layer}" for metric, layer in changes.columns]

@@ -450,7 +450,7 @@ def _check_shapes(path: Path, raw: dict) -> None:
     sweep = raw.get("sweep", {})
     for key, typ, what in (("key", str, "a string"), ("label", str, "a string"),
                            ("values", (list, dict), "a list, or a table of lists by arm")):
-        need(isinstance(sweep.get(key, []), typ), f"sweep.{key}", what)
+        need(key not in sweep or isinstance(sweep[key], typ), f"sweep.{key}", what)
     if isinstance(sweep.get("values"), dict):
         for arm, values in sweep["values"].items():
             need(isinstance(values, list) and values, f"sweep.values.{arm}", "a non-empty list")

@@ -18,8 +18,9 @@ import seaborn as sns  # noqa: E402
 from PIL import Image  # noqa: E402  (matplotlib's own dependency)
 from scipy import stats  # noqa: E402
 
-from bnstudy.analysis import (CHANCE, TRAINS_MARGIN, curvature_summary, landscape_summary,  # noqa: E402
-                              largest_trainable_lr, moment_changes, sweep_table)
+from bnstudy.analysis import (CHANCE, TRAINS_MARGIN, best_lr, curvature_summary, landscape_summary,  # noqa: E402
+                              largest_trainable_lr, moment_changes, run_summary, sweep_table, weights_per_step,
+                              weights_summary)
 from bnstudy.config import load_experiment  # noqa: E402
 from bnstudy.recording import atomic_write_bytes  # noqa: E402
 from bnstudy.reading import Results  # noqa: E402
@@ -279,19 +280,19 @@ def test_curves(results: Results, order: tuple[str, ...] = ()):
 
 
 def lr_sweep(results: Results, order: tuple[str, ...] = ()):
-    """Final training accuracy against learning rate per norm; crosses where a run diverged."""
+    """Final training accuracy against learning rate per kind (norm, init); crosses where a run diverged."""
     table = sweep_table(results.meta)
     largest = largest_trainable_lr(table)
-    norms = list(dict.fromkeys(table.norm))
-    palette = dict(zip(norms, sns.color_palette("colorblind", len(norms))))
+    kinds = list(dict.fromkeys(table.kind))
+    palette = dict(zip(kinds, sns.color_palette("colorblind", len(kinds))))
     fig, ax = plt.subplots(figsize=(8, 5))
-    labels = {n: f"{n} (trains up to LR {largest[n]:g})" if pd.notna(largest[n]) else f"{n} (never trains)"
-              for n in norms}
-    trained = table[table.status == "complete"].assign(norm=lambda d: d.norm.map(labels))
-    sns.lineplot(trained, x="lr", y="final_train_acc_last100", hue="norm", hue_order=[labels[n] for n in norms],
-                 palette=[palette[n] for n in norms], errorbar=ERRORBAR, marker="o", ax=ax)
+    labels = {k: f"{k} init (trains up to LR {largest[k]:g})" if pd.notna(largest[k]) else f"{k} init (never trains)"
+              for k in kinds}
+    trained = table[table.status == "complete"].assign(kind=lambda d: d.kind.map(labels))
+    sns.lineplot(trained, x="lr", y="final_train_acc_last100", hue="kind", hue_order=[labels[k] for k in kinds],
+                 palette=[palette[k] for k in kinds], errorbar=ERRORBAR, marker="o", ax=ax)
     for _, run in table[table.status == "diverged"].iterrows():
-        ax.plot([run.lr], [CHANCE], marker="x", markersize=12, mew=3, color=palette[run.norm], linestyle="none")
+        ax.plot([run.lr], [CHANCE], marker="x", markersize=12, mew=3, color=palette[run.kind], linestyle="none")
     ax.axhline(CHANCE + TRAINS_MARGIN, color="0.5", ls=":", lw=1, label="chance + 10 points")
     ax.set(xscale="log", xlabel="learning rate (constant, plain SGD)", ylabel="training accuracy, last 100 steps",
            ylim=(0, 1))
@@ -326,9 +327,124 @@ def curvature(results: Results, order: tuple[str, ...] = ()):
                    results.caption() + f" | Lanczos, median {hvps:.0f} Hessian-vector products per probe")
 
 
+# ----------------------------------------------------------------------------------------------
+# The controls experiment: kinds (norm, init), each at its own grid of LRs
+# ----------------------------------------------------------------------------------------------
+def controls_runs(results: Results) -> pd.DataFrame:
+    """One row per run: kind, init, lr, whether it trains, whether its LR is its kind's best, and its LR over the
+    kind's largest LR that trains (eta / eta_max; NaN where the kind never trains)."""
+    table = sweep_table(results.meta)
+    best, largest = best_lr(table), largest_trainable_lr(table)
+    return table.assign(best=table.lr == table.kind.map(best), eta_ratio=table.lr / table.kind.map(largest))
+
+
+def _kind_palette(kinds) -> dict:
+    return dict(zip(sorted(kinds), sns.color_palette("colorblind", len(set(kinds)))))
+
+
+def controls_training(results: Results, order: tuple[str, ...] = ()):
+    """Training accuracy and loss of each kind at its own best LR, one column per init."""
+    runs = controls_runs(results)
+    best = runs[runs.best].assign(label=lambda d: d.norm + " (best LR " + d.lr.map("{:g}".format) + ")")
+    data = smoothed_training(results.tables["metrics"]).merge(best[["arm", "seed", "init", "label"]], on=["arm", "seed"])
+    inits = sorted(best.init.unique())
+    fig, axes = plt.subplots(2, len(inits), figsize=(6 * len(inits), 8), squeeze=False, sharex=True)
+    for j, init in enumerate(inits):
+        for i, metric in enumerate(("acc", "loss")):
+            sub = data[(data.init == init) & (data.metric == metric)]
+            sns.lineplot(sub, x="step", y="value", hue="label", hue_order=sorted(sub.label.unique()),
+                         errorbar=ERRORBAR, ax=axes[i][j])
+            axes[i][j].set(title=f"{init} init" if i == 0 else None, ylabel=TRAIN_LABELS[metric],
+                           yscale="log" if metric == "loss" else "linear", xlabel="training step" if i else None)
+            axes[i][j].legend(title=None, fontsize=8)
+    return _finish(fig, f"{results.experiment}: training at each arm's own best LR", results.caption())
+
+
+def controls_smoothness(results: Results, order: tuple[str, ...] = ()):
+    """beta_eff (run median) and early gradient change against eta / eta_max, one line per kind."""
+    runs = controls_runs(results)
+    summary = run_summary(results.meta, results.tables).merge(runs[["arm", "seed", "kind", "eta_ratio"]],
+                                                              on=["arm", "seed"])
+    shown = summary[summary.eta_ratio.notna()]
+    never = sorted(set(summary.kind) - set(shown.kind))
+    palette = _kind_palette(summary.kind)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    for ax, column, ylabel in ((axes[0], "beta_eff_median", "β_eff, median over the run's probes"),
+                               (axes[1], "early_grad_diff_max", "‖∇L(w−ηg)−g‖, early median of max over η")):
+        if shown.empty:
+            ax.text(0.5, 0.5, "no arm trains at any of its LRs", ha="center", va="center", transform=ax.transAxes)
+        else:
+            sns.lineplot(shown, x="eta_ratio", y=column, hue="kind", palette=palette, errorbar=ERRORBAR, marker="o",
+                         ax=ax)
+            ax.legend(title=None, fontsize=8)
+        ax.axvline(1, color="0.5", ls=":", lw=1)
+        ax.set(xscale="log", yscale="log", xlabel="η / η_max (the arm's largest LR that trains)", ylabel=ylabel)
+    note = f" | left out, never trains: {', '.join(never)}" if never else ""
+    return _finish(fig, f"{results.experiment}: smoothness against each arm's own LR scale", results.caption() + note)
+
+
+def controls_sharpness(results: Results, order: tuple[str, ...] = ()):
+    """eta * lambda_max over training against the stability line at 2, one panel per kind, one line per LR."""
+    runs = controls_runs(results)
+    table = curvature_summary(results.tables["probes"], results.meta).merge(runs[["arm", "seed", "kind"]],
+                                                                           on=["arm", "seed"])
+    table = table.assign(eta_lambda=table.lr * table.lambda_max, LR=table.lr.map("{:g}".format))
+    kinds = sorted(table.kind.unique())
+    columns = min(2, len(kinds))
+    rows = -(-len(kinds) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.4 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(kinds):]:
+        ax.set_visible(False)
+    for ax, kind in zip(axes.flat, kinds):
+        sub = table[table.kind == kind].sort_values("lr")
+        sns.lineplot(sub, x="step", y="eta_lambda", hue="LR", palette="viridis", errorbar=ERRORBAR, marker="o", ax=ax)
+        ax.axhline(2, color="0.2", ls="--", lw=1.2, label="2 (stability edge)")
+        ax.set(title=kind, xlabel="training step", ylabel="η · λ_max", yscale="log")
+        ax.legend(title="LR", fontsize=7)
+    return _finish(fig, f"{results.experiment}: sharpness against the stability edge, η·λ_max = 2", results.caption())
+
+
+def controls_weights(results: Results, order: tuple[str, ...] = ()):
+    """Effective step and total weight norm over training, each kind at its best LR."""
+    runs = controls_runs(results)
+    best = runs[runs.best].assign(label=lambda d: d.kind + " (LR " + d.lr.map("{:g}".format) + ")")
+    per_step = weights_per_step(weights_summary(results.tables["probes"], results.meta)).merge(
+        best[["arm", "seed", "label"]], on=["arm", "seed"])
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    for ax, column, ylabel, log in ((axes[0], "eff_step", "η‖g‖/‖W‖, mean over layers before a norm", True),
+                                    (axes[1], "w_norm_ratio", "‖W_t‖ / ‖W_0‖, all weight layers", False)):
+        sns.lineplot(per_step, x="step", y=column, hue="label", hue_order=sorted(per_step.label.unique()),
+                     errorbar=ERRORBAR, ax=ax)
+        ax.set(xlabel="training step", ylabel=ylabel, yscale="log" if log else "linear")
+        ax.legend(title=None, fontsize=8)
+    return _finish(fig, f"{results.experiment}: effective step and weight norm, each arm at its best LR",
+                   results.caption())
+
+
+def controls_init(results: Results, order: tuple[str, ...] = ()):
+    """Per-layer gradient norms at step 0 (the same for every LR of a kind and seed), and the logits' scale."""
+    runs = controls_runs(results)
+    first = runs[runs.best][["arm", "seed", "kind"]]
+    probes = results.tables["probes"].query("probe == 'weights' and step == 0")
+    grads = weights_summary(probes, results.meta).merge(first, on=["arm", "seed"])
+    logits = probes[probes.metric == "logit_std"].merge(first, on=["arm", "seed"]).groupby("kind").value.mean()
+    grads["label"] = grads.kind.map(lambda k: f"{k} (logit std {logits.get(k, np.nan):.3g})")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    for ax, column, ylabel in ((axes[0], "grad_norm", "‖g‖ at step 0"),
+                               (axes[1], "eff_step", "η‖g‖/‖W‖ at step 0 (the best LR's η)")):
+        sns.lineplot(grads, x="layer", y=column, hue="label", hue_order=sorted(grads.label.unique()),
+                     errorbar=ERRORBAR, marker="o", ax=ax)
+        ax.set(xlabel="weight layer (1 = input)", ylabel=ylabel, yscale="log")
+        ax.legend(title=None, fontsize=8)
+    return _finish(fig, f"{results.experiment}: gradients at initialization, per layer", results.caption() +
+                   " | logit std: standard deviation of the outputs on the first batch")
+
+
 FIGURES = {"training": training_curves, "activations": activation_distributions, "moments": moments,
            "landscape": landscape, "grad_vs_eta": grad_diff_vs_eta, "ics": ics, "test": test_curves,
-           "lr_sweep": lr_sweep, "curvature": curvature}
+           "lr_sweep": lr_sweep, "curvature": curvature, "controls_training": controls_training,
+           "controls_smoothness": controls_smoothness, "controls_sharpness": controls_sharpness,
+           "controls_weights": controls_weights, "controls_init": controls_init}
 
 
 def plot_experiment(experiment: str, results_dir: str = "results") -> list[Path]:

@@ -25,10 +25,20 @@ class Results:
         if not runs:
             raise RecordError(f"no whole run of '{experiment}' under {self.root}: " + "; ".join(self.left_out.values()))
         self._check_pooled(runs)
-        self.meta = pd.DataFrame([run.read_meta() for run in runs])
+        self.meta = pd.DataFrame([self._with_init(run) for run in runs])
         tables = {name: self._concat(runs, name) for name in SCHEMAS}
         self.non_finite = self._non_finite_notes(tables)
         self.tables = {name: table[np.isfinite(table.value.astype(float))] for name, table in tables.items()}
+
+    @staticmethod
+    def _with_init(run: RunDir) -> dict:
+        """meta.json, with the model's init taken from config.json where meta.json predates it (those runs all
+        used the paper's Glorot init: RunConfig's default)."""
+        meta = run.read_meta()
+        if "init" not in meta:
+            config = run.stored_config()
+            meta["init"] = config.model.init if config is not None else RunConfig().model.init
+        return meta
 
     @staticmethod
     def _whole_runs(runs: list[RunDir]) -> tuple[list[RunDir], dict[str, str]]:

@@ -46,7 +46,7 @@ def test_sweep_table_and_largest_trainable_lr():
     ])
     table = sweep_table(meta)
     largest = largest_trainable_lr(table)
-    assert largest["none"] == 0.1 and largest["batch"] == 1.0 and math.isnan(largest["noise-only"])
+    assert largest["none, glorot"] == 0.1 and largest["batch, glorot"] == 1.0 and math.isnan(largest["noise-only, glorot"])
 
 
 def test_sweep_expands_arms_by_value():
@@ -54,7 +54,7 @@ def test_sweep_expands_arms_by_value():
     assert "batchnorm-lr0.5" in exp.arms and "standard-lr2" in exp.arms
     assert exp.arms["batchnorm-lr0.5"] == {"model": {"norm": "batch"}, "train": {"lr": 0.5}}
     assert all(a.startswith(("standard-", "batchnorm-")) for a in exp.arms_for("quick"))
-    assert len(exp.arms_for("quick")) == 16
+    assert len(exp.arms_for("quick")) == 24  # standard, batchnorm and standard-kaiming x 8 LRs
 
 
 def test_curvature_rows_take_the_runs_lr_from_meta_not_from_eta():

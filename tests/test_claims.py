@@ -187,3 +187,97 @@ def test_a_query_that_matches_two_runs_of_a_seed_is_not_guessed():
     doubled = pd.concat([lr, lr[lr.arm == "batchnorm-lr0.1"].assign(arm="batchnorm-again")])
     verdict = evaluate(next(c for c in CLAIMS if c.number == "1"), {"lr": doubled})
     assert verdict.verdict == NOT_MEASURED and "several runs of one seed have norm = batch, lr = 0.1" in verdict.measured
+
+
+# ----------------------------------------------------------------------------------------------
+# Claim 12 (controls): arms by norm and init, each at its own LR grid
+# ----------------------------------------------------------------------------------------------
+GRIDS = {("none", "glorot"): (0.01, 0.03, 0.1), ("none", "kaiming"): (0.003, 0.01, 0.03),
+         ("batch", "glorot"): (0.01, 0.03, 0.1, 1.0), ("batch", "kaiming"): (0.01, 0.03, 0.1, 1.0)}
+WORD = {"none": "standard", "batch": "batchnorm"}
+
+
+def controls(values, seeds=(0, 1)) -> dict:
+    """A controls summary: every (norm, init, lr) of GRIDS for every seed. `values(norm, init, lr, seed)` -> the
+    run's columns; defaults: completes, trains best at the middle of its grid, and every probe column filled."""
+    rows = []
+    for (norm, init), grid in GRIDS.items():
+        for lr in grid:
+            for seed in seeds:
+                base = {"arm": f"{WORD[norm]}-{init}-lr{lr:g}", "seed": seed, "norm": norm, "init": init, "lr": lr,
+                        "steps": 500, "preset": "quick", "dataset": "CIFAR-10 (test)", "status": "complete",
+                        "diverged_at": None, "final_train_acc_last100": 0.5 if lr == grid[1] else 0.3,
+                        "left_chance_at": 10.0, "early_grad_diff_max": 1.0, "beta_eff_median": 1.0,
+                        "late_eta_lambda": 1.9, "identity_error_median": 0.001, "early_eff_step": 0.1,
+                        "late_eff_step": 0.05}
+                rows.append(base | values(norm, init, lr, seed))
+    return {"controls": pd.DataFrame(rows)}
+
+
+def same(norm, init, lr, seed):
+    return {}
+
+
+def test_claim_12a_kaiming_no_bn_leaves_chance_early_at_its_best_lr():
+    assert check("12a (ours)", controls(same)) == HOLDS  # step 10 of 500: 2%
+    late = lambda norm, init, lr, seed: {"left_chance_at": 40.0} if (norm, init, lr) == ("none", "kaiming", 0.01) else {}
+    assert check("12a (ours)", controls(late)) == FAILS  # 8% at its best LR
+    elsewhere = lambda norm, init, lr, seed: {"left_chance_at": 40.0} if (norm, init, lr) == ("none", "kaiming", 0.03) else {}
+    assert check("12a (ours)", controls(elsewhere)) == HOLDS  # not its best LR: not what the rule reads
+    never = lambda norm, init, lr, seed: ({"left_chance_at": float("nan")}
+                                          if (norm, init, lr, seed) == ("none", "kaiming", 0.01, 1) else {})
+    assert check("12a (ours)", controls(never)) == FAILS
+
+
+def test_claim_12a_best_lr_is_one_per_arm_and_a_diverged_run_counts_as_chance():
+    # seed 1 would pick 0.03, but the mean over seeds picks 0.01: both seeds are judged at 0.01
+    luck = lambda norm, init, lr, seed: ({"final_train_acc_last100": 0.6, "left_chance_at": 100.0}
+                                         if (norm, init, lr, seed) == ("none", "kaiming", 0.03, 1) else
+                                         {"left_chance_at": 100.0} if (norm, init, lr) == ("none", "kaiming", 0.03) else {})
+    assert check("12a (ours)", controls(luck)) == HOLDS
+    diverged = lambda norm, init, lr, seed: ({"status": "diverged", "final_train_acc_last100": 0.9}
+                                             if (norm, init, lr) == ("none", "kaiming", 0.03) else
+                                             {"left_chance_at": 100.0} if (norm, init, lr) == ("none", "kaiming", 0.01)
+                                             else {})
+    assert check("12a (ours)", controls(diverged)) == FAILS  # 0.9 before diverging does not make 0.03 the best
+
+
+def test_claim_12b_needs_both_inits():
+    bn_smooth = lambda norm, init, lr, seed: {"early_grad_diff_max": 0.2} if norm == "batch" else {}
+    assert check("12b (ours)", controls(bn_smooth)) == HOLDS  # 5x
+    only_glorot = lambda norm, init, lr, seed: {"early_grad_diff_max": 0.2} if (norm, init) == ("batch", "glorot") else {}
+    assert check("12b (ours)", controls(only_glorot)) == FAILS
+
+
+def test_claim_12c_ratio_grows_toward_no_bn_largest_stable_lr():
+    def growing(norm, init, lr, seed):
+        # standard stops training above the middle of its grid: its largest stable LR is grid[1]
+        stops = {"final_train_acc_last100": 0.1} if norm == "none" and lr > GRIDS[(norm, init)][1] else {}
+        return stops | ({"beta_eff_median": 10 * lr} if norm == "none" else {"beta_eff_median": 0.01})
+    assert check("12c (ours)", controls(growing)) == HOLDS
+    shrinking = lambda norm, init, lr, seed: growing(norm, init, lr, seed) | (
+        {"beta_eff_median": 1 / lr} if norm == "none" else {})
+    assert check("12c (ours)", controls(shrinking)) == FAILS
+    never = lambda norm, init, lr, seed: {"final_train_acc_last100": 0.1} if norm == "none" else {}
+    assert check("12c (ours)", controls(never)) == NOT_MEASURED  # no init where standard trains at 2 shared LRs
+
+
+def test_claim_12d_every_run_that_trains_settles_below_2_2():
+    assert check("12d (ours)", controls(same)) == HOLDS
+    above = lambda norm, init, lr, seed: {"late_eta_lambda": 2.5} if (norm, lr, seed) == ("batch", 1.0, 1) else {}
+    assert check("12d (ours)", controls(above)) == FAILS
+    untrained = lambda norm, init, lr, seed: ({"late_eta_lambda": 2.5, "final_train_acc_last100": 0.15}
+                                              if (norm, lr, seed) == ("batch", 1.0, 1) else {})
+    assert check("12d (ours)", controls(untrained)) == HOLDS  # a run that does not train is not judged
+    unconverged = lambda norm, init, lr, seed: {"late_eta_lambda": float("nan")} if (norm, lr) == ("none", 0.01) else {}
+    assert check("12d (ours)", controls(unconverged)) == FAILS  # no eigenvalue: not shown to settle
+
+
+def test_claim_12e_identity_and_falling_effective_step():
+    assert check("12e (ours)", controls(same)) == HOLDS
+    off = lambda norm, init, lr, seed: {"identity_error_median": 0.02} if (norm, lr) == ("batch", 0.03) else {}
+    assert check("12e (ours)", controls(off)) == FAILS
+    rises = lambda norm, init, lr, seed: {"late_eff_step": 0.2} if (norm, init, lr) == ("batch", "kaiming", 1.0) else {}
+    assert check("12e (ours)", controls(rises)) == FAILS
+    no_bn = lambda norm, init, lr, seed: {"identity_error_median": float("nan"), "late_eff_step": 0.2} if norm == "none" else {}
+    assert check("12e (ours)", controls(no_bn)) == HOLDS  # the identity is BN's: runs without it are not judged
