@@ -26,6 +26,7 @@ from bnstudy.probes.curvature import top_eigenvalues
 from bnstudy.probes.functional import difference_norm
 from bnstudy.probes.ics import gradient_shift
 from bnstudy.probes.landscape import along_gradient
+from bnstudy.probes.weights import WeightsProbe
 from bnstudy.recording import atomic_write_text
 from bnstudy.train import RunState, run_step
 
@@ -97,13 +98,13 @@ class _NoLog:
         pass
 
 
-def our_step(state: RunState, dataset: Dataset, config: RunConfig):
-    """The training loop's step itself (train.run_step, no callbacks): next indices, gather, SGD step, and the
-    pending metrics turned into rows at each log interval (one host sync), as `config.train` sets them."""
-    task, logs = data_kind(config.data.dataset).task, {"metrics": _NoLog()}
+def our_step(state: RunState, dataset: Dataset, config: RunConfig, callbacks: tuple = ()):
+    """The training loop's step itself (train.run_step, no callbacks unless given): next indices, gather, SGD step,
+    and the pending metrics turned into rows at each log interval (one host sync), as `config.train` sets them."""
+    task, logs = data_kind(config.data.dataset).task, {"metrics": _NoLog(), "probes": _NoLog()}
 
     def step():
-        run_step(state, dataset, task, config, logs, callbacks=[])
+        run_step(state, dataset, task, config, logs, callbacks=list(callbacks))
     return step
 
 
@@ -184,6 +185,11 @@ def policy_rows(device: torch.device, data_dir: Path | None, width: float, batch
     t_ours = seconds(our_step(state, dataset, bench_config(data, batch)), min_run_time)
     rows.append(Row("training steps/s, ours / bare step on a pre-made batch", t_bare / t_ours, "ratio",
                     *_target(t_bare / t_ours, ">=", 0.95), f"bare {1 / t_bare:.2f} steps/s, ours {1 / t_ours:.2f}"))
+    t_records = seconds(our_step(state, dataset, bench_config(data, batch), [WeightsProbe(every=1)]), min_run_time)
+    extra = t_records / t_ours - 1
+    rows.append(Row("weights probe at every step: extra time / training step", extra, "fraction",
+                    *_target(extra, "<=", 0.03), f"{(t_records - t_ours) * 1e3:.2f} ms a step; the controls quick "
+                                                 f"preset records every 10th step: {extra / 10:.2%} of training"))
 
     images = (dataset.train_x.cpu().numpy() * 60 + 120).clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
     loader = torch.utils.data.DataLoader(PerImageDataset(images, dataset.train_y.cpu().numpy()), batch_size=batch,

@@ -67,3 +67,21 @@ def test_bench_says_which_data_it_measured_on(tmp_path, capsys):
     header = capsys.readouterr().out.splitlines()[:2]
     assert "data synthetic images (tests only)" in header[0]
     assert header[1].startswith(f"note: no usable CIFAR-10 under {tmp_path / 'no-data'}")
+
+
+def test_bench_times_the_weights_probe_inside_the_loops_step():
+    """The weights probe's cost row runs the probe as the loop does: before and after one real step, rows made."""
+    from bnstudy import train
+    from bnstudy.data import BatchOrder
+    from bnstudy.probes.weights import WeightsProbe
+
+    dataset, model, data = bench.bench_setup(torch.device("cpu"), Path("/nonexistent"), 0.0625)
+    state = train.RunState(model, torch.optim.SGD(model.parameters(), lr=0.01), BatchOrder(dataset.train_size, 8, 0))
+    made = []
+    probe = WeightsProbe(every=1)
+    after = probe.after_step
+    probe.after_step = lambda ctx: (lambda rows: made.append(rows) or rows)(after(ctx))
+    step = bench.our_step(state, dataset, bench.bench_config(data, 8), [probe])
+    step()
+    step()
+    assert len(made) == 2 and len(made[1]["probes"]) == 16 * 4 + 1  # VGG-16: 16 layers x 4 metrics + the logits
