@@ -66,3 +66,22 @@ def test_curvature_rows_take_the_runs_lr_from_meta_not_from_eta():
     table = curvature_summary(probes, meta)
     assert len(table) == 4 and dict(zip(table.arm, table.lr)) == {"a": 0.1, "b": 0.01}
     assert (table.lambda_max == 3.0).all()
+
+
+def test_runs_from_before_init_was_recorded_read_their_init_from_config_json(tmp_path):
+    import json
+
+    from bnstudy.cli import main
+    from bnstudy.reading import Results
+
+    for init in ("glorot", "kaiming"):
+        results = tmp_path / init
+        assert main(["run", "noisy-bn", "--preset", "smoke", "--arms", "standard", "--results-dir", str(results),
+                     "--no-progress", "--set", "data.dataset=synthetic", "--set", "train.steps=2",
+                     "--set", f"model.init={init}"]) == 0
+        meta_path = results / "noisy-bn" / "standard" / "seed-0" / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        assert meta["init"] == init
+        del meta["init"]  # as every run written before this field was
+        meta_path.write_text(json.dumps(meta))
+        assert list(Results(results, "noisy-bn").meta.init) == [init]

@@ -192,3 +192,38 @@ def test_a_missing_or_broken_family_is_one_sentence_naming_the_file(tmp_path, fa
         load_experiment(path)
     message = str(caught.value)
     assert message.startswith(f"{path}: ") and words.format(tmp=tmp_path) in message and "\n" not in message
+
+
+def test_a_sweep_can_give_each_arm_its_own_grid(tmp_path):
+    from bnstudy.config import load_experiment
+
+    path = tmp_path / "grid.toml"
+    head = 'name = "grid"\n[arms.a.model]\nnorm = "none"\n[arms.b.model]\nnorm = "batch"\n[sweep]\nkey = "train.lr"\n'
+    path.write_text(head + '[sweep.values]\na = [0.01, 0.03]\nb = [0.1, 1.0, 3.0]\n')
+    exp = load_experiment(str(path))
+    assert list(exp.arms) == ["a-lr0.01", "a-lr0.03", "b-lr0.1", "b-lr1", "b-lr3"]
+    assert run_config(exp, "b-lr3", 0, "smoke").train.lr == 3.0 and run_config(exp, "a-lr0.03", 0, "smoke").model.norm == "none"
+    path.write_text(head + '[sweep.values]\na = [0.01]\n')
+    with pytest.raises(ConfigError, match=r"\[sweep.values\] must give a list for every arm and no other; arms: a, b; "
+                                          r"lists for: a"):
+        load_experiment(str(path))
+    path.write_text(head + '[sweep.values]\na = [0.01]\nb = 0.1\n')
+    with pytest.raises(ConfigError, match="'sweep.values.b' must be a non-empty list"):
+        load_experiment(str(path))
+    path.write_text(head + 'values = "fast"\n')
+    with pytest.raises(ConfigError, match="'sweep.values' must be a list, or a table of lists by arm"):
+        load_experiment(str(path))
+
+
+def test_the_controls_experiment_gives_each_norm_and_init_its_own_lr_grid():
+    from bnstudy.config import load_experiment
+
+    exp = load_experiment("controls")
+    configs = [run_config(exp, arm, 0, "quick") for arm in exp.arms_for("quick")]
+    kinds = {(c.model.norm, c.model.init) for c in configs}
+    assert kinds == {("none", "glorot"), ("none", "kaiming"), ("batch", "glorot"), ("batch", "kaiming")}
+    for c in configs:  # the landscape grid scales with each run's own LR: [1/2, 4] x LR
+        assert c.landscape.every and c.curvature.every and c.weights.every
+        assert (c.landscape.eta_min, c.landscape.eta_max) == (0.5, 4.0)
+    lrs = {kind: sorted(c.train.lr for c in configs if (c.model.norm, c.model.init) == kind) for kind in kinds}
+    assert lrs[("none", "kaiming")] != lrs[("batch", "kaiming")]
