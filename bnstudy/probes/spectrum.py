@@ -1,0 +1,82 @@
+"""The Hessian's whole spectrum (Ghorbani, Krishnan and Xiao 2019), and how much of the gradient lies in its top.
+
+    result = spectral_density(model, loss_fn, (x, y), n_v=3, m=30)   # stochastic Lanczos quadrature
+    result["ritz"], result["weights"]      # per start vector: T's eigenvalues and the squared first components
+    result["grid"], result["density"]      # a Gaussian-smoothed density, integrating to 1
+    gradient_share(model, loss_fn, (x, y), k=10)   # ||P_k g||^2 / ||g||^2, P_k onto the top-k eigenvectors
+
+Stochastic Lanczos quadrature: for a start vector v (Rademacher), m Lanczos steps give T = S diag(theta) S^T, and
+sum_i tau_i f(theta_i), tau_i = S[0, i]^2, is a Gauss quadrature of v^T f(H) v / ||v||^2, exact for polynomials
+of degree up to 2m - 1; averaged over v it estimates (1/n) tr f(H), i.e. the spectral density. Hessian-vector
+products come from curvature.HessianOperator (the shared functional helper); the model is left as it was found.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bnstudy.probes.curvature import HessianOperator
+from bnstudy.probes.functional import untouched
+from bnstudy.probes.lanczos import lanczos
+
+GRID_POINTS = 1_000
+SIGMA = 0.01  # the Gaussian kernel's width, as a fraction of the range the Ritz values span
+
+
+def rademacher(size: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """A vector of +-1, drawn on the CPU from `generator` (never the global one) and moved to `like`'s device."""
+    return (torch.randint(0, 2, (size,), generator=generator) * 2 - 1).to(like.device, like.dtype)
+
+
+def spectral_density(model: nn.Module, loss_fn, batch, *, n_v: int = 3, m: int = 30, bn_mode: str = "train",
+                     seed: int = 0, sigma: float = SIGMA, grid_points: int = GRID_POINTS) -> dict:
+    """Ritz values and quadrature weights per start vector, and their Gaussian-smoothed density on a grid.
+
+    n_v start vectors x at most m Lanczos steps (fewer where the Krylov space is invariant: a small model).
+    sigma: the kernel width as a fraction of the Ritz values' range. Returns {"ritz", "weights" (lists per
+    vector), "grid", "density" (integrates to 1 over the grid), "size" (parameters), "hvps"}."""
+    generator = torch.Generator().manual_seed(seed)
+    with untouched(model, bn_mode):
+        operator = HessianOperator(model, loss_fn, batch, bn_mode)
+        ritz, weights = [], []
+        for _ in range(n_v):
+            values, vectors = lanczos(operator.matvec, rademacher(operator.size, generator, operator.leaves[0]),
+                                      m).ritz()
+            ritz.append(values.tolist())
+            weights.append((vectors[0] ** 2).tolist())
+    grid, density = smoothed_density(ritz, weights, sigma, grid_points)
+    return {"ritz": ritz, "weights": weights, "grid": grid, "density": density, "size": operator.size,
+            "hvps": operator.calls}
+
+
+def smoothed_density(ritz: list[list[float]], weights: list[list[float]], sigma: float = SIGMA,
+                     grid_points: int = GRID_POINTS) -> tuple[list[float], list[float]]:
+    """The average over start vectors of sum_i tau_i N(t; theta_i, s^2), s = sigma x the Ritz values' range, on a
+    grid padded by 5 s on each side; normalized to integrate to 1 on the grid (the tails cut off are < 1e-6)."""
+    theta = torch.tensor([t for row in ritz for t in row], dtype=torch.float64)
+    tau = torch.tensor([w for row in weights for w in row], dtype=torch.float64) / len(ritz)
+    width = sigma * max(float(theta.max() - theta.min()), 1e-12)
+    grid = torch.linspace(float(theta.min()) - 5 * width, float(theta.max()) + 5 * width, grid_points,
+                          dtype=torch.float64)
+    kernel = torch.exp(-0.5 * ((grid[:, None] - theta[None, :]) / width) ** 2) / (width * (2 * torch.pi) ** 0.5)
+    density = kernel @ tau
+    density = density / torch.trapezoid(density, grid)
+    return grid.tolist(), density.tolist()
+
+
+def gradient_share(model: nn.Module, loss_fn, batch, *, k: int = 10, bn_mode: str = "train", seed: int = 0,
+                   tol: float = 1e-3, max_steps: int = 200) -> dict:
+    """The share of the gradient's squared norm in the span of the Hessian's top-k eigenvectors (the k algebraically
+    largest: the outliers, when there are any), by Lanczos to `tol` on those k. Returns {"share", "eigenvalues"
+    (top k, descending), "hvps", "converged"}."""
+    generator = torch.Generator().manual_seed(seed)
+    with untouched(model, bn_mode):
+        operator = HessianOperator(model, loss_fn, batch, bn_mode)
+        start = rademacher(operator.size, generator, operator.leaves[0])
+        result = lanczos(operator.matvec, start, max_steps, k=k, tol=tol)
+        values, vectors = result.ritz()
+        top = result.ritz_vectors(vectors[:, -k:])  # (k, n)
+        g = torch.cat([grad.detach().reshape(-1) for grad in operator.grads])
+        share = float((top.double() @ g.double()).pow(2).sum() / g.double().pow(2).sum())
+    return {"share": share, "eigenvalues": values[-k:].flip(0).tolist(), "hvps": operator.calls,
+            "converged": result.converged}
