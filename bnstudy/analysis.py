@@ -118,6 +118,49 @@ def weights_per_step(weights: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+# ----------------------------------------------------------------------------------------------
+# The spectrum probe (bnstudy.probes.spectrum)
+# ----------------------------------------------------------------------------------------------
+BULK_WEIGHT = 1e-3  # a Ritz value with at least this quadrature weight carries bulk mass: an isolated eigenvalue
+# carries ~(u . v)^2 / n ~ 1 / n (1e-6 for the quick VGG's 1e6 parameters), a node of the bulk ~1 / m (m = 30)
+
+
+def spectrum_quadrature(probes: pd.DataFrame) -> pd.DataFrame:
+    """One row per Ritz value: arm, seed, step, mode (train | eval), vector (from 1), theta, tau."""
+    rows = probes[probes.probe.str.startswith("spectrum-") & (probes.layer >= 1)]
+    parts = rows.metric.str.split("_", expand=True)
+    table = rows.assign(mode=rows.probe.str.removeprefix("spectrum-"), kind=parts[0], node=parts[1].astype(int),
+                        vector=rows.layer)
+    return table.pivot_table(index=["arm", "seed", "step", "mode", "vector", "node"], columns="kind",
+                             values="value").reset_index()
+
+
+def spectrum_summary(probes: pd.DataFrame) -> pd.DataFrame:
+    """One row per (arm, seed, step, mode): bulk_edge (per start vector the largest Ritz value with weight >=
+    BULK_WEIGHT; the median over vectors), lambda_max (top1), outliers (how many of the top-k eigenvalues lie above
+    the bulk edge; NaN where Lanczos did not converge) and share (the gradient's share in the top-k eigenvectors)."""
+    quadrature = spectrum_quadrature(probes)
+    keys = ["arm", "seed", "step", "mode"]
+    edge = quadrature[quadrature.tau >= BULK_WEIGHT].groupby(keys + ["vector"]).theta.max().groupby(keys).median()
+    rows = probes[probes.probe.str.startswith("spectrum-") & (probes.layer == 0)]
+    top = rows.assign(mode=rows.probe.str.removeprefix("spectrum-")).pivot_table(
+        index=keys, columns="metric", values="value")  # an unconverged (NaN) top-k was left out by reading: NaN here
+    tops = [c for c in top.columns if c.startswith("top")]
+    share = next(c for c in top.columns if c.startswith("share_top"))
+    table = pd.DataFrame({"bulk_edge": edge, "lambda_max": top["top1"], "share": top[share]})
+    above = top[tops].gt(table.bulk_edge, axis=0).sum(axis=1)
+    table["outliers"] = above.where(top[tops].notna().all(axis=1))
+    return table.reset_index()
+
+
+def at_mid_training(frame: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
+    """Per run, the rows of its probed step closest to half its steps (meta.json's `steps`)."""
+    frame = frame.merge(steps[["arm", "seed", "steps"]], on=["arm", "seed"])
+    distance = (frame.step - frame.steps / 2).abs()
+    nearest = distance.groupby([frame.arm, frame.seed]).transform("min")
+    return frame[distance == nearest].drop(columns="steps")
+
+
 LEAVES_CHANCE = CHANCE + 0.05  # "left chance": the recent training accuracy at least 5 points above chance
 LEAVES_WINDOW = 10  # steps averaged (1,280 examples at batch 128: chance's 10% has a standard error of 0.8 points)
 
@@ -179,6 +222,11 @@ def run_summary(meta: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.DataF
         summary = summary.merge(phase_medians(per_step, ["eff_step"]).merge(identity.reset_index(), on=["arm", "seed"]),
                                 on=["arm", "seed"], how="left")
         summary = summary.merge(left_chance_at(tables["metrics"]), on=["arm", "seed"], how="left")
+    if probes.probe.str.startswith("spectrum-").any():
+        mid = at_mid_training(spectrum_summary(probes), meta).pivot_table(
+            index=["arm", "seed"], columns="mode", values=["outliers", "share", "lambda_max", "bulk_edge"])
+        mid.columns = [f"mid_{column}_{mode}" for column, mode in mid.columns]
+        summary = summary.merge(mid.reset_index(), on=["arm", "seed"], how="left")
     if len(acts):
         changes = moment_changes(acts).groupby(["arm", "seed", "layer"])[["d_mean", "d_var"]].mean().unstack("layer")
         changes.columns = [f"{metric}_L{layer}" for metric, layer in changes.columns]

@@ -394,6 +394,41 @@ def claim_12e(s) -> Verdict:
     return Verdict(HOLDS if failing.empty else FAILS, measured, basis(bn, [{}]))
 
 
+# ----------------------------------------------------------------------------------------------
+# Claims 12f-12h (ours): the spectrum experiment, at mid-training (the probed step closest to half the steps)
+# ----------------------------------------------------------------------------------------------
+MANY_OUTLIERS, FEW_OUTLIERS = 5, 2
+
+
+def claim_12f(s) -> Verdict:
+    runs = needs(s, "spectrum")
+    count = {"std": paired(runs, "mid_outliers_train", {"std": STANDARD})["std"],
+             "bn": paired(runs, "mid_outliers_train", {"bn": BN})["bn"]}
+    ok = bool((count["std"] >= MANY_OUTLIERS).all() and (count["bn"] <= FEW_OUTLIERS).all())
+    return Verdict(HOLDS if ok else FAILS, f"outliers at mid-training: standard {spread(count['std'])}, batchnorm "
+                                           f"(train mode) {spread(count['bn'])}", basis(runs, [STANDARD, BN]))
+
+
+def claim_12g(s) -> Verdict:
+    runs = needs(s, "spectrum")
+    std = paired(runs, "mid_share_train", {"std": STANDARD})["std"]
+    bn = paired(runs, "mid_share_train", {"bn": BN})["bn"]
+    both = pd.concat({"std": std, "bn": bn}, axis=1).dropna()
+    if both.empty:
+        raise Missing("no seed with the gradient's top-10 share of both standard and batchnorm")
+    return Verdict(HOLDS if bool((both["std"] > both.bn).all()) else FAILS,
+                   f"gradient's share in the top-10 eigenvectors at mid-training: standard {pct(both['std'])}, "
+                   f"batchnorm (train mode) {pct(both.bn)}", basis(runs, [STANDARD, BN]))
+
+
+def claim_12h(s) -> Verdict:
+    runs = needs(s, "spectrum")
+    modes = paired(runs, "mid_outliers_eval", {"eval": BN}).join(paired(runs, "mid_outliers_train", {"train": BN}))
+    return Verdict(HOLDS if bool((modes["eval"] >= MANY_OUTLIERS).all()) else FAILS,
+                   f"batchnorm's outliers at mid-training: eval mode {spread(modes['eval'])}, train mode "
+                   f"{spread(modes['train'])}", basis(runs, [BN]))
+
+
 CLAIMS = [
     Claim("1", "BN trains faster than standard at LR 0.1; at LR 0.5 standard trains much worse (Fig. 1).",
           "training accuracy (last 100 steps): batchnorm ≥ standard + 5 points at LR 0.1, and ≥ standard + 15 points "
@@ -454,6 +489,18 @@ CLAIMS = [
           "every batchnorm run that trains: the median over probes and BN-preceded layers of |Δ‖W‖² − η²‖g‖²| / "
           "η²‖g‖² ≤ 1%, and the median effective step (mean over those layers) after the first quarter < in it",
           ("controls",), claim_12e),
+    Claim("12f (ours)", "Without BN the Hessian has several outliers (isolated large eigenvalues); with BN (train "
+                        "mode) hardly any (Ghorbani et al. 2019).",
+          "at mid-training (the probed step closest to half the steps): standard has ≥ 5 outliers and batchnorm in "
+          "train mode ≤ 2, in every seed. Outliers: the top-10 eigenvalues (Lanczos, converged) above the bulk edge, "
+          "the largest Ritz value of the quadrature with weight ≥ 1e-3 (median over start vectors)",
+          ("spectrum",), claim_12f),
+    Claim("12g (ours)", "The gradient concentrates in the top Hessian eigen-directions without BN, less with it.",
+          "at mid-training: the share of ‖g‖² in the span of the top-10 eigenvectors, standard > batchnorm (train "
+          "mode), in every seed", ("spectrum",), claim_12g),
+    Claim("12h (ours)", "With the same BN weights probed in eval mode (running statistics), the outliers come back.",
+          "at mid-training: batchnorm probed in eval mode has ≥ 5 outliers (as 12f's rule counts them), in every seed",
+          ("spectrum",), claim_12h),
 ]
 
 

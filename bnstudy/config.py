@@ -123,6 +123,18 @@ class CurvatureConfig:
 
 
 @dataclass(frozen=True)
+class SpectrumConfig:
+    """The Hessian's spectral density by stochastic Lanczos quadrature, and the gradient's share in its top-k
+    eigenvectors (beyond the paper: Ghorbani et al. 2019; bnstudy.probes.spectrum)."""
+
+    at: tuple[int, ...] = ()  # the steps at which to probe (before the step); () = off
+    bn_modes: tuple[str, ...] = ("train",)  # each probed separately: train (batch statistics) | eval (running)
+    n_v: int = 3  # start vectors (Rademacher) of the quadrature
+    m: int = 30  # Lanczos steps per start vector: m Ritz values, exact moments up to degree 2m - 1
+    k: int = 10  # the top eigenvectors whose span the gradient's share is taken in (10: CIFAR-10's classes)
+
+
+@dataclass(frozen=True)
 class WeightsConfig:
     """Per weight layer ||W||, the step's gradient, <g, W> and the norm's change; the logits' scale (beyond the
     paper: bnstudy.probes.weights)."""
@@ -155,6 +167,7 @@ class RunConfig:
     ics: ICSConfig = field(default_factory=ICSConfig)
     curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
+    spectrum: SpectrumConfig = field(default_factory=SpectrumConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
 
     @property
@@ -569,6 +582,10 @@ LIMITS: dict[str, tuple[str, float]] = {
     "curvature.tol": ("a relative accuracy", 1.0),  # 1 already asks for no digit at all
     "curvature.max_hvps": ("Hessian-vector products", 100_000),  # each a double backward: more would run for days
     "weights.every": ("steps", MAX_STEPS),
+    "spectrum.at": ("a step number", MAX_STEPS),
+    "spectrum.n_v": ("start vectors", 1_000),  # each m Hessian-vector products
+    "spectrum.m": ("Lanczos steps", 1_000),  # the basis holds m vectors the size of the model
+    "spectrum.k": ("eigenvectors", 1_000),
 }
 MAX_PROBE_STEP = 1e6  # landscape.eta_max * train.lr: a longer step sends float32 weights far past any loss surface
 
@@ -646,6 +663,11 @@ def validate(config: RunConfig) -> None:
              "curvature needs every >= 0, k >= 1, max_hvps >= 1 and tol > 0")
     _require(c.bn_mode in ("train", "eval"), f"unknown curvature.bn_mode '{c.bn_mode}'; known: train, eval")
     _require(config.weights.every >= 0, f"weights.every must be >= 0 (0 = off), got {config.weights.every}")
+    sp = config.spectrum
+    _require(all(s >= 0 for s in sp.at), f"spectrum.at: step numbers must be >= 0, got {list(sp.at)}")
+    _require(sp.bn_modes and all(mode in ("train", "eval") for mode in sp.bn_modes),
+             f"spectrum.bn_modes must be a non-empty list of train and eval, got {list(sp.bn_modes)}")
+    _require(sp.n_v >= 1 and sp.m >= 1 and sp.k >= 1, "spectrum needs n_v >= 1, m >= 1 and k >= 1")
     n_layers = count_weight_layers(m)
     for section, layers in (("activations", a.layers), ("ics", config.ics.layers if config.ics.every else ())):
         for layer in layers:

@@ -19,9 +19,10 @@ from PIL import Image  # noqa: E402  (matplotlib's own dependency)
 from scipy import stats  # noqa: E402
 
 from bnstudy.analysis import (CHANCE, TRAINS_MARGIN, best_lr, curvature_summary, landscape_summary,  # noqa: E402
-                              largest_trainable_lr, moment_changes, run_summary, sweep_table, weights_per_step,
-                              weights_summary)
+                              largest_trainable_lr, moment_changes, run_summary, spectrum_quadrature,
+                              spectrum_summary, sweep_table, weights_per_step, weights_summary)
 from bnstudy.config import load_experiment  # noqa: E402
+from bnstudy.probes.spectrum import smoothed_density  # noqa: E402  (pure torch arithmetic on recorded numbers)
 from bnstudy.recording import atomic_write_bytes  # noqa: E402
 from bnstudy.reading import Results  # noqa: E402
 
@@ -440,11 +441,51 @@ def controls_init(results: Results, order: tuple[str, ...] = ()):
                    " | logit std: standard deviation of the outputs on the first batch")
 
 
+DENSITY_FLOOR = 1e-8  # of the panel's peak: the log axis shows the outliers' mass, not the kernel's far tails
+
+
+def spectrum(results: Results, order: tuple[str, ...] = ()):
+    """Hessian spectral densities (log density, as Ghorbani et al. draw them), one row per arm and BN mode, one column
+    per probed step, a line per seed; lambda_max (solid) and 2/eta (dashed) marked; outliers and gradient share."""
+    quadrature = spectrum_quadrature(results.tables["probes"])
+    summary = spectrum_summary(results.tables["probes"]).merge(results.meta[["arm", "seed", "lr"]], on=["arm", "seed"])
+    panels = [(arm, mode) for arm in results.arms(order) for mode in ("train", "eval")
+              if ((quadrature.arm == arm) & (quadrature["mode"] == mode)).any()]
+    steps = sorted(quadrature.step.unique())
+    fig, axes = plt.subplots(len(panels), len(steps), figsize=(4.2 * len(steps), 2.8 * len(panels) + 0.8),
+                             squeeze=False)
+    for i, (arm, mode) in enumerate(panels):
+        for j, step in enumerate(steps):
+            ax = axes[i][j]
+            here = quadrature[(quadrature.arm == arm) & (quadrature["mode"] == mode) & (quadrature.step == step)]
+            peak = 0.0
+            for _, run in here.groupby("seed"):
+                ritz = [v.theta.tolist() for _, v in run.groupby("vector")]
+                weights = [v.tau.tolist() for _, v in run.groupby("vector")]
+                grid, density = smoothed_density(ritz, weights)
+                ax.plot(grid, density, lw=0.9, color="C0", alpha=0.8)
+                peak = max(peak, max(density))
+            if peak > 0:
+                ax.set_ylim(peak * DENSITY_FLOOR, peak * 3)  # the outliers' bumps sit about 1e-5 below the bulk
+            facts = summary[(summary.arm == arm) & (summary["mode"] == mode) & (summary.step == step)]
+            if len(facts):
+                ax.axvline(facts.lambda_max.median(), color="C3", lw=1.2, label="λ_max")
+                ax.axvline(2 / facts.lr.iloc[0], color="0.3", ls="--", lw=1, label="2/η")
+                ax.set_title(f"{arm} ({mode} mode), step {step}\noutliers {facts.outliers.median():.0f}, "
+                             f"grad share top-10 {100 * facts.share.median():.0f}%", fontsize=8)
+            ax.set(yscale="log", xlabel="Hessian eigenvalue" if i == len(panels) - 1 else None,
+                   ylabel="density (log)" if j == 0 else None)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    caption = results.caption() + " | Lanczos quadrature, Gaussian kernel 1% of the range; a line per seed"
+    return _finish(fig, f"{results.experiment}: Hessian spectral density over training", caption)
+
+
 FIGURES = {"training": training_curves, "activations": activation_distributions, "moments": moments,
            "landscape": landscape, "grad_vs_eta": grad_diff_vs_eta, "ics": ics, "test": test_curves,
            "lr_sweep": lr_sweep, "curvature": curvature, "controls_training": controls_training,
            "controls_smoothness": controls_smoothness, "controls_sharpness": controls_sharpness,
-           "controls_weights": controls_weights, "controls_init": controls_init}
+           "controls_weights": controls_weights, "controls_init": controls_init, "spectrum": spectrum}
 
 
 def plot_experiment(experiment: str, results_dir: str = "results") -> list[Path]:

@@ -27,6 +27,7 @@ from bnstudy.probes.callback import Callback, Probe, StepContext, step_seed  # n
 from bnstudy.probes.curvature import CurvatureProbe
 from bnstudy.probes.ics import ICSProbe
 from bnstudy.probes.landscape import LandscapeProbe, eta_grid
+from bnstudy.probes.spectrum import SpectrumProbe
 from bnstudy.probes.weights import WeightsProbe
 from bnstudy.recording import RunDir, atomic_save, environment, fault_point, previous, read_table
 
@@ -97,6 +98,9 @@ def probe_callbacks(config: RunConfig, model: nn.Module) -> list:
     c = config.curvature
     if c.every:
         callbacks.append(CurvatureProbe(c.every, c.k, c.bn_mode, c.tol, c.max_hvps, config.seed))
+    sp = config.spectrum
+    if sp.at:
+        callbacks.append(SpectrumProbe(sp.at, sp.bn_modes, sp.n_v, sp.m, sp.k, config.seed))
     # last: their hooks go on after the probes' forward passes, so they record the training forward alone
     if config.weights.every:
         callbacks.append(WeightsProbe(config.weights.every))

@@ -281,3 +281,20 @@ def test_claim_12e_identity_and_falling_effective_step():
     assert check("12e (ours)", controls(rises)) == FAILS
     no_bn = lambda norm, init, lr, seed: {"identity_error_median": float("nan"), "late_eff_step": 0.2} if norm == "none" else {}
     assert check("12e (ours)", controls(no_bn)) == HOLDS  # the identity is BN's: runs without it are not judged
+
+
+def spectrum(std_outliers, bn_train, bn_eval, std_share=0.6, bn_share=0.2) -> dict:
+    return {"spectrum": frame({"standard": {"mid_outliers_train": std_outliers, "mid_share_train": std_share},
+                               "batchnorm": {"mid_outliers_train": bn_train, "mid_outliers_eval": bn_eval,
+                                             "mid_share_train": bn_share}})}
+
+
+def test_claims_12f_to_12h():
+    assert check("12f (ours)", spectrum(7, 1, 8)) == HOLDS
+    assert check("12f (ours)", spectrum(4, 1, 8)) == FAILS  # too few without BN
+    assert check("12f (ours)", spectrum(7, 3, 8)) == FAILS  # too many with BN
+    assert check("12g (ours)", spectrum(7, 1, 8)) == HOLDS
+    assert check("12g (ours)", spectrum(7, 1, 8, std_share=0.1)) == FAILS
+    assert check("12h (ours)", spectrum(7, 1, 8)) == HOLDS
+    assert check("12h (ours)", spectrum(7, 1, 4)) == FAILS
+    assert check("12h (ours)", {}) == NOT_MEASURED

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bnstudy.probes.callback import Probe, step_seed
 from bnstudy.probes.curvature import HessianOperator
 from bnstudy.probes.functional import untouched
 from bnstudy.probes.lanczos import lanczos
@@ -80,3 +81,41 @@ def gradient_share(model: nn.Module, loss_fn, batch, *, k: int = 10, bn_mode: st
         share = float((top.double() @ g.double()).pow(2).sum() / g.double().pow(2).sum())
     return {"share": share, "eigenvalues": values[-k:].flip(0).tolist(), "hvps": operator.calls,
             "converged": result.converged}
+
+
+class SpectrumProbe(Probe):
+    """Training callback: at the steps in `at`, for each BN mode in `bn_modes`, the spectral density (Ritz values
+    and weights per start vector) and the gradient's share in the top-k eigenvectors, on the step's own batch.
+
+    Rows (probe "spectrum-<mode>", layer = the start vector, from 1): theta_<j> and tau_<j> per Ritz value;
+    and (layer 0) share_top<k>, top1..top<k> (eigenvalues, descending; NaN if Lanczos did not converge) and hvps."""
+
+    def __init__(self, at: tuple[int, ...], bn_modes: tuple[str, ...], n_v: int, m: int, k: int, seed: int):
+        self.at, self.bn_modes, self.n_v, self.m, self.k, self.seed = set(at), bn_modes, n_v, m, k, seed
+
+    def due(self, step: int) -> bool:
+        return step in self.at
+
+    def measure(self, ctx) -> dict[str, list[dict]]:
+        rows = []
+        for mode in self.bn_modes:
+            seed = step_seed(self.seed, ctx.step)
+            density = spectral_density(ctx.model, ctx.loss_fn, ctx.batch, n_v=self.n_v, m=self.m, bn_mode=mode,
+                                       seed=seed)
+            top = gradient_share(ctx.model, ctx.loss_fn, ctx.batch, k=self.k, bn_mode=mode, seed=seed)
+            rows += spectrum_records(ctx.step, f"spectrum-{mode}", density, top, self.k)
+        return {"probes": rows}
+
+
+def spectrum_records(step: int, probe: str, density: dict, top: dict, k: int) -> list[dict]:
+    def record(layer, metric, value):
+        return {"step": step, "probe": probe, "layer": layer, "eta": None, "metric": metric, "value": value}
+
+    rows = [record(v + 1, f"{name}_{j:03d}", value) for v, (ritz, weights) in enumerate(zip(density["ritz"],
+                                                                                            density["weights"]))
+            for j, pair in enumerate(zip(ritz, weights)) for name, value in zip(("theta", "tau"), pair)]
+    eigenvalues = top["eigenvalues"] if top["converged"] else [float("nan")] * len(top["eigenvalues"])
+    rows += [record(0, f"top{i + 1}", value) for i, value in enumerate(eigenvalues)]
+    rows += [record(0, f"share_top{k}", top["share"] if top["converged"] else float("nan")),
+             record(0, "hvps", density["hvps"] + top["hvps"])]
+    return rows
