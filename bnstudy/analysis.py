@@ -137,8 +137,9 @@ def spectrum_quadrature(probes: pd.DataFrame) -> pd.DataFrame:
 
 def spectrum_summary(probes: pd.DataFrame) -> pd.DataFrame:
     """One row per (arm, seed, step, mode): bulk_edge (per start vector the largest Ritz value with weight >=
-    BULK_WEIGHT; the median over vectors), lambda_max (top1), outliers (how many of the top-k eigenvalues lie above
-    the bulk edge; NaN where Lanczos did not converge) and share (the gradient's share in the top-k eigenvectors)."""
+    BULK_WEIGHT; the median over vectors), lambda_max (top1), outliers (how many of the top-k Ritz values lie above
+    the bulk edge: unconverged ones are lower bounds, so the count can only be low), share (the gradient's share in
+    the top-k Ritz vectors) and converged (whether all k met the tolerance)."""
     quadrature = spectrum_quadrature(probes)
     keys = ["arm", "seed", "step", "mode"]
     edge = quadrature[quadrature.tau >= BULK_WEIGHT].groupby(keys + ["vector"]).theta.max().groupby(keys).median()
@@ -147,7 +148,8 @@ def spectrum_summary(probes: pd.DataFrame) -> pd.DataFrame:
         index=keys, columns="metric", values="value")  # an unconverged (NaN) top-k was left out by reading: NaN here
     tops = [c for c in top.columns if c.startswith("top")]
     share = next(c for c in top.columns if c.startswith("share_top"))
-    table = pd.DataFrame({"bulk_edge": edge, "lambda_max": top["top1"], "share": top[share]})
+    table = pd.DataFrame({"bulk_edge": edge, "lambda_max": top["top1"], "share": top[share],
+                          "converged": top["converged"].astype(bool)})
     above = top[tops].gt(table.bulk_edge, axis=0).sum(axis=1)
     table["outliers"] = above.where(top[tops].notna().all(axis=1))
     return table.reset_index()

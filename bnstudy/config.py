@@ -132,6 +132,8 @@ class SpectrumConfig:
     n_v: int = 3  # start vectors (Rademacher) of the quadrature
     m: int = 30  # Lanczos steps per start vector: m Ritz values, exact moments up to degree 2m - 1
     k: int = 10  # the top eigenvectors whose span the gradient's share is taken in (10: CIFAR-10's classes)
+    tol: float = 1e-3  # relative residual bound asked of each of the top k (Lanczos)
+    max_hvps: int = 150  # Hessian-vector products for the top k at most (then the Ritz values are lower bounds)
 
 
 @dataclass(frozen=True)
@@ -586,6 +588,8 @@ LIMITS: dict[str, tuple[str, float]] = {
     "spectrum.n_v": ("start vectors", 1_000),  # each m Hessian-vector products
     "spectrum.m": ("Lanczos steps", 1_000),  # the basis holds m vectors the size of the model
     "spectrum.k": ("eigenvectors", 1_000),
+    "spectrum.tol": ("a relative accuracy", 1.0),
+    "spectrum.max_hvps": ("Hessian-vector products", 100_000),
 }
 MAX_PROBE_STEP = 1e6  # landscape.eta_max * train.lr: a longer step sends float32 weights far past any loss surface
 
@@ -667,7 +671,8 @@ def validate(config: RunConfig) -> None:
     _require(all(s >= 0 for s in sp.at), f"spectrum.at: step numbers must be >= 0, got {list(sp.at)}")
     _require(sp.bn_modes and all(mode in ("train", "eval") for mode in sp.bn_modes),
              f"spectrum.bn_modes must be a non-empty list of train and eval, got {list(sp.bn_modes)}")
-    _require(sp.n_v >= 1 and sp.m >= 1 and sp.k >= 1, "spectrum needs n_v >= 1, m >= 1 and k >= 1")
+    _require(sp.n_v >= 1 and sp.m >= 1 and sp.k >= 1 and sp.tol > 0 and sp.max_hvps >= sp.k,
+             "spectrum needs n_v >= 1, m >= 1, k >= 1, tol > 0 and max_hvps >= k")
     n_layers = count_weight_layers(m)
     for section, layers in (("activations", a.layers), ("ics", config.ics.layers if config.ics.every else ())):
         for layer in layers:

@@ -100,7 +100,7 @@ def probe_callbacks(config: RunConfig, model: nn.Module) -> list:
         callbacks.append(CurvatureProbe(c.every, c.k, c.bn_mode, c.tol, c.max_hvps, config.seed))
     sp = config.spectrum
     if sp.at:
-        callbacks.append(SpectrumProbe(sp.at, sp.bn_modes, sp.n_v, sp.m, sp.k, config.seed))
+        callbacks.append(SpectrumProbe(sp.at, sp.bn_modes, sp.n_v, sp.m, sp.k, sp.tol, sp.max_hvps, config.seed))
     # last: their hooks go on after the probes' forward passes, so they record the training forward alone
     if config.weights.every:
         callbacks.append(WeightsProbe(config.weights.every))

@@ -95,10 +95,10 @@ def test_spectrum_summary_counts_the_top_eigenvalues_above_the_bulk_edge():
     # carry weight ~1e-6, as an outlier's Ritz value does: the bulk edge is the median of 1.0 and 1.2
     density = {"ritz": [[0.0, 0.5, 1.0, 9.0], [0.1, 1.2, 6.0, 9.0]],
                "weights": [[0.5, 0.3, 0.2 - 1e-6, 1e-6], [0.6, 0.4 - 2e-6, 1e-6, 1e-6]], "hvps": 8}
-    top = {"eigenvalues": [9.0, 6.0, 1.05], "share": 0.7, "converged": True, "hvps": 5}
+    top = {"eigenvalues": [9.0, 6.0, 1.05], "share": 0.7, "converged": False, "hvps": 5}
     rows = spectrum_records(300, "spectrum-eval", density, top, k=3)
     probes = pd.DataFrame([{"arm": "a", "seed": 0} | r for r in rows])
     summary = spectrum_summary(probes).iloc[0]
     assert summary["mode"] == "eval" and summary.step == 300
     assert summary.bulk_edge == pytest.approx(1.1) and summary.outliers == 2 and summary.lambda_max == 9.0
-    assert summary.share == 0.7
+    assert summary.share == 0.7 and not summary.converged

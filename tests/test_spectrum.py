@@ -128,3 +128,20 @@ def test_probes_leave_no_trace_and_repeat_exactly():
     assert torch.equal(rng, torch.get_rng_state())
     assert spectral_density(model, F.cross_entropy, batch, n_v=2, m=6, seed=7) == first
     assert gradient_share(model, F.cross_entropy, batch, k=2, seed=7) == share
+
+
+def test_the_training_callback_probes_each_mode_at_its_steps_only():
+    from bnstudy.probes.callback import StepContext
+    from bnstudy.probes.spectrum import SpectrumProbe
+
+    model, batch = small_bn(4)
+    probe = SpectrumProbe(at=(0, 5), bn_modes=("train", "eval"), n_v=2, m=4, k=2, tol=1e-6, max_hvps=100, seed=1)
+    assert probe.before_step(StepContext(3, model, batch, F.cross_entropy, 0.1, None)) == {}
+    rows = probe.before_step(StepContext(5, model, batch, F.cross_entropy, 0.1, None))["probes"]
+    for mode in ("train", "eval"):
+        mine = [r for r in rows if r["probe"] == f"spectrum-{mode}"]
+        assert len([r for r in mine if r["metric"].startswith("theta_")]) == 2 * 4  # 2 vectors x 4 Ritz values
+        tops = {r["metric"]: r["value"] for r in mine if r["layer"] == 0}
+        assert set(tops) == {"top1", "top2", "share_top2", "converged", "hvps"} and tops["converged"] == 1.0
+        expected = gradient_share(model, F.cross_entropy, batch, k=2, bn_mode=mode, seed=5 + 1 * 1_000_003, tol=1e-6)
+        assert tops["share_top2"] == expected["share"]  # the step's own stream: step_seed(seed, step)

@@ -88,10 +88,14 @@ class SpectrumProbe(Probe):
     and weights per start vector) and the gradient's share in the top-k eigenvectors, on the step's own batch.
 
     Rows (probe "spectrum-<mode>", layer = the start vector, from 1): theta_<j> and tau_<j> per Ritz value;
-    and (layer 0) share_top<k>, top1..top<k> (eigenvalues, descending; NaN if Lanczos did not converge) and hvps."""
+    and (layer 0) share_top<k>, top1..top<k> (the top Ritz values, descending), converged (1 if every one of the k
+    met the tolerance within max_hvps products, else 0: unconverged top Ritz values are lower bounds of the
+    eigenvalues) and hvps."""
 
-    def __init__(self, at: tuple[int, ...], bn_modes: tuple[str, ...], n_v: int, m: int, k: int, seed: int):
+    def __init__(self, at: tuple[int, ...], bn_modes: tuple[str, ...], n_v: int, m: int, k: int, tol: float,
+                 max_hvps: int, seed: int):
         self.at, self.bn_modes, self.n_v, self.m, self.k, self.seed = set(at), bn_modes, n_v, m, k, seed
+        self.tol, self.max_hvps = tol, max_hvps
 
     def due(self, step: int) -> bool:
         return step in self.at
@@ -102,7 +106,8 @@ class SpectrumProbe(Probe):
             seed = step_seed(self.seed, ctx.step)
             density = spectral_density(ctx.model, ctx.loss_fn, ctx.batch, n_v=self.n_v, m=self.m, bn_mode=mode,
                                        seed=seed)
-            top = gradient_share(ctx.model, ctx.loss_fn, ctx.batch, k=self.k, bn_mode=mode, seed=seed)
+            top = gradient_share(ctx.model, ctx.loss_fn, ctx.batch, k=self.k, bn_mode=mode, seed=seed, tol=self.tol,
+                                 max_steps=self.max_hvps)
             rows += spectrum_records(ctx.step, f"spectrum-{mode}", density, top, self.k)
         return {"probes": rows}
 
@@ -114,8 +119,7 @@ def spectrum_records(step: int, probe: str, density: dict, top: dict, k: int) ->
     rows = [record(v + 1, f"{name}_{j:03d}", value) for v, (ritz, weights) in enumerate(zip(density["ritz"],
                                                                                             density["weights"]))
             for j, pair in enumerate(zip(ritz, weights)) for name, value in zip(("theta", "tau"), pair)]
-    eigenvalues = top["eigenvalues"] if top["converged"] else [float("nan")] * len(top["eigenvalues"])
-    rows += [record(0, f"top{i + 1}", value) for i, value in enumerate(eigenvalues)]
-    rows += [record(0, f"share_top{k}", top["share"] if top["converged"] else float("nan")),
+    rows += [record(0, f"top{i + 1}", value) for i, value in enumerate(top["eigenvalues"])]
+    rows += [record(0, f"share_top{k}", top["share"]), record(0, "converged", float(top["converged"])),
              record(0, "hvps", density["hvps"] + top["hvps"])]
     return rows
