@@ -75,6 +75,7 @@ report: $(STAMP)
 	$(BNSTUDY) report --results-dir $(RESULTS) $(if $(filter results,$(RESULTS)),--readme README.md)
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
 	$(BNSTUDY) bench --device $(DEVICE) --data-dir $(DATA) --results-dir $(RESULTS) $(if $(E2E),--end-to-end)
 
 plot: $(STAMP)

@@ -22,7 +22,7 @@ from bnstudy.backends import backend_policy
 from bnstudy.config import BackendConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from bnstudy.data import BatchOrder, DataError, Dataset, data_kind, load_images
 from bnstudy.models import build_model
-from bnstudy.probes.curvature import top_eigenvalues
+from bnstudy.probes.curvature import HessianOperator, top_eigenvalues
 from bnstudy.probes.functional import difference_norm
 from bnstudy.probes.ics import gradient_shift
 from bnstudy.probes.landscape import along_gradient
@@ -169,7 +169,8 @@ def run_bench(device: torch.device, data_dir: Path | None, width: float, batch: 
               etas: int = 8) -> list[Row]:
     """Every ratio, under the backend policy training runs use (bnstudy.backends); on CUDA also `device_rows`."""
     with backend_policy(BackendConfig(), device):
-        rows = policy_rows(device, data_dir, width, batch, min_run_time, etas)
+        rows = policy_rows(device, data_dir, width, batch, min_run_time, etas) + peer_rows(device, data_dir,
+                                                                                           min_run_time)
     return rows + (device_rows(device, data_dir, width, batch, min_run_time) if device.type == "cuda" else [])
 
 
@@ -215,9 +216,69 @@ def policy_rows(device: torch.device, data_dir: Path | None, width: float, batch
 
     hvps = top_eigenvalues(model, F.cross_entropy, (x, y), tol=1e-3)["hvps"]
     t_curv = seconds(lambda: top_eigenvalues(model, F.cross_entropy, (x, y), tol=1e-3), min_run_time)
-    rows.append(Row("curvature probe (lambda_max, tol 1e-3) / 1 forward+backward", t_curv / t_fwd_bwd, "ratio", "", "",
-                    f"{hvps} Hessian-vector products, probe {t_curv:.2f} s"))
+    rows.append(Row("curvature probe (lambda_max, tol 1e-3) / 1 forward+backward", t_curv / t_fwd_bwd, "ratio",
+                    *_target(t_curv / t_fwd_bwd, "<=", CURVATURE_BEFORE / 2),
+                    f"{hvps} Hessian-vector products, probe {t_curv:.2f} s (ARPACK's was {CURVATURE_BEFORE:g})"))
+    rows += hvp_rows(model, x, y, min_run_time)
     return _measured_on(rows, dataset.name)
+
+
+CURVATURE_BEFORE = 51  # the curvature probe row with ARPACK (21 products at least, each through NumPy in float64)
+
+
+def hvp_rows(model, x, y, min_run_time: float) -> list[Row]:
+    """One Hessian-vector product of ours (HessianOperator.matvec: flat vector in, flat vector out) against the
+    plainest one: a double backward through the same retained graph, per-parameter tensors in and out."""
+    operator = HessianOperator(model, F.cross_entropy, (x, y), "train")
+    v = torch.randn(operator.size, device=x.device)
+    pieces = operator._split(v)
+    t_ours = seconds(lambda: operator.matvec(v), min_run_time)
+    t_plain = seconds(lambda: torch.autograd.grad(operator.grads, operator.leaves, grad_outputs=pieces,
+                                                  retain_graph=True), min_run_time)
+    return [Row("Hessian-vector product, ours / a plain double backward", t_ours / t_plain, "ratio",
+                *_target(t_ours / t_plain, "<=", 1.05), f"ours {t_ours * 1e3:.0f} ms, plain {t_plain * 1e3:.0f} ms")]
+
+
+PEER = {"width": 0.125, "steps": 30, "batch": 64, "tol": 1e-3}  # the configuration of the PyHessian comparison
+
+
+def peer_rows(device: torch.device, data_dir: Path | None, min_run_time: float) -> list[Row]:
+    """lambda_max, ours against PyHessian's power iteration, on the matrix PyHessian can take: VGG-16 at width 1/8
+    with BN after 30 SGD steps, one batch of 64, BN in eval mode; the same tolerance. Absent (one row saying why)
+    where PyHessian is not installed (`pip install -c constraints.txt -e '.[bench]'`: make bench does)."""
+    try:
+        from pyhessian import hessian as PyHessian
+    except ImportError:
+        return [Row("lambda_max time, ours / PyHessian", float("nan"), "ratio", "<= 1", "",
+                    "PyHessian not installed: pip install -c constraints.txt -e '.[bench]'")]
+    dataset, model, _ = bench_setup(device, data_dir, PEER["width"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = dataset.train_x.split(PEER["batch"]), dataset.train_y.split(PEER["batch"])
+    for x, y in list(zip(*batches))[:PEER["steps"]]:
+        bare_step(model, x, y, optimizer)()
+    x, y = batches[0][PEER["steps"]], batches[1][PEER["steps"]]
+    model.zero_grad(set_to_none=True)
+    theirs_model = copy.deepcopy(model)  # PyHessian leaves the model in eval mode with a graph in .grad
+
+    def theirs():
+        torch.manual_seed(0)
+        found = PyHessian(theirs_model, F.cross_entropy, data=(x, y), cuda=device.type == "cuda")
+        value = found.eigenvalues(tol=PEER["tol"], top_n=1)[0][0]
+        theirs_model.zero_grad(set_to_none=True)
+        return value
+
+    def ours():
+        return top_eigenvalues(model, F.cross_entropy, (x, y), bn_mode="eval", tol=PEER["tol"])
+
+    t_theirs, t_ours = seconds(theirs, min_run_time), seconds(ours, min_run_time)
+    result, value = ours(), theirs()
+    agreement = abs(result["eigenvalues"][0] - value) / abs(value)
+    return _measured_on([Row("lambda_max time, ours / PyHessian power iteration (tol 1e-3, eval-mode BN)",
+                             t_ours / t_theirs, "ratio", *_target(t_ours / t_theirs, "<=", 1.0),
+                             f"ours {t_ours:.2f} s, {result['hvps']} products; PyHessian {t_theirs:.2f} s; "
+                             f"lambda_max {result['eigenvalues'][0]:.5g} vs {value:.5g}"),
+                         Row("lambda_max, |ours - PyHessian| / PyHessian", agreement, "fraction",
+                             *_target(agreement, "<=", 1e-3))], dataset.name)
 
 
 # Dense (no sparsity) TF32 tensor-core peaks from NVIDIA's datasheets, in FLOP/s, by a part of the name torch

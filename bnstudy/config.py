@@ -117,7 +117,7 @@ class CurvatureConfig:
 
     every: int = 0  # steps between probes; 0 = off
     k: int = 1  # eigenvalues, the algebraically largest
-    tol: float = 1e-3  # relative accuracy asked of Lanczos (ARPACK)
+    tol: float = 1e-3  # relative accuracy asked of each eigenvalue, by its Ritz residual bound (Lanczos)
     max_hvps: int = 100  # cap on Hessian-vector products per probe (not converged when reached: eigenvalues NaN)
     bn_mode: str = "train"  # train: batch statistics (as the training step sees the loss) | eval
 
@@ -580,7 +580,7 @@ LIMITS: dict[str, tuple[str, float]] = {
     "ics.every": ("steps", MAX_STEPS),
     "ics.layers": ("a weight-layer number", 1_024),
     "curvature.every": ("steps", MAX_STEPS),
-    "curvature.k": ("eigenvalues", 64),  # ARPACK keeps 2k + 1 Lanczos vectors, each the size of the model
+    "curvature.k": ("eigenvalues", 64),  # Lanczos keeps every basis vector (max_hvps of them), each the size of the model
     "curvature.tol": ("a relative accuracy", 1.0),  # 1 already asks for no digit at all
     "curvature.max_hvps": ("Hessian-vector products", 100_000),  # each a double backward: more would run for days
     "weights.every": ("steps", MAX_STEPS),

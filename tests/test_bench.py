@@ -85,3 +85,24 @@ def test_bench_times_the_weights_probe_inside_the_loops_step():
     step()
     step()
     assert len(made) == 2 and len(made[1]["probes"]) == 16 * 4 + 1  # VGG-16: 16 layers x 4 metrics + the logits
+
+
+def test_peer_rows_compare_lambda_max_with_pyhessian_or_say_it_is_missing(monkeypatch):
+    import math
+    import sys
+
+    monkeypatch.setattr(bench, "PEER", {"width": 0.0625, "steps": 2, "batch": 16, "tol": 1e-3})
+    monkeypatch.setitem(sys.modules, "pyhessian", None)  # as where the bench extra is not installed
+    (missing,) = bench.peer_rows(torch.device("cpu"), Path("/nonexistent"), 0.01)
+    assert math.isnan(missing.value) and "not installed" in missing.note
+    monkeypatch.delitem(sys.modules, "pyhessian")
+    pytest.importorskip("pyhessian")
+    timing, agreement = bench.peer_rows(torch.device("cpu"), Path("/nonexistent"), 0.01)
+    assert timing.value > 0 and "products" in timing.note
+    assert agreement.value <= 1e-2  # the same top eigenvalue, each to its own 1e-3 criterion
+
+
+def test_hvp_row_times_the_operator_against_a_plain_double_backward():
+    dataset, model, _ = bench.bench_setup(torch.device("cpu"), Path("/nonexistent"), 0.0625)
+    (row,) = bench.hvp_rows(model, dataset.train_x[:8], dataset.train_y[:8], 0.01)
+    assert row.value > 0 and row.target == "<= 1.05"
