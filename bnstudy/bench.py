@@ -26,6 +26,7 @@ from bnstudy.probes.curvature import HessianOperator, top_eigenvalues
 from bnstudy.probes.functional import difference_norm
 from bnstudy.probes.ics import gradient_shift
 from bnstudy.probes.landscape import along_gradient
+from bnstudy.probes.spectrum import gradient_share, spectral_density
 from bnstudy.probes.weights import WeightsProbe
 from bnstudy.recording import atomic_write_text
 from bnstudy.train import RunState, run_step
@@ -220,7 +221,21 @@ def policy_rows(device: torch.device, data_dir: Path | None, width: float, batch
                     *_target(t_curv / t_fwd_bwd, "<=", CURVATURE_BEFORE / 2),
                     f"{hvps} Hessian-vector products, probe {t_curv:.2f} s (ARPACK's was {CURVATURE_BEFORE:g})"))
     rows += hvp_rows(model, x, y, min_run_time)
+    rows += spectrum_rows(model, x, y, t_fwd_bwd, min_run_time)
     return _measured_on(rows, dataset.name)
+
+
+def spectrum_rows(model, x, y, t_fwd_bwd: float, min_run_time: float) -> list[Row]:
+    """One probe of the spectrum experiment's quick preset, per BN mode: the density (3 vectors x 20 Lanczos steps)
+    and the top-10 gradient share, each in forward+backward units."""
+    density = spectral_density(model, F.cross_entropy, (x, y), n_v=3, m=20)
+    t_density = seconds(lambda: spectral_density(model, F.cross_entropy, (x, y), n_v=3, m=20), min_run_time)
+    share = gradient_share(model, F.cross_entropy, (x, y), k=10, max_steps=100)
+    t_share = seconds(lambda: gradient_share(model, F.cross_entropy, (x, y), k=10, max_steps=100), min_run_time)
+    return [Row("spectral density (3 x 20 Lanczos steps) / 1 forward+backward", t_density / t_fwd_bwd, "ratio", "", "",
+                f"{density['hvps']} Hessian-vector products, {t_density:.2f} s"),
+            Row("gradient share in the top 10 (tol 1e-3, <= 100 products) / 1 forward+backward", t_share / t_fwd_bwd,
+                "ratio", "", "", f"{share['hvps']} products (converged: {share['converged']}), {t_share:.2f} s")]
 
 
 CURVATURE_BEFORE = 51  # the curvature probe row with ARPACK (21 products at least, each through NumPy in float64)

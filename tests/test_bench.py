@@ -106,3 +106,10 @@ def test_hvp_row_times_the_operator_against_a_plain_double_backward():
     dataset, model, _ = bench.bench_setup(torch.device("cpu"), Path("/nonexistent"), 0.0625)
     (row,) = bench.hvp_rows(model, dataset.train_x[:8], dataset.train_y[:8], 0.01)
     assert row.value > 0 and row.target == "<= 1.05"
+
+
+def test_spectrum_rows_count_the_products_of_one_probe():
+    dataset, model, _ = bench.bench_setup(torch.device("cpu"), Path("/nonexistent"), 0.0625)
+    density, share = bench.spectrum_rows(model, dataset.train_x[:8], dataset.train_y[:8], 1.0, 0.01)
+    assert "60 Hessian-vector products" in density.note and density.value > 0  # 3 vectors x 20 steps
+    assert share.value > 0 and "products" in share.note
