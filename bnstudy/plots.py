@@ -340,7 +340,8 @@ def controls_runs(results: Results) -> pd.DataFrame:
 
 
 def _kind_palette(kinds) -> dict:
-    return dict(zip(sorted(kinds), sns.color_palette("colorblind", len(set(kinds)))))
+    names = sorted(set(kinds))
+    return dict(zip(names, sns.color_palette("colorblind", len(names))))
 
 
 def controls_training(results: Results, order: tuple[str, ...] = ()):

@@ -47,3 +47,11 @@ def test_caption_names_the_gpu_of_cuda_runs(tmp_path):
     assert "GPU" not in Results(tmp_path, "noisy-bn").caption()
     meta("standard", {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3"})
     assert Results(tmp_path, "noisy-bn").caption().endswith("| GPU: NVIDIA H100 80GB HBM3 (1 of 2 runs on a CPU)")
+
+
+def test_kind_palette_has_a_colour_for_every_kind_however_often_it_repeats():
+    from bnstudy.plots import _kind_palette
+
+    palette = _kind_palette(["none, glorot"] * 5 + ["batch, kaiming", "none, kaiming", "batch, kaiming"])
+    assert set(palette) == {"none, glorot", "batch, kaiming", "none, kaiming"}
+    assert len(set(palette.values())) == 3
