@@ -109,3 +109,16 @@ def test_works_on_any_model_and_a_layer_the_loss_does_not_reach():
     values, _ = probed_step(model, (x, y), lr=0.1)
     assert values[(2, "grad_norm")] == 0 and values[(2, "sq_norm_change")] == 0
     assert values[(1, "grad_norm")] > 0
+
+
+def test_the_loop_puts_the_weights_probe_after_every_probe_that_runs_a_forward_pass():
+    """Its hook takes the first forward after its before_step: that must be the training step's own."""
+    from bnstudy.config import load_experiment, run_config
+    from bnstudy.models import build_model
+    from bnstudy.train import probe_callbacks
+
+    config = run_config(load_experiment("controls"), "batchnorm-kaiming-lr0.01", 0, "smoke",
+                        ["ics.every=3", "spectrum.at=[0]", "activations.layers=[2]"])
+    kinds = [type(c).__name__ for c in probe_callbacks(config, build_model(config.model))]
+    assert kinds == ["LandscapeProbe", "ICSProbe", "CurvatureProbe", "SpectrumProbe", "WeightsProbe",
+                     "ActivationRecorder"]  # the recorder's hooks come last for the same reason
