@@ -53,10 +53,15 @@ CHANCE = 0.1  # CIFAR-10: ten balanced classes
 TRAINS_MARGIN = 0.1  # "still trains": final training accuracy at least this far above chance
 
 
+def kind_label(norm, init):
+    """The label of a kind (norm and init), e.g. 'none, kaiming': works on strings and on Series alike."""
+    return norm + ", " + init
+
+
 def arm_kind(meta: pd.DataFrame) -> pd.Series:
     """What a run is apart from its LR and seed: its norm and its init, e.g. 'none, kaiming'."""
     init = meta["init"] if "init" in meta else pd.Series("glorot", index=meta.index)
-    return meta.norm + ", " + init.fillna("glorot")
+    return kind_label(meta.norm, init.fillna("glorot"))
 
 
 def sweep_table(meta: pd.DataFrame) -> pd.DataFrame:

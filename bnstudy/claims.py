@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from bnstudy.analysis import CHANCE, best_lr, largest_trainable_lr, sweep_table
+from bnstudy.analysis import CHANCE, best_lr, kind_label, largest_trainable_lr, sweep_table
 
 HOLDS, FAILS, TIE, NOT_MEASURED = "holds", "does not hold", "tie", "not measured"
 
@@ -290,7 +290,7 @@ def kind_name(query: dict) -> str:
 
 
 def kind_key(query: dict) -> str:
-    return f"{query['norm']}, {query['init']}"  # analysis.arm_kind's label
+    return kind_label(query["norm"], query["init"])
 
 
 def own_lrs(runs: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
@@ -402,20 +402,15 @@ MANY_OUTLIERS, FEW_OUTLIERS = 5, 2
 
 def claim_12f(s) -> Verdict:
     runs = needs(s, "spectrum")
-    count = {"std": paired(runs, "mid_outliers_train", {"std": STANDARD})["std"],
-             "bn": paired(runs, "mid_outliers_train", {"bn": BN})["bn"]}
-    ok = bool((count["std"] >= MANY_OUTLIERS).all() and (count["bn"] <= FEW_OUTLIERS).all())
+    count = paired(runs, "mid_outliers_train", {"std": STANDARD, "bn": BN})
+    ok = bool((count["std"] >= MANY_OUTLIERS).all() and (count.bn <= FEW_OUTLIERS).all())
     return Verdict(HOLDS if ok else FAILS, f"outliers at mid-training: standard {spread(count['std'])}, batchnorm "
-                                           f"(train mode) {spread(count['bn'])}", basis(runs, [STANDARD, BN]))
+                                           f"(train mode) {spread(count.bn)}", basis(runs, [STANDARD, BN]))
 
 
 def claim_12g(s) -> Verdict:
     runs = needs(s, "spectrum")
-    std = paired(runs, "mid_share_train", {"std": STANDARD})["std"]
-    bn = paired(runs, "mid_share_train", {"bn": BN})["bn"]
-    both = pd.concat({"std": std, "bn": bn}, axis=1).dropna()
-    if both.empty:
-        raise Missing("no seed with the gradient's top-10 share of both standard and batchnorm")
+    both = paired(runs, "mid_share_train", {"std": STANDARD, "bn": BN})  # seeds where both have a share
     return Verdict(HOLDS if bool((both["std"] > both.bn).all()) else FAILS,
                    f"gradient's share in the top-10 eigenvectors at mid-training: standard {pct(both['std'])}, "
                    f"batchnorm (train mode) {pct(both.bn)}", basis(runs, [STANDARD, BN]))
