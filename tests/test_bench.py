@@ -63,7 +63,8 @@ def test_bench_says_which_data_it_measured_on(tmp_path, capsys):
     assert main(["bench", "--device", "cpu", "--width", "0.0625", "--batch", "8", "--min-run-time", "0.01",
                  "--results-dir", str(tmp_path), "--data-dir", str(tmp_path / "no-data")]) == 0
     table = pd.read_csv(tmp_path / "bench" / "bench.csv")
-    assert (table["data"] == "synthetic images (tests only)").all()
+    measured = table[table["value"].notna()]  # a row that measured nothing (PyHessian absent) names no data
+    assert len(measured) >= 8 and (measured["data"] == "synthetic images (tests only)").all()
     header = capsys.readouterr().out.splitlines()[:2]
     assert "data synthetic images (tests only)" in header[0]
     assert header[1].startswith(f"note: no usable CIFAR-10 under {tmp_path / 'no-data'}")
