@@ -35,6 +35,18 @@ def test_a_clustered_top_is_not_stopped_early_on_a_wrong_value():
     assert result.ritz()[0][-3:].flip(0).tolist() == pytest.approx(top, rel=1e-8)
 
 
+def test_a_near_twin_top_that_lanczos_has_not_yet_split_stays_within_the_tolerance():
+    """lambda_1 = 10, lambda_2 = 9.9 over a bulk in [0, 5], tol 1e-3, ten starts: the residual bound keeps each run
+    going until lambda_1 is within 1e-3. The gap-refined estimate r^2 / (Ritz gap) stops after ~5 products, while
+    the Ritz gap still spans the bulk, on values up to 1e-2 off: the reason the rule is the residual bound."""
+    a = symmetric([10.0, 9.9] + torch.linspace(0, 5, 598, dtype=torch.float64).tolist(), seed=3)
+    for seed in range(10):
+        start = torch.randn(600, generator=torch.Generator().manual_seed(100 + seed), dtype=torch.float64)
+        result = lanczos(lambda v: a @ v, start, 150, k=1, tol=1e-3)
+        assert result.converged
+        assert abs(result.ritz()[0][-1].item() - 10.0) <= 1e-3 * 10.0
+
+
 class SmallBN(nn.Module):
     def __init__(self):
         super().__init__()
