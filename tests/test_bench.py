@@ -116,3 +116,25 @@ def test_spectrum_rows_count_the_products_of_one_probe():
     density, share = bench.spectrum_rows(model, dataset.train_x[:8], dataset.train_y[:8], 1.0, 0.01)
     assert "60 Hessian-vector products" in density.note and density.value > 0  # 3 vectors x 20 steps
     assert share.value > 0 and "products" in share.note
+
+
+def test_the_hessian_rows_matrix_is_the_same_in_every_run_even_where_the_set_is_small():
+    """A fixed number of SGD steps from a fixed init, around the synthetic set again (16 batches of 128 for 30
+    steps): two setups give the same weights bit for bit, and a full batch for the probe."""
+    def setup():
+        dataset, model, _ = bench.bench_setup(torch.device("cpu"), Path("/nonexistent"), 0.0625)
+        x, _ = bench.trained(model, dataset, 128, bench.CURVATURE["steps"], bench.CURVATURE["lr"])
+        return model, x
+    (first, x), (second, _) = setup(), setup()
+    assert len(x) == 128
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+def test_hessian_rows_time_lambda_max_against_arpack_which_finds_the_same_value():
+    rows = bench.hessian_rows(torch.device("cpu"), Path("/nonexistent"), 0.0625, 8, 0.01)
+    per_fwd_bwd, against_arpack = rows[0], rows[1]
+    assert per_fwd_bwd.value > 0 and "ARPACK here" in per_fwd_bwd.note
+    assert against_arpack.value > 0 and against_arpack.target == "<= 0.5"
+    ours, theirs = (float(part.split("lambda_max ")[1].split(";")[0].split(",")[0])
+                    for part in against_arpack.note.split("; ARPACK"))
+    assert ours == pytest.approx(theirs, rel=2e-3)
