@@ -15,7 +15,7 @@ residual, not a change between iterations, so a clustered top whose estimates st
 Why not the gap-refined estimate r^2 / gap (a Ritz value's error is at most that, given the true gap to the next
 eigenvalue)? Lanczos only knows Ritz gaps, and before it splits a near-twin top the Ritz gap still spans the bulk:
 on lambda = 10, 9.9 over a bulk in [0, 5] it stops after ~5 products with errors up to 1e-2 at tol 1e-3, where the
-residual bound takes ~11 and stays within 1e-3 (tests/test_spectrum.py). On the bench's VGG it would save 2 of 10.
+residual bound takes ~11 and stays within 1e-3 (tests/test_spectrum.py). On the bench's VGG it would save 2 of 9.
 """
 from __future__ import annotations
 
