@@ -51,6 +51,13 @@ def seconds(fn, min_run_time: float) -> float:
     return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
 
 
+def forward_backward_seconds(model, x, y, min_run_time: float) -> float:
+    """One forward+backward, the unit the probes' costs are given in; the gradients it leaves are cleared."""
+    t = seconds(lambda: F.cross_entropy(model(x), y).backward(), min_run_time)
+    model.zero_grad(set_to_none=True)
+    return t
+
+
 def _target(value: float, op: str, bound: float) -> tuple[str, str]:
     ok = value >= bound if op == ">=" else value <= bound
     return f"{op} {bound:g}", "yes" if ok else "no"
@@ -203,8 +210,7 @@ def policy_rows(device: torch.device, data_dir: Path | None, width: float, batch
                     "", f"DataLoader {1 / t_loader:.2f} steps/s"))
 
     grid = [0.01 * (i + 1) for i in range(etas)]
-    t_fwd_bwd = seconds(lambda: F.cross_entropy(model(x), y).backward(), min_run_time)
-    model.zero_grad(set_to_none=True)
+    t_fwd_bwd = forward_backward_seconds(model, x, y, min_run_time)
     t_probe = seconds(lambda: along_gradient(model, F.cross_entropy, (x, y), grid), min_run_time)
     ratio = t_probe / ((etas + 1) * t_fwd_bwd)
     rows.append(Row(f"landscape probe ({etas} etas) / {etas + 1} forward+backward", ratio, "ratio",
@@ -263,8 +269,7 @@ def hessian_rows(device: torch.device, data_dir: Path | None, width: float, batc
     ARPACK on the same matrix; one product against a plain double backward; the spectrum probes."""
     dataset, model, _ = bench_setup(device, data_dir, width)
     x, y = trained(model, dataset, batch, CURVATURE["steps"], CURVATURE["lr"])
-    t_fwd_bwd = seconds(lambda: F.cross_entropy(model(x), y).backward(), min_run_time)
-    model.zero_grad(set_to_none=True)
+    t_fwd_bwd = forward_backward_seconds(model, x, y, min_run_time)
 
     def ours():
         return top_eigenvalues(model, F.cross_entropy, (x, y), tol=CURVATURE["tol"])
