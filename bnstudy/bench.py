@@ -45,10 +45,16 @@ class Row:
     data: str = ""  # the dataset it was measured on (Dataset.name), where it trained on one
 
 
+def timed(fn, min_run_time: float) -> tuple[float, object]:
+    """Median seconds per call of fn(), and what its first call (the warm-up: allocator, lazy init) returned, so a
+    probe whose result a row reports is not run once more for it."""
+    first = fn()
+    return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median, first
+
+
 def seconds(fn, min_run_time: float) -> float:
     """Median seconds per call of fn()."""
-    fn()  # warm-up (allocator, lazy init)
-    return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
+    return timed(fn, min_run_time)[0]
 
 
 def forward_backward_seconds(model, x, y, min_run_time: float) -> float:
@@ -274,9 +280,8 @@ def hessian_rows(device: torch.device, data_dir: Path | None, width: float, batc
     def ours():
         return top_eigenvalues(model, F.cross_entropy, (x, y), tol=CURVATURE["tol"])
 
-    found, before = ours(), arpack_lambda_max(model, x, y, CURVATURE["tol"])
-    t_ours = seconds(ours, min_run_time)
-    t_arpack = seconds(lambda: arpack_lambda_max(model, x, y, CURVATURE["tol"]), min_run_time)
+    t_ours, found = timed(ours, min_run_time)
+    t_arpack, before = timed(lambda: arpack_lambda_max(model, x, y, CURVATURE["tol"]), min_run_time)
     rows = [Row("curvature probe (lambda_max, tol 1e-3) / 1 forward+backward", t_ours / t_fwd_bwd, "ratio",
                 *_target(t_ours / t_fwd_bwd, "<=", CURVATURE_BEFORE / 2),
                 f"{found['hvps']} Hessian-vector products, probe {t_ours:.2f} s (ARPACK here: "
@@ -293,10 +298,8 @@ def hessian_rows(device: torch.device, data_dir: Path | None, width: float, batc
 def spectrum_rows(model, x, y, t_fwd_bwd: float, min_run_time: float) -> list[Row]:
     """One probe of the spectrum experiment's quick preset, per BN mode: the density (3 vectors x 20 Lanczos steps)
     and the top-10 gradient share, each in forward+backward units."""
-    density = spectral_density(model, F.cross_entropy, (x, y), n_v=3, m=20)
-    t_density = seconds(lambda: spectral_density(model, F.cross_entropy, (x, y), n_v=3, m=20), min_run_time)
-    share = gradient_share(model, F.cross_entropy, (x, y), k=10, max_steps=100)
-    t_share = seconds(lambda: gradient_share(model, F.cross_entropy, (x, y), k=10, max_steps=100), min_run_time)
+    t_density, density = timed(lambda: spectral_density(model, F.cross_entropy, (x, y), n_v=3, m=20), min_run_time)
+    t_share, share = timed(lambda: gradient_share(model, F.cross_entropy, (x, y), k=10, max_steps=100), min_run_time)
     return [Row("spectral density (3 x 20 Lanczos steps) / 1 forward+backward", t_density / t_fwd_bwd, "ratio", "", "",
                 f"{density['hvps']} Hessian-vector products, {t_density:.2f} s"),
             Row("gradient share in the top 10 (tol 1e-3, <= 100 products) / 1 forward+backward", t_share / t_fwd_bwd,
@@ -349,9 +352,9 @@ def peer_rows(device: torch.device, data_dir: Path | None, min_run_time: float) 
     # PyHessian's tol is a change between power iterations, not an error: at a tenth of it, it is as accurate as
     # ours at tol (the second pair of rows: the issue's "equal accuracy")
     tighter = PEER["tol"] / 10
-    t_ours = seconds(ours, min_run_time)
-    t_theirs = {tol: seconds(lambda: theirs(tol), min_run_time) for tol in (PEER["tol"], tighter)}
-    result, found = ours(), {tol: theirs(tol) for tol in t_theirs}
+    t_ours, result = timed(ours, min_run_time)
+    timings = {tol: timed(lambda: theirs(tol), min_run_time) for tol in (PEER["tol"], tighter)}
+    t_theirs, found = {tol: t for tol, (t, _) in timings.items()}, {tol: run for tol, (_, run) in timings.items()}
     mine, value = result["eigenvalues"][0], {tol: found[tol][0] for tol in found}
     # the truth all are judged against: Lanczos to a 1e-9 residual bound on the same matrix
     exact = top_eigenvalues(model, F.cross_entropy, (x, y), bn_mode="eval", tol=1e-9, max_hvps=300)["eigenvalues"][0]
