@@ -1,5 +1,5 @@
 # bnstudy: every target creates the virtual environment and installs what it needs by itself.
-#   make EXPERIMENT [SEED=1 | SEEDS="0 1 2"] [PRESET=smoke|quick|paper] [DEVICE=auto|cpu|cuda] [RESULTS=dir] [DATA=dir]
+#   make EXPERIMENT [SEED=1 | SEEDS="0 1 2"] [PRESET=smoke|quick|long|paper] [DEVICE=auto|cpu|cuda] [RESULTS=dir] [DATA=dir]
 #   make all [SEEDS="0 1 2"]  every experiment, then the report;  make report  the report alone
 #   make bench [E2E=1]  costs as ratios (E2E=1 also times the whole quick noisy-bn)
 #   make test | test-gpu [NOVENV=1]  (NOVENV=1: the system python3 with PYTHONPATH=., as on a GPU image without network)

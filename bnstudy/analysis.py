@@ -4,18 +4,31 @@ from __future__ import annotations
 import pandas as pd
 
 
-def landscape_summary(probes: pd.DataFrame) -> pd.DataFrame:
+PLAIN, FILTER = "landscape", "landscape-filter"  # the probe names of the two directions (bnstudy.probes.landscape)
+
+
+def landscape_summary(probes: pd.DataFrame, probe: str = PLAIN) -> pd.DataFrame:
     """One row per (arm, seed, step) landscape probe: loss_min/max and grad_diff_min/max over eta, grad_norm,
-    and beta_eff = max over eta of grad_diff / step_norm (PAPER.md Fig. 4)."""
-    land = probes[probes.probe == "landscape"]
+    loss_at_w, beta_eff = max over eta of grad_diff / step_norm (PAPER.md Fig. 4), and the scale-free numbers:
+    overshoot = loss_max / loss_at_w, rel_grad_diff_max = grad_diff_max / grad_norm, and beta_rel = max over eta of
+    (grad_diff / grad_norm) / eta, the relative gradient change per relative step (along the filter-normalized
+    gradient eta is the step as a fraction of each filter's norm; along the plain gradient beta_rel has no such
+    meaning and is not read)."""
+    land = probes[probes.probe == probe]
     keys = ["arm", "seed", "step"]
     per_eta = land[land.eta > 0].pivot_table(index=keys + ["eta"], columns="metric", values="value").reset_index()
+    at_w = land[land.eta == 0].pivot_table(index=keys, columns="metric", values="value")
+    per_eta = per_eta.merge(at_w.grad_norm.rename("g").reset_index(), on=keys, how="left")
     per_eta["beta"] = per_eta.grad_diff / per_eta.step_norm
+    per_eta["beta_rel"] = per_eta.grad_diff / per_eta.g / per_eta.eta
     summary = per_eta.groupby(keys).agg(loss_min=("loss", "min"), loss_max=("loss", "max"),
                                         grad_diff_min=("grad_diff", "min"), grad_diff_max=("grad_diff", "max"),
-                                        beta_eff=("beta", "max"))
-    at_w = land[land.eta == 0].pivot_table(index=keys, columns="metric", values="value")
-    return summary.join(at_w.rename(columns={"loss": "loss_at_w"})).reset_index()
+                                        beta_eff=("beta", "max"), beta_rel=("beta_rel", "max"))
+    summary = summary.join(at_w.rename(columns={"loss": "loss_at_w"})).reset_index()
+    return summary.assign(overshoot=summary.loss_max / summary.loss_at_w,
+                          rel_grad_diff_min=summary.grad_diff_min / summary.grad_norm,
+                          rel_grad_diff_max=summary.grad_diff_max / summary.grad_norm,
+                          loss_ratio=summary.loss_max / summary.loss_min)
 
 
 def curvature_summary(probes: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
@@ -183,6 +196,19 @@ def left_chance_at(metrics: pd.DataFrame) -> pd.DataFrame:
     return runs.join(first).reset_index()
 
 
+REACHES = 0.6  # claim 1b: "reaches 60% training accuracy", the mean over the last REACH_WINDOW steps
+REACH_WINDOW = 100  # steps (12,800 examples at batch 128: a standard error of 0.4 points at 60%)
+
+
+def reached_at(metrics: pd.DataFrame, level: float = REACHES) -> pd.DataFrame:
+    """Per run, the first step at which the mean training accuracy over the last REACH_WINDOW steps is at least
+    `level` (NaN if never): column 'reached_at'."""
+    acc = metrics[(metrics.split == "train") & (metrics.metric == "acc")].sort_values("step")
+    rolling = acc.groupby(["arm", "seed"]).value.transform(lambda v: v.rolling(REACH_WINDOW).mean())
+    first = acc[rolling >= level].groupby(["arm", "seed"]).step.min().rename("reached_at")
+    return acc[["arm", "seed"]].drop_duplicates().set_index(["arm", "seed"]).join(first).reset_index()
+
+
 def moment_changes(acts: pd.DataFrame) -> pd.DataFrame:
     """Per arm, seed, layer and recorded t: mean over units of |mu_{t+1} - mu_t|, |var_{t+1} - var_t|,
     |mu_t - mu_0| and |var_t - var_0| (Fig. 8; NaN drift at t = 0)."""
@@ -209,13 +235,18 @@ def run_summary(meta: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.DataF
             "final_train_acc_last100", "final_test_acc", "final_test_acc_recal", "final_train_loss"]
     summary = meta[[c for c in keep if c in meta]].copy()
     probes, acts = tables["probes"], tables["activations"]
-    if (probes.probe == "landscape").any():
+    if (probes.probe == PLAIN).any():
         land = landscape_summary(probes)
-        land["loss_ratio"] = land.loss_max / land.loss_min
-        summary = summary.merge(phase_medians(land, ["grad_diff_max", "beta_eff", "loss_ratio"]), on=["arm", "seed"],
-                                how="left")
+        summary = summary.merge(phase_medians(land, ["grad_diff_max", "beta_eff", "loss_ratio", "overshoot"]),
+                                on=["arm", "seed"], how="left")
         summary = summary.merge(land.groupby(["arm", "seed"]).beta_eff.median().rename("beta_eff_median").reset_index(),
                                 on=["arm", "seed"], how="left")
+    if (probes.probe == FILTER).any():  # columns 'filter_<phase>_<column>'
+        medians = phase_medians(landscape_summary(probes, FILTER), ["loss_ratio", "rel_grad_diff_max", "beta_rel"])
+        summary = summary.merge(medians.rename(columns=lambda c: c if c in ("arm", "seed") else f"filter_{c}"),
+                                on=["arm", "seed"], how="left")
+    if (tables["metrics"].metric == "acc").any():
+        summary = summary.merge(reached_at(tables["metrics"]), on=["arm", "seed"], how="left")
     if (probes.probe == "ics").any():
         ics = probes[probes.probe == "ics"].groupby(["arm", "seed", "layer", "metric"]).value.median().unstack(["metric", "layer"])
         ics.columns = [f"ics_{metric}_median_L{layer}" for metric, layer in ics.columns]

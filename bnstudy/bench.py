@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
-from bnstudy.backends import backend_policy
+from bnstudy.backends import CUDA_RTOL, backend_policy, memory_format
 from bnstudy.config import BackendConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from bnstudy.data import BatchOrder, DataError, Dataset, data_kind, load_images
 from bnstudy.models import build_model
@@ -187,7 +187,8 @@ def run_bench(device: torch.device, data_dir: Path | None, width: float, batch: 
     with backend_policy(BackendConfig(), device):
         rows = (policy_rows(device, data_dir, width, batch, min_run_time, etas)
                 + hessian_rows(device, data_dir, width, batch, min_run_time) + peer_rows(device, data_dir, min_run_time))
-    return rows + (device_rows(device, data_dir, width, batch, min_run_time) if device.type == "cuda" else [])
+    levers = device_rows if device.type == "cuda" else cpu_lever_rows
+    return rows + levers(device, data_dir, width, batch, min_run_time)
 
 
 def policy_rows(device: torch.device, data_dir: Path | None, width: float, batch: int, min_run_time: float,
@@ -439,6 +440,51 @@ def compile_row(device, data_dir, width, batch, min_run_time, t_eager: float) ->
             return Row("training step, torch.compile / eager", float("nan"), "ratio", note=f"failed: {type(err).__name__}",
                        data=dataset.name)
     return Row("training step, torch.compile / eager", t / t_eager, "ratio", data=dataset.name)
+
+
+AGREEMENT = {"steps": 5, "lr": 1e-6}  # as tests/test_cuda.py compares two kernels (bnstudy.backends.CUDA_RTOL: why)
+
+
+def losses_under(device, data_dir, width: float, batch: int, backend: BackendConfig, compiled: bool = False) -> list[float]:
+    """The training losses of AGREEMENT's steps from one initialization, under `backend` (and torch.compile)."""
+    with backend_policy(backend, device):
+        dataset, model, _ = bench_setup(device, data_dir, width)
+        model = model.to(memory_format=memory_format(backend))
+        run = torch.compile(model) if compiled else model
+        optimizer = torch.optim.SGD(model.parameters(), lr=AGREEMENT["lr"])
+        losses = []
+        for i in range(AGREEMENT["steps"]):
+            loss = F.cross_entropy(run(dataset.train_x[i * batch:(i + 1) * batch]), dataset.train_y[i * batch:(i + 1) * batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return losses
+
+
+def agreement(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) / abs(x) for x, y in zip(a, b))
+
+
+def cpu_lever_rows(device: torch.device, data_dir: Path | None, width: float, batch: int, min_run_time: float) -> list[Row]:
+    """The CPU's levers on the training step, channels_last and torch.compile, as ratios to eager NCHW, each with
+    how far its losses drift from eager's (AGREEMENT): a lever is adopted only within CUDA_RTOL (bnstudy.backends)."""
+    t, _, data = timed_step(device, data_dir, width, batch, min_run_time, BackendConfig())
+    t_last = timed_step(device, data_dir, width, batch, min_run_time, BackendConfig(channels_last=True))[0]
+    eager = losses_under(device, data_dir, width, batch, BackendConfig())
+    drift = agreement(eager, losses_under(device, data_dir, width, batch, BackendConfig(channels_last=True)))
+    rows = [Row(f"training step, eager NCHW, VGG-16 width {width:g}, batch {batch}, {torch.get_num_threads()} threads",
+                t * 1e3, "ms", note=str(device)),
+            Row("training step, channels_last / eager", t_last / t, "ratio", "< 1", "yes" if t_last < t else "no"),
+            Row("channels_last: largest relative loss difference to eager over 5 steps", drift, "relative",
+                *_target(drift, "<=", CUDA_RTOL))]
+    compiled = compile_row(device, data_dir, width, batch, min_run_time, t)
+    rows.append(compiled)
+    if np.isfinite(compiled.value):
+        drift = agreement(eager, losses_under(device, data_dir, width, batch, BackendConfig(), compiled=True))
+        rows.append(Row("torch.compile: largest relative loss difference to eager over 5 steps", drift, "relative",
+                        *_target(drift, "<=", CUDA_RTOL)))
+    return _measured_on(rows, data)
 
 
 def end_to_end(data_dir: Path | None, device: str) -> list[Row]:

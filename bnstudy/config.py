@@ -31,7 +31,7 @@ from pathlib import Path
 from bnstudy.architectures import DATASET_MODELS, INIT_KINDS, MODEL_KINDS, NORM_KINDS, VGG_CFGS, count_weight_layers
 from bnstudy.errors import ConfigError  # noqa: F401  (raised here; importers take it from here too)
 
-PRESETS = ("smoke", "quick", "paper")
+PRESETS = ("smoke", "quick", "long", "paper")  # long: the paper's schedule at quick's width (docs/long.md)
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 
@@ -87,6 +87,7 @@ class ActivationsConfig:
     layers: tuple[int, ...] = ()  # weight-layer numbers (from 1) whose pre-ReLU output is recorded; () = off
     units: int = 4  # units (channels) per layer, chosen at random once per run
     every: int = 50  # record at steps t and t+1 for t a multiple of this (t+1 gives step-to-step moments)
+    density_at: tuple[int, ...] = ()  # steps at which each unit also records its 1st..99th percentiles (Fig. 6's densities)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,12 @@ class LandscapeConfig:
     spacing: str = "linear"  # linear | log
     direction: str = "gradient"  # gradient (the paper) | random (filter-normalized Gaussian, Li et al. 2018)
     bn_mode: str = "train"  # train: batch statistics during the probe (the paper) | eval: running statistics
+    # Beyond the paper: the same probe along the filter-normalized gradient (each filter's step scaled to that filter's
+    # own weight norm, Li et al. 2018), recorded beside the plain one as probe "landscape-filter". A weight followed by
+    # BN is scale-invariant, so this direction and its grid do not move with ||W|| as the plain gradient's do.
+    filter_every: int = 0  # steps between probes along the filter-normalized gradient; 0 = off
+    filter_eta_min: float = 0.005  # smallest step, as a fraction of each filter's norm: [1/2, 4] x 1%, the relative
+    filter_eta_max: float = 0.04  # step BN's layers take per SGD step at LR 0.1 (quick controls: 0.99% early, 1.02% late)
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,7 @@ class Experiment:
     preset_arms: dict[str, tuple[str, ...]]  # preset name -> arms it runs by default, where it says
     base: dict
     figures: tuple[str, ...]
+    plots: dict[str, dict] = field(default_factory=dict)  # figure name -> {kind, runs (queries), layers, options}
 
     def arms_for(self, preset: str) -> tuple[str, ...]:
         return self.preset_arms.get(preset, self.default_arms)
@@ -410,7 +418,8 @@ def merge_presets(family: dict, own: dict) -> dict:
 def load_experiment(name: str) -> Experiment:
     path = experiment_path(name)
     raw = _read_toml(path, f"{path}: malformed TOML")
-    known_top = {"name", "title", "arms", "default_arms", "presets", "base", "figures", "sweep", "family", "with"}
+    known_top = {"name", "title", "arms", "default_arms", "presets", "base", "figures", "sweep", "family", "with",
+                 "plots"}
     unknown = sorted(set(raw) - known_top)
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}'; known: {', '.join(sorted(known_top))}")
@@ -437,6 +446,7 @@ def load_experiment(name: str) -> Experiment:
         preset_arms=preset_arms,
         base=deep_merge(family_base, raw.get("base", {})),
         figures=tuple(raw.get("figures", ())),
+        plots=raw.get("plots", {}),
     )
     _check_names(path, experiment.name, experiment.arms)
     _check_with(path, experiment.name, raw.get("with", []))
@@ -462,6 +472,7 @@ def _check_shapes(path: Path, raw: dict) -> None:
              **{f"presets.{p}.arms": body.get("arms", []) for p, body in raw.get("presets", {}).items()}}
     for key, value in lists.items():
         need(isinstance(value, list) and all(isinstance(v, str) for v in value), key, "a list of strings")
+    _check_plots(path, raw.get("plots", {}))
     sweep = raw.get("sweep", {})
     for key, typ, what in (("key", str, "a string"), ("label", str, "a string"),
                            ("values", (list, dict), "a list, or a table of lists by arm")):
@@ -469,6 +480,26 @@ def _check_shapes(path: Path, raw: dict) -> None:
     if isinstance(sweep.get("values"), dict):
         for arm, values in sweep["values"].items():
             need(isinstance(values, list) and values, f"sweep.values.{arm}", "a non-empty list")
+
+
+PLOT_KEYS = {"kind": str, "runs": list, "layers": list, "options": dict}
+QUERY_KEYS = {"norm": str, "lr": (int, float), "init": str}  # what a figure's runs are found by (meta.json's fields)
+
+
+def _check_plots(path: Path, plots) -> None:
+    """[plots.NAME] kind = "...", runs = [{norm = ..., lr = ...}, ...], optionally layers and options."""
+    _require(isinstance(plots, dict), f"{path}: 'plots' must be a table of figures")
+    for name, spec in plots.items():
+        where = f"{path}: plots.{name}"
+        _require(NAME.fullmatch(name) is not None, f"{where}: a figure's name is letters, digits, '-' and '_' (a file)")
+        _require(isinstance(spec, dict) and "kind" in spec and "runs" in spec, f"{where} needs kind and runs")
+        for key, value in spec.items():
+            _require(key in PLOT_KEYS, f"{where}: unknown key '{key}'; known: {', '.join(PLOT_KEYS)}")
+            _require(isinstance(value, PLOT_KEYS[key]), f"{where}.{key} has the wrong type")
+        for query in spec["runs"]:
+            _require(isinstance(query, dict) and query and all(
+                k in QUERY_KEYS and isinstance(v, QUERY_KEYS[k]) and not isinstance(v, bool) for k, v in query.items()),
+                f"{where}.runs: each run is a table of {', '.join(QUERY_KEYS)}, got {query!r}")
 
 
 def _check_with(path: Path, name: str, together: list[str]) -> None:
@@ -573,10 +604,14 @@ LIMITS: dict[str, tuple[str, float]] = {
     "activations.layers": ("a weight-layer number", 1_024),  # no model here has more layers (dln_depth <= 1,024)
     "activations.units": ("units per layer", 65_536),  # more than any layer has (units are clipped to its width)
     "activations.every": ("steps", MAX_STEPS),
+    "activations.density_at": ("a step number", MAX_STEPS),
     "landscape.every": ("steps", MAX_STEPS),
     "landscape.eta_min": ("multiples of train.lr", 1e4),  # paper: 1/2 and 4 (VGG), 1/100 and 30 (DLN)
     "landscape.eta_max": ("multiples of train.lr", 1e4),
     "landscape.points": ("step sizes per probe", 1_000),  # each a forward and backward pass: more would hang a run
+    "landscape.filter_every": ("steps", MAX_STEPS),
+    "landscape.filter_eta_min": ("fractions of each filter's norm", 10.0),  # 10: a step ten times the filter itself
+    "landscape.filter_eta_max": ("fractions of each filter's norm", 10.0),
     "ics.every": ("steps", MAX_STEPS),
     "ics.layers": ("a weight-layer number", 1_024),
     "curvature.every": ("steps", MAX_STEPS),
@@ -657,6 +692,11 @@ def validate(config: RunConfig) -> None:
     _require(ls.eta_max * t.lr <= MAX_PROBE_STEP, f"landscape.eta_max * train.lr (the longest probe step) must be "
                                                   f"at most {MAX_PROBE_STEP:g}, got {ls.eta_max * t.lr:g}")
     _require(ls.points >= 1, f"landscape.points must be >= 1, got {ls.points}")
+    _require(ls.filter_every >= 0, f"landscape.filter_every must be >= 0 (0 = off), got {ls.filter_every}")
+    _require(0 < ls.filter_eta_min <= ls.filter_eta_max, f"landscape needs 0 < filter_eta_min <= filter_eta_max, got "
+                                                          f"{ls.filter_eta_min}, {ls.filter_eta_max}")
+    _require(all(s >= 0 for s in a.density_at), f"activations.density_at: step numbers must be >= 0, got "
+                                                 f"{list(a.density_at)}")
     _require(ls.spacing in ("linear", "log"), f"unknown landscape.spacing '{ls.spacing}'; known: linear, log")
     _require(ls.direction in ("gradient", "random"), f"unknown landscape.direction '{ls.direction}'; known: gradient, random")
     _require(ls.bn_mode in ("train", "eval"), f"unknown landscape.bn_mode '{ls.bn_mode}'; known: train, eval")

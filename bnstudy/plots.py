@@ -18,10 +18,11 @@ import seaborn as sns  # noqa: E402
 from PIL import Image  # noqa: E402  (matplotlib's own dependency)
 from scipy import stats  # noqa: E402
 
-from bnstudy.analysis import (CHANCE, TRAINS_MARGIN, best_lr, curvature_summary, landscape_summary,  # noqa: E402
+from bnstudy.analysis import (CHANCE, FILTER, PLAIN, TRAINS_MARGIN, best_lr, curvature_summary, landscape_summary,  # noqa: E402
                               largest_trainable_lr, moment_changes, run_summary, spectrum_quadrature,
                               spectrum_summary, sweep_table, weights_per_step, weights_summary)
-from bnstudy.config import load_experiment  # noqa: E402
+from bnstudy.config import ConfigError, load_experiment  # noqa: E402
+from bnstudy.probes.activations import DENSITY  # noqa: E402  (the percentile names, a dict of floats)
 from bnstudy.probes.spectrum import smoothed_density  # noqa: E402  (pure torch arithmetic on recorded numbers)
 from bnstudy.recording import atomic_write_bytes  # noqa: E402
 from bnstudy.reading import Results  # noqa: E402
@@ -141,6 +142,29 @@ def activation_distributions(results: Results, order: tuple[str, ...] = ()):
                    caption)
 
 
+def densities(results: Results, order: tuple[str, ...] = ()):
+    """Fig. 6: the distribution of one unit per layer at the `density_at` steps, as a density drawn from its
+    1st..99th percentiles (each 1% of the mass spread over the gap between neighbouring percentiles)."""
+    acts = results.tables["activations"]
+    acts = acts[acts.stat.isin(DENSITY) & (acts.seed == acts.seed.min())]
+    arms, steps = results.arms(order), sorted(acts.step.unique())
+    layers = sorted(acts.layer.unique())
+    fig, axes = plt.subplots(len(layers), len(arms), figsize=(3.8 * len(arms), 3.0 * len(layers) + 1.0), squeeze=False)
+    colors = dict(zip(steps, sns.color_palette("viridis", len(steps))))
+    for i, layer in enumerate(layers):
+        for j, arm in enumerate(arms):
+            ax = axes[i][j]
+            unit_rows = acts[(acts.layer == layer) & (acts.arm == arm)]
+            unit_rows = unit_rows[unit_rows.unit == unit_rows.unit.min()]
+            for step, rows in unit_rows.groupby("step"):
+                x = rows.assign(level=rows.stat.map(DENSITY)).sort_values("level").value.to_numpy()
+                ax.stairs(0.01 / np.maximum(np.diff(x), 1e-12), x, color=colors[step], label=f"step {step}")
+            ax.set(title=f"{arm}, layer #{layer}", xlabel="pre-ReLU activation", ylabel="density" if j == 0 else None)
+            ax.legend(fontsize=7)
+    caption = results.caption() + f" | one random unit per layer, seed {int(acts.seed.min()) if len(acts) else '—'}"
+    return _finish(fig, f"{results.experiment}: activation densities (Fig. 6)", caption)
+
+
 def _interval_steps(steps: pd.Series) -> list[int]:
     """Recording happens at t and t+1; distributions use the t's."""
     present = set(steps)
@@ -192,29 +216,47 @@ def _band_over_seeds(ax, frame: pd.DataFrame, low: str, high: str, color, label:
     ax.plot(mean.index, mean[high], color=color, lw=0.8)
 
 
-def landscape(results: Results, order: tuple[str, ...] = ()):
-    """Fig. 4: (a) loss along the gradient, (b) gradient predictiveness, (c) effective beta-smoothness."""
+LANDSCAPE_PANELS = {  # probe -> (band or line columns, y label) of panels (a), (b), (c)
+    PLAIN: ((("loss_min", "loss_max"), "L(w − η g): range over η"),
+            (("grad_diff_min", "grad_diff_max"), "‖∇L(w − η g) − g‖₂: range over η"),
+            ("beta_eff", "max over η of ‖∇L(w − η g) − g‖ / ‖η g‖")),
+    FILTER: ((("loss_min", "loss_max"), "L(w − η d): range over η"),
+             (("rel_grad_diff_min", "rel_grad_diff_max"), "‖∇L(w − η d) − g‖ / ‖g‖: range over η"),
+             ("beta_rel", "max over η of (‖∇L(w − η d) − g‖ / ‖g‖) / η")),
+}
+
+
+def landscape(results: Results, order: tuple[str, ...] = (), yscales=("log", "log", "log"), probe: str = PLAIN):
+    """Fig. 4: (a) loss along the gradient, (b) gradient predictiveness, (c) effective beta-smoothness. With
+    probe=FILTER the same along the filter-normalized gradient d, in scale-free terms (claims 13a-c)."""
     arms = results.arms(order)
-    summary = landscape_summary(results.tables["probes"])
+    summary = landscape_summary(results.tables["probes"], probe)
     colors = _palette(arms)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    (band_a, label_a), (band_b, label_b), (line_c, label_c) = LANDSCAPE_PANELS[probe]
     for arm in arms:
         frame = summary[summary.arm == arm]
-        _band_over_seeds(axes[0], frame, "loss_min", "loss_max", colors[arm], arm)
-        _band_over_seeds(axes[1], frame, "grad_diff_min", "grad_diff_max", colors[arm], arm)
-    sns.lineplot(summary, x="step", y="beta_eff", hue="arm", hue_order=arms, palette=colors, errorbar=ERRORBAR,
-                 ax=axes[2])
+        _band_over_seeds(axes[0], frame, *band_a, colors[arm], arm)
+        _band_over_seeds(axes[1], frame, *band_b, colors[arm], arm)
+    sns.lineplot(summary, x="step", y=line_c, hue="arm", hue_order=arms, palette=colors, errorbar=ERRORBAR, ax=axes[2])
     titles = ("(a) loss landscape", "(b) gradient predictiveness", "(c) effective β-smoothness")
-    ylabels = ("L(w − η g): range over η (log)", "‖∇L(w − η g) − g‖₂: range over η", "max over η of ‖∇L(w − η g) − g‖ / ‖η g‖")
-    for ax, title, ylabel in zip(axes, titles, ylabels):
-        ax.set(title=title, xlabel="training step", ylabel=ylabel, yscale="log")
+    for ax, title, ylabel, yscale in zip(axes, titles, (label_a, label_b, label_c), yscales):
+        ax.set(title=title, xlabel="training step", ylabel=ylabel + (" (log)" if yscale == "log" else ""), yscale=yscale)
         ax.legend(fontsize=8, title=None)
-    etas = sorted(results.tables["probes"].query("probe == 'landscape' and eta > 0").eta.unique())
-    caption = results.caption() + f" | η from {etas[0]:.3g} to {etas[-1]:.3g} ({len(etas)} points) | band: mean over seeds of min and max over η"
-    return _finish(fig, f"{results.experiment}: the loss landscape along the gradient (Fig. 4)", caption)
+    etas = sorted(results.tables["probes"].query("probe == @probe and eta > 0").eta.unique())
+    unit = " of each filter's norm" if probe == FILTER else ""
+    caption = results.caption() + (f" | η from {etas[0]:.3g} to {etas[-1]:.3g}{unit} ({len(etas)} points) | band: mean "
+                                   f"over seeds of min and max over η")
+    direction = "the filter-normalized gradient d" if probe == FILTER else "the gradient (Fig. 4)"
+    return _finish(fig, f"{results.experiment}: the loss landscape along {direction}", caption)
 
 
-def grad_diff_vs_eta(results: Results, order: tuple[str, ...] = ()):
+def landscape_filter(results: Results, order: tuple[str, ...] = (), yscales=("log", "log", "log")):
+    """Fig. 4 along the filter-normalized gradient: what is left of the smoothing without BN's free scale."""
+    return landscape(results, order, yscales, probe=FILTER)
+
+
+def grad_diff_vs_eta(results: Results, order: tuple[str, ...] = (), xscale: str = "linear"):
     """Fig. 11: gradient change against step size, one line per probed step, coloured by step."""
     arms = results.arms(order)
     land = results.tables["probes"].query("probe == 'landscape' and metric == 'grad_diff' and eta > 0")
@@ -225,7 +267,7 @@ def grad_diff_vs_eta(results: Results, order: tuple[str, ...] = ()):
     for ax, arm in zip(axes[0], arms):
         for step, g in land[land.arm == arm].groupby("step"):
             ax.plot(g.eta, g.value, color=plt.cm.viridis(norm(step)), lw=1, alpha=0.8)
-        ax.set(title=arm, xlabel="step size η", yscale="log")
+        ax.set(title=arm, xlabel="step size η" + (" (log)" if xscale == "log" else ""), xscale=xscale, yscale="log")
     axes[0][0].set_ylabel("‖∇L(w − η g) − g‖₂")
     _finish(fig, f"{results.experiment}: gradient change against step size (Fig. 11)",
             results.caption() + f" | seed {seed}", right=0.92)
@@ -483,7 +525,8 @@ def spectrum(results: Results, order: tuple[str, ...] = ()):
 
 
 FIGURES = {"training": training_curves, "activations": activation_distributions, "moments": moments,
-           "landscape": landscape, "grad_vs_eta": grad_diff_vs_eta, "ics": ics, "test": test_curves,
+           "landscape": landscape, "landscape_filter": landscape_filter, "densities": densities,
+           "grad_vs_eta": grad_diff_vs_eta, "ics": ics, "test": test_curves,
            "lr_sweep": lr_sweep, "curvature": curvature, "controls_training": controls_training,
            "controls_smoothness": controls_smoothness, "controls_sharpness": controls_sharpness,
            "controls_weights": controls_weights, "controls_init": controls_init, "spectrum": spectrum}
@@ -502,13 +545,27 @@ def draw_figures(results: Results) -> list[Path]:
     order = tuple(exp.arms)
     paths = []
     sns.set_theme(style="whitegrid", context="notebook")
-    for name in exp.figures:
-        fig = FIGURES[name](results, order)
+    figures = [(name, FIGURES[name], results, order, {}) for name in exp.figures]
+    figures += [(name, *_view(exp, name, spec, results)) for name, spec in exp.plots.items()]
+    for name, draw, shown, arms, options in figures:
+        fig = draw(shown, arms, **options)
         path = out_dir / f"{name}.png"
         atomic_write_bytes(path, png_bytes(fig))  # a kill while drawing leaves the previous figure, never half of one
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _view(exp, name: str, spec: dict, results: Results) -> tuple:
+    """A [plots.NAME] figure: (its kind's function, the runs it shows found by configuration, their order, options).
+    `layers` keeps the activation rows of those layers alone."""
+    if spec["kind"] not in FIGURES:
+        raise ConfigError(f"{exp.path}: plots.{name}: unknown kind '{spec['kind']}'; known: {', '.join(FIGURES)}")
+    shown = results.matching(spec["runs"])
+    if "layers" in spec:
+        acts = shown.tables["activations"]
+        shown.tables = shown.tables | {"activations": acts[acts.layer.isin(spec["layers"])]}
+    return FIGURES[spec["kind"]], shown, shown.order, spec.get("options", {})
 
 
 def png_bytes(fig, dpi: int = 110) -> bytes:

@@ -5,15 +5,16 @@ Experiments without results are listed as not run, and the claims that need them
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
-from bnstudy.analysis import landscape_summary, run_summary
-from bnstudy.claims import evaluate_claims
-from bnstudy.config import ConfigError, list_experiments, load_experiment
+from bnstudy.analysis import FILTER, PLAIN, landscape_summary, run_summary
+from bnstudy.claims import CLAIMS, FILTER_STEPS, STEPS, evaluate
+from bnstudy.config import PRESETS, ConfigError, Experiment, list_experiments, load_experiment, run_config
 from bnstudy.recording import atomic_write_text
 from bnstudy.reading import Results
 
@@ -34,9 +35,37 @@ def collect(results_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Resul
         summary = run_summary(results.meta, results.tables)
         atomic_write_text(results.root / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
         summaries[results.experiment], found[results.experiment] = summary, results
-        if (results.tables["probes"].probe == "landscape").any():
-            summaries[f"{results.experiment}:steps"] = landscape_summary(results.tables["probes"])
+        for probe, suffix in ((PLAIN, STEPS), (FILTER, FILTER_STEPS)):  # per-probe rows (claims 8, 13c)
+            if (results.tables["probes"].probe == probe).any():
+                steps = landscape_summary(results.tables["probes"], probe)
+                summaries[results.experiment + suffix] = steps.merge(summary[["arm", "seed", "preset"]], on=["arm", "seed"])
     return summaries, found
+
+
+def same_runs(experiment: Experiment, a: str, b: str) -> bool:
+    """Whether presets a and b give every arm of the experiment one configuration (the DLN's quick, long and paper
+    are its paper protocol): its runs then count at both."""
+    def configs(preset):
+        return [dataclasses.replace(run_config(experiment, arm, 0, preset), preset="") for arm in experiment.arms]
+    return a == b or configs(a) == configs(b)
+
+
+def by_preset(summaries: dict[str, pd.DataFrame]) -> dict[str, dict[str, pd.DataFrame]]:
+    """preset -> the summaries of the runs that count at it: made at it, or at a preset of the same configuration.
+    Claims are judged per preset, never across scales."""
+    present = {p for table in summaries.values() for p in table.get("preset", ())}
+    experiments = {name: load_experiment(name) for name in summaries if ":" not in name}
+    split = {}
+    for preset in [p for p in PRESETS if p in present]:
+        chosen = {}
+        for name, table in summaries.items():
+            experiment = experiments.get(name.split(":")[0])
+            same = [p for p in set(table.preset) if experiment is None and p == preset
+                    or experiment is not None and same_runs(experiment, p, preset)]
+            if len(rows := table[table.preset.isin(same)]):
+                chosen[name] = rows
+        split[preset] = chosen
+    return split
 
 
 def has_runs(results_dir: Path, experiment: str) -> bool:
@@ -44,13 +73,38 @@ def has_runs(results_dir: Path, experiment: str) -> bool:
     return any((Path(results_dir) / experiment).glob("*/seed-*/meta.json"))
 
 
-def claims_table(summaries: dict[str, pd.DataFrame]) -> str:
-    lines = ["| # | the paper says | rule for the verdict | measured here | verdict | runs behind it |",
-             "|---|---|---|---|---|---|"]
-    for claim, verdict in evaluate_claims(summaries):
-        mark = VERDICT_MARK[verdict.verdict] + (f" ({', '.join(verdict.presets)})" if verdict.presets else "")
-        cells = [claim.number, claim.statement, claim.rule, verdict.measured, mark, verdict.basis or "—"]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+def verdicts(summaries: dict[str, pd.DataFrame]) -> dict[str, list]:
+    """preset -> [(claim, verdict)] for every claim, on the runs that count at that preset (at least one column,
+    so that a report with no results still lists every claim)."""
+    split = by_preset(summaries) or {"quick": {}}
+    return {preset: [(claim, evaluate(claim, chosen)) for claim in CLAIMS] for preset, chosen in split.items()}
+
+
+def _cells(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def claims_table(judged: dict[str, list]) -> str:
+    """Every claim with, per preset side by side, its verdict, the numbers that decided it and the runs behind it."""
+    presets = list(judged)
+    head = ["#", "the paper says", "rule for the verdict"] + [f"{w} ({p})" for p in presets
+                                                             for w in ("verdict", "measured", "runs")]
+    lines = [_cells(head), _cells(["---"] * len(head))]
+    for i, claim in enumerate(CLAIMS):
+        cells = [claim.number, claim.statement, claim.rule]
+        for preset in presets:
+            verdict = judged[preset][i][1]
+            cells += [VERDICT_MARK[verdict.verdict], verdict.measured, verdict.basis or "—"]
+        lines.append(_cells(cells))
+    return "\n".join(lines)
+
+
+def verdicts_table(judged: dict[str, list]) -> str:
+    """The README's compact table: per claim, its verdict at each preset (the numbers are in REPORT.md)."""
+    presets = list(judged)
+    lines = [_cells(["#", "claim"] + presets), _cells(["---"] * (2 + len(presets)))]
+    for i, claim in enumerate(CLAIMS):
+        lines.append(_cells([claim.number, claim.statement] + [VERDICT_MARK[judged[p][i][1].verdict] for p in presets]))
     return "\n".join(lines)
 
 
@@ -89,8 +143,9 @@ def update_readme(readme: Path, results_dir: Path, table: str) -> None:
         raise ConfigError(f"{readme} has no {README_START} ... {README_END} block to fill")
     prefix = Path(os.path.relpath(results_dir, readme.parent)).as_posix()
     figures = [f"![{f}]({prefix}/{f})" for f in KEY_FIGURES if (results_dir / f).exists()]
-    block = "\n\n".join([f"**What the committed results say** (from `{prefix}/REPORT.md`, written by `make report` "
-                          "from the CSVs; the preset, data and seeds behind each row are in its last column):",
+    block = "\n\n".join([f"**What the committed results say**, per preset (written by `make report` from the CSVs; "
+                          f"the rules, the numbers that decided each verdict and the runs behind them are in "
+                          f"[`{prefix}/REPORT.md`]({prefix}/REPORT.md)):",
                           table, *figures])
     head, rest = text.split(README_START, 1)
     atomic_write_text(readme, head + README_START + "\n" + block + "\n" + README_END + rest.split(README_END, 1)[1])
@@ -124,7 +179,7 @@ def write_report(results_dir: str | Path = "results", readme: Path | None = None
              "",
              "## The paper's claims",
              "",
-             table := claims_table(summaries),
+             claims_table(judged := verdicts(summaries)),
              ""]
     for name, results in found.items():
         title = load_experiment(name).title
@@ -138,5 +193,5 @@ def write_report(results_dir: str | Path = "results", readme: Path | None = None
     path = results_dir / "REPORT.md"
     atomic_write_text(path, "\n".join(parts))
     if readme is not None:
-        update_readme(Path(readme), results_dir, table)
+        update_readme(Path(readme), results_dir, verdicts_table(judged))
     return path

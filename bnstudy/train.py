@@ -93,6 +93,9 @@ def probe_callbacks(config: RunConfig, model: nn.Module) -> list:
     if ls.every:
         etas = eta_grid(config.train.lr, ls.eta_min, ls.eta_max, ls.points, ls.spacing)
         callbacks.append(LandscapeProbe(etas, ls.every, ls.bn_mode, ls.direction, config.seed))
+    if ls.filter_every:  # eta: fractions of each filter's norm, the same grid whatever the LR
+        etas = eta_grid(1.0, ls.filter_eta_min, ls.filter_eta_max, ls.points, ls.spacing)
+        callbacks.append(LandscapeProbe(etas, ls.filter_every, ls.bn_mode, "filter-gradient", config.seed))
     if config.ics.every:
         callbacks.append(ICSProbe(config.ics.layers, config.ics.every, config.ics.bn_mode))
     c = config.curvature
@@ -104,7 +107,8 @@ def probe_callbacks(config: RunConfig, model: nn.Module) -> list:
     # last: their hooks go on after the probes' forward passes, so they record the training forward alone
     if config.weights.every:
         callbacks.append(WeightsProbe(config.weights.every))
-    return callbacks + [ActivationRecorder({k: model.preactivation(k) for k in a.layers}, a.units, a.every, config.seed)]
+    return callbacks + [ActivationRecorder({k: model.preactivation(k) for k in a.layers}, a.units, a.every, config.seed,
+                                           a.density_at)]
 
 
 # ----------------------------------------------------------------------------------------------

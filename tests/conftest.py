@@ -9,7 +9,7 @@ SMOKE_SYNTHETIC = ["--set", "data.dataset=synthetic"]
 
 @pytest.fixture(autouse=True)
 def _fast_torch():
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("BNSTUDY_TEST_THREADS", 2)))  # 1 beside a long run on a 2-core machine
     yield
 
 

@@ -298,3 +298,59 @@ def test_claims_12f_to_12h():
     assert check("12h (ours)", spectrum(7, 1, 8)) == HOLDS
     assert check("12h (ours)", spectrum(7, 1, 4)) == FAILS
     assert check("12h (ours)", {}) == NOT_MEASURED
+
+
+# ----------------------------------------------------------------------------------------------
+# Claims 1b, 6b, 13a-d (ours), and runs found by configuration in any experiment
+# ----------------------------------------------------------------------------------------------
+def test_claim_1b_counts_steps_to_sixty_percent_and_never_as_infinitely_many():
+    runs = lambda std, bn: {"lr": frame({"standard-lr0.1": {"reached_at": std}, "batchnorm-lr0.1": {"reached_at": bn}})}
+    assert check("1b (ours)", runs(4000.0, 1500.0)) == HOLDS
+    assert check("1b (ours)", runs(float("nan"), 9000.0)) == HOLDS  # standard never reaches it
+    assert check("1b (ours)", runs(4000.0, 2500.0)) == FAILS
+    assert check("1b (ours)", runs(float("nan"), float("nan"))) == FAILS
+
+
+def test_claim_6b_needs_an_overshoot_not_only_a_wider_range():
+    assert check("6b (ours)", landscape_runs(3.0, 1.2, "early_overshoot")) == HOLDS
+    assert check("6b (ours)", landscape_runs(0.9, 0.8, "early_overshoot")) == FAILS  # a steep descent, no overshoot
+    assert check("6b (ours)", landscape_runs(1.1, 1.3, "early_overshoot")) == FAILS
+
+
+def test_claims_13a_and_13b_read_the_filter_normalized_probe():
+    assert check("13a (ours)", landscape_runs(2.0, 1.1, "filter_early_loss_ratio")) == HOLDS
+    assert check("13a (ours)", landscape_runs(1.0, 1.1, "filter_early_loss_ratio")) == FAILS
+    assert check("13b (ours)", landscape_runs(0.9, 0.2, "filter_early_rel_grad_diff_max")) == HOLDS
+    assert check("13b (ours)", landscape_runs(0.5, 0.2, "filter_early_rel_grad_diff_max")) == FAILS
+    assert check("13a (ours)", landscape_runs(2.0, 1.1, "early_loss_ratio")) == NOT_MEASURED  # no filter probe
+
+
+def test_claim_13c_compares_the_scale_free_beta_step_by_step():
+    def runs(bn_below: int):
+        steps = [{"arm": arm, "seed": 0, "step": s, "preset": "quick",
+                  "beta_rel": (1.0 if (arm == "batchnorm") == (s < bn_below) else 2.0)}
+                 for arm in ("standard", "batchnorm") for s in range(8)]
+        return {"landscape": frame({"standard": {}, "batchnorm": {}}, seeds=(0,)),
+                "landscape:filter-steps": pd.DataFrame(steps)}
+    assert check("13c (ours)", runs(7)) == HOLDS
+    assert check("13c (ours)", runs(4)) == FAILS
+
+
+def test_claim_13d_is_claim_5_relative_to_the_gradient():
+    def runs(bn_rel):
+        arms = {f"{a}-lr{lr}": {f"ics_rel_l2_median_L{l}": (1.0 if a == "standard" else bn_rel) for l in (5, 10)}
+                for a in ("standard", "batchnorm") for lr in ("0.1", "0.01")}
+        return {"ics": frame(arms)}
+    assert check("13d (ours)", runs(0.8)) == HOLDS
+    assert check("13d (ours)", runs(0.3)) == FAILS
+
+
+def test_a_rule_finds_its_runs_by_configuration_in_another_experiment():
+    """paper-figures trains each configuration once: claim 1 finds LR 0.1 and 0.5 there, claim 3 finds noisy BN."""
+    lr = lr_runs(0.40, 0.70, 0.10, 0.65)["lr"]
+    both = pd.concat([noisy_runs(0.65, 0.1)["noisy-bn"], lr[lr.lr == 0.5]])  # one run per configuration
+    summaries = {"paper-figures": both.assign(preset="long")}
+    assert evaluate(next(c for c in CLAIMS if c.number == "1"), summaries).presets == ("long",)
+    assert check("1", summaries) == HOLDS and check("3", summaries) == HOLDS
+    controls_claim = next(c for c in CLAIMS if c.number == "12a (ours)")
+    assert evaluate(controls_claim, summaries).measured == "waiting for controls (no results yet)"  # never pooled

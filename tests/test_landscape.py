@@ -127,3 +127,43 @@ def test_eta_grid():
     assert eta_grid(0.1, 0.5, 4.0, 8, "linear") == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4])
     grid = eta_grid(1e-6, 0.01, 30, 5, "log")
     assert grid[0] == pytest.approx(1e-8) and grid[-1] == pytest.approx(3e-5)
+
+
+def _bn_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4, eps=1e-30), nn.ReLU(), nn.Flatten(),  # eps ~0: scale-invariant
+                         nn.Linear(4 * 6 * 6, 3)).double()
+
+
+def test_the_filter_normalized_gradient_moves_each_filter_by_eta_times_its_norm():
+    from bnstudy.probes.functional import Evaluator
+    from bnstudy.probes.landscape import probe_direction
+
+    model, batch = _bn_net(), (torch.randn(16, 3, 8, 8, dtype=torch.float64), torch.randint(0, 3, (16,)))
+    evaluator = Evaluator(model, F.cross_entropy, batch)
+    _, g = evaluator.loss_and_grad(evaluator.params)
+    d = probe_direction("filter-gradient", g, evaluator.params, None)
+    for name, p in evaluator.params.items():
+        if p.dim() == 1:  # BN's scale and shift, the linear bias: not moved (Li et al.)
+            assert torch.count_nonzero(d[name]) == 0
+            continue
+        assert torch.allclose(d[name].flatten(1).norm(dim=1), p.flatten(1).norm(dim=1), rtol=1e-12)
+        cos = F.cosine_similarity(d[name].flatten(1), g[name].flatten(1), dim=1)  # each filter along its own gradient
+        assert torch.allclose(cos, torch.ones_like(cos), rtol=1e-12)
+
+
+def test_the_filter_normalized_probe_does_not_see_the_free_scale_that_bn_gives_a_weight():
+    """Scaling a weight that BN follows changes no function: along the filter-normalized gradient every loss is the
+    same; along the plain gradient (the paper's) the losses move with the scale."""
+    batch = (torch.randn(16, 3, 8, 8, dtype=torch.float64), torch.randint(0, 3, (16,)))
+    etas = [0.01, 0.02, 0.04]
+    losses = {}
+    for scale in (1.0, 5.0):
+        model = _bn_net()
+        with torch.no_grad():
+            model[0].weight.mul_(scale)
+        for direction in ("gradient", "filter-gradient"):
+            losses[direction, scale] = [r["loss"] for r in along_gradient(model, F.cross_entropy, batch, etas,
+                                                                          direction=direction)]
+    assert losses["filter-gradient", 1.0] == pytest.approx(losses["filter-gradient", 5.0], rel=1e-10)
+    assert losses["gradient", 1.0] != pytest.approx(losses["gradient", 5.0], rel=1e-3)

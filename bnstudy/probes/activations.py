@@ -13,6 +13,7 @@ from torch import nn
 from bnstudy.probes.callback import Probe
 
 PERCENTILES = {"p05": 0.05, "p15": 0.15, "p50": 0.50, "p85": 0.85, "p95": 0.95}
+DENSITY = {f"q{i:02d}": i / 100 for i in range(1, 100)}  # at `density_at` steps: the quantile function, 1% a bin
 
 
 def choose_units(width: int, count: int, seed: int, layer: int) -> list[int]:
@@ -32,10 +33,12 @@ def quantiles(x: torch.Tensor, levels: list[float]) -> torch.Tensor:
     return torch.quantile(x, torch.tensor(levels, device=x.device), dim=1)
 
 
-def unit_statistics(output: torch.Tensor, units: list[int]) -> dict[str, torch.Tensor]:
-    """(N, C, ...) -> per chosen unit: percentiles, mean and variance over batch (and space), shape (U,)."""
+def unit_statistics(output: torch.Tensor, units: list[int], density: bool = False) -> dict[str, torch.Tensor]:
+    """(N, C, ...) -> per chosen unit: percentiles (with `density`, the 1st..99th too), mean and variance over batch
+    (and space), shape (U,)."""
     x = output.detach()[:, units].transpose(0, 1).reshape(len(units), -1).float()  # (U, N*H*W)
-    stats = dict(zip(PERCENTILES, quantiles(x, list(PERCENTILES.values()))))
+    levels = PERCENTILES | (DENSITY if density else {})
+    stats = dict(zip(levels, quantiles(x, list(levels.values()))))
     stats["mean"] = x.mean(dim=1)
     stats["var"] = x.var(dim=1, unbiased=False)
     return stats
@@ -45,18 +48,20 @@ class ActivationRecorder(Probe):
     """Training callback: at steps t and t+1 for t a multiple of `every`, hook `modules` and record rows.
 
     modules: layer number -> the module whose output is that layer's pre-nonlinearity activation.
-    Recording at t+1 as well gives true step-to-step changes of the moments (Fig. 8).
+    Recording at t+1 as well gives true step-to-step changes of the moments (Fig. 8). At the steps
+    `density_at` each unit also records its 1st..99th percentiles, from which Fig. 6 draws densities.
     """
 
-    def __init__(self, modules: dict[int, nn.Module], units: int, every: int, seed: int):
-        self.modules, self.every, self.seed = modules, every, seed
+    def __init__(self, modules: dict[int, nn.Module], units: int, every: int, seed: int,
+                 density_at: tuple[int, ...] = ()):
+        self.modules, self.every, self.seed, self.density_at = modules, every, seed, frozenset(density_at)
         self.units_per_layer = units
         self.units: dict[int, list[int]] = {}
         self.handles: list = []
         self.rows: list[dict] = []
 
     def due(self, step: int) -> bool:
-        return step % self.every in (0, 1)
+        return step % self.every in (0, 1) or step in self.density_at
 
     def measure(self, ctx) -> dict[str, list[dict]]:
         """Hook the modules: the step's own forward pass records the rows, which after_step hands over."""
@@ -76,7 +81,7 @@ class ActivationRecorder(Probe):
             if layer not in self.units:
                 self.units[layer] = choose_units(output.shape[1], self.units_per_layer, self.seed, layer)
             units = self.units[layer]
-            for stat, values in unit_statistics(output, units).items():
+            for stat, values in unit_statistics(output, units, step in self.density_at).items():
                 self.rows += [{"step": step, "layer": layer, "unit": u, "stat": stat, "value": v}
                               for u, v in zip(units, values.tolist())]
         return record

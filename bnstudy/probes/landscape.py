@@ -1,8 +1,9 @@
 """Loss landscape along the gradient, gradient predictiveness and effective beta-smoothness.
 
 PAPER.md, "Loss landscape along the gradient" (Fig. 4, 10-13): at weights w, on batch B, with
-g = grad L(w), for each step size eta evaluate L(w - eta d) and grad L(w - eta d), d = g (or a
-random direction). Works on any PyTorch model:
+g = grad L(w), for each step size eta evaluate L(w - eta d) and grad L(w - eta d), d = g (the paper), the
+filter-normalized gradient (each filter's step scaled to that filter's weight norm: scale-free under BN) or
+a filter-normalized random direction. Works on any PyTorch model:
 
     rows = along_gradient(model, torch.nn.functional.cross_entropy, (x, y), etas=[0.05, 0.1, 0.2])
     summary = summarize(rows)   # loss_min/max, grad_diff_min/max, beta_eff
@@ -18,25 +19,40 @@ from torch import nn
 from bnstudy.probes.callback import Probe, step_seed
 from bnstudy.probes.functional import Evaluator, difference_norm, flat_norm, moved, untouched
 
-DIRECTIONS = ("gradient", "random")
+DIRECTIONS = ("gradient", "filter-gradient", "random")
 
 
-def filter_normalized_direction(params: dict[str, torch.Tensor], generator: torch.Generator | None = None):
-    """A Gaussian direction scaled per filter to the norm of that filter's weights (Li et al. 2018).
+def filter_normalized(source: dict[str, torch.Tensor], params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`source` scaled per filter to the norm of that filter's weights (Li et al. 2018).
 
-    Each output unit (first dimension) of a weight tensor gets ||d_f|| = ||w_f||; vectors (biases, BN
-    scales and shifts) get zero, as in Li et al., so the direction moves only the filters.
+    Each output unit (first dimension) of a weight tensor gets ||d_f|| = ||w_f|| (zero where source_f is zero);
+    vectors (biases, BN scales and shifts) get zero, as in Li et al., so the direction moves only the filters.
+    Rescaling a filter that BN follows rescales its part of the direction alike: w - eta d computes the same function.
     """
     direction = {}
     for name, p in params.items():
         if p.dim() <= 1:
             direction[name] = torch.zeros_like(p)
             continue
-        d = torch.randn(p.shape, generator=generator, device="cpu", dtype=p.dtype).to(p.device)
-        d_norm = d.flatten(1).norm(dim=1).clamp_min(1e-12)
+        d = source[name]
+        d_norm = d.flatten(1).norm(dim=1).clamp_min(torch.finfo(d.dtype).tiny)
         w_norm = p.flatten(1).norm(dim=1)
         direction[name] = d * (w_norm / d_norm).view(-1, *([1] * (p.dim() - 1)))
     return direction
+
+
+def filter_normalized_direction(params: dict[str, torch.Tensor], generator: torch.Generator | None = None):
+    """A Gaussian direction scaled per filter to the norm of that filter's weights (Li et al. 2018)."""
+    gaussian = {name: torch.randn(p.shape, generator=generator, device="cpu", dtype=p.dtype).to(p.device)
+                for name, p in params.items() if p.dim() > 1}
+    return filter_normalized(gaussian, params)
+
+
+def probe_direction(direction: str, g: dict, params: dict, generator: torch.Generator | None) -> dict:
+    """d for one of DIRECTIONS at weights `params` with gradient `g`."""
+    if direction == "gradient":
+        return g
+    return filter_normalized(g, params) if direction == "filter-gradient" else filter_normalized_direction(params, generator)
 
 
 def along_gradient(model: nn.Module, loss_fn, batch, etas, *, bn_mode: str = "train",
@@ -44,15 +60,16 @@ def along_gradient(model: nn.Module, loss_fn, batch, etas, *, bn_mode: str = "tr
     """One row per eta: eta, loss = L(w - eta d), grad_diff = ||grad L(w - eta d) - g||, grad_norm = ||g||,
     step_norm = eta ||d||, and loss0 = L(w). `batch = (inputs, targets)`; `loss_fn(outputs, targets)`.
 
-    direction: "gradient" (d = g, the paper) or "random" (filter-normalized Gaussian; give a generator
-    to make it reproducible; it is drawn from its own generator, never the global one).
+    direction: "gradient" (d = g, the paper), "filter-gradient" (g scaled per filter to ||w_f||: eta is then a
+    fraction of each filter's norm) or "random" (filter-normalized Gaussian; give a generator to make it
+    reproducible; it is drawn from its own generator, never the global one).
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction '{direction}'; known: {', '.join(DIRECTIONS)}")
     with untouched(model, bn_mode):
         evaluator = Evaluator(model, loss_fn, batch, bn_mode)
         loss0, g = evaluator.loss_and_grad(evaluator.params)
-        d = g if direction == "gradient" else filter_normalized_direction(evaluator.params, generator)
+        d = probe_direction(direction, g, evaluator.params, generator)
         g_norm, d_norm = flat_norm(g), flat_norm(d)
         measured = []
         for eta in etas:
@@ -86,10 +103,13 @@ def eta_grid(lr: float, low: float, high: float, points: int, spacing: str) -> l
     return [lr * float(v) for v in grid]
 
 
-def landscape_records(step: int, rows: list[dict]) -> list[dict]:
+PROBE_NAMES = {"gradient": "landscape", "filter-gradient": "landscape-filter", "random": "landscape"}
+
+
+def landscape_records(step: int, rows: list[dict], probe: str = "landscape") -> list[dict]:
     """Tidy probes.csv rows: per eta loss, grad_diff, step_norm; once (eta = 0) the loss and ||g|| at w."""
     def record(eta, metric, value):
-        return {"step": step, "probe": "landscape", "layer": 0, "eta": eta, "metric": metric, "value": value}
+        return {"step": step, "probe": probe, "layer": 0, "eta": eta, "metric": metric, "value": value}
 
     at_w = [record(0.0, "loss", rows[0]["loss0"]), record(0.0, "grad_norm", rows[0]["grad_norm"])]
     return at_w + [record(r["eta"], m, r[m]) for r in rows for m in ("loss", "grad_diff", "step_norm")]
@@ -105,4 +125,4 @@ class LandscapeProbe(Probe):
         generator = torch.Generator().manual_seed(step_seed(self.seed, ctx.step))  # resumable
         rows = along_gradient(ctx.model, ctx.loss_fn, ctx.batch, self.etas, bn_mode=self.bn_mode,
                               direction=self.direction, generator=generator)
-        return {"probes": landscape_records(ctx.step, rows)}
+        return {"probes": landscape_records(ctx.step, rows, PROBE_NAMES[self.direction])}
