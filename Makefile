@@ -1,5 +1,5 @@
 # bnstudy: every target creates the virtual environment and installs what it needs by itself.
-#   make EXPERIMENT [SEED=1 | SEEDS="0 1 2"] [PRESET=smoke|quick|long|paper] [DEVICE=auto|cpu|cuda] [RESULTS=dir] [DATA=dir]
+#   make EXPERIMENT [SEED=1 | SEEDS="0 1 2"] [PRESET=smoke|quick|long|paper] [ARMS="a b"] [DEVICE=auto|cpu|cuda] [RESULTS=dir] [DATA=dir]
 #   make all [SEEDS="0 1 2"]  every experiment, then the report;  make report  the report alone
 #   make bench [E2E=1]  costs as ratios (E2E=1 also times the whole quick noisy-bn)
 #   make test | test-gpu [NOVENV=1]  (NOVENV=1: the system python3 with PYTHONPATH=., as on a GPU image without network)
@@ -11,6 +11,7 @@ PRESET  ?= quick
 DEVICE  ?= auto
 RESULTS ?= results
 LAUNCHER ?= local
+ARMS    ?=
 # Folder holding cifar-10-batches-py/: $BNSTUDY_DATA if set, else data/
 DATA    ?= $(if $(BNSTUDY_DATA),$(BNSTUDY_DATA),data)
 SHARED_CIFAR ?= ../shared/data/cifar10
@@ -19,7 +20,7 @@ BIN      := $(VENV)/bin
 BNSTUDY  := $(BIN)/bnstudy
 STAMP    := $(VENV)/.installed
 RUN_ARGS  = --preset $(PRESET) --seeds $(SEEDS) --device $(DEVICE) --results-dir $(RESULTS) --data-dir $(DATA) \
-            --launcher $(LAUNCHER)
+            --launcher $(LAUNCHER) $(if $(ARMS),--arms $(ARMS))
 
 # The experiments are the files experiments/*.toml (noisy_bn.toml: make noisy-bn); experiments/families/*.toml
 # hold what a family of them shares and are no experiments.

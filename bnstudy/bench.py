@@ -503,7 +503,7 @@ def end_to_end(data_dir: Path | None, device: str) -> list[Row]:
             subprocess.run([sys.executable, "-m", "bnstudy", *command, *extra, "--results-dir", results], check=True,
                            stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - started
-        data = ", ".join(sorted({json.loads(p.read_text()).get("dataset", "") for p in
+        data = ", ".join(sorted({json.loads(p.read_text(encoding="utf-8")).get("dataset", "") for p in
                                  Path(results).glob("noisy-bn/*/seed-*/meta.json")}))
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB (Linux)
     return _measured_on([Row("make noisy-bn, quick preset: wall time", wall / 60, "minutes",

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Read every run folder of EXPERIMENT under --results-dir and write "
                                       "<results>/<experiment>/figures/*.png, aggregated over all seeds present.")
     plot.add_argument("experiment")
+    plot.add_argument("--unfinished", action="store_true",
+                      help="also draw runs still training or killed part way (left out by default, and said)")
     _add_common(plot)
 
     data = sub.add_parser("data", help="check or download CIFAR-10")
@@ -111,7 +113,7 @@ def cmd_run(args) -> int:
 def cmd_plot(args) -> int:
     from bnstudy.plots import plot_experiment
 
-    for path in plot_experiment(args.experiment, args.results_dir):
+    for path in plot_experiment(args.experiment, args.results_dir, args.unfinished):
         print(f"wrote {path}")
     return 0
 

@@ -405,7 +405,7 @@ def load_family(path: Path, family) -> tuple[dict, dict]:
 
 def _read_toml(path: Path, malformed: str) -> dict:
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:  # TOMLDecodeError, not UTF-8, or an integer past Python's 4,300 digits
         raise ConfigError(f"{malformed}: {err}") from None
 
@@ -473,6 +473,8 @@ def _check_shapes(path: Path, raw: dict) -> None:
     for key, value in lists.items():
         need(isinstance(value, list) and all(isinstance(v, str) for v in value), key, "a list of strings")
     _check_plots(path, raw.get("plots", {}))
+    for kind in lists["figures"]:
+        _require(kind in FIGURE_KINDS, f"{path}: figures: unknown kind {kind!r}; known: {', '.join(FIGURE_KINDS)}")
     sweep = raw.get("sweep", {})
     for key, typ, what in (("key", str, "a string"), ("label", str, "a string"),
                            ("values", (list, dict), "a list, or a table of lists by arm")):
@@ -482,6 +484,11 @@ def _check_shapes(path: Path, raw: dict) -> None:
             need(isinstance(values, list) and values, f"sweep.values.{arm}", "a non-empty list")
 
 
+# The kinds of figure bnstudy.plots draws (its FIGURES registry; a test keeps the two equal): named here so that an
+# experiment file naming another is refused when it loads, not after its runs have trained
+FIGURE_KINDS = ("training", "activations", "moments", "landscape", "landscape_filter", "densities", "grad_vs_eta",
+                "ics", "test", "lr_sweep", "curvature", "controls_training", "controls_smoothness",
+                "controls_sharpness", "controls_weights", "controls_init", "spectrum")
 PLOT_KEYS = {"kind": str, "runs": list, "layers": list, "options": dict}
 QUERY_KEYS = {"norm": str, "lr": (int, float), "init": str}  # what a figure's runs are found by (meta.json's fields)
 
@@ -493,6 +500,7 @@ def _check_plots(path: Path, plots) -> None:
         where = f"{path}: plots.{name}"
         _require(NAME.fullmatch(name) is not None, f"{where}: a figure's name is letters, digits, '-' and '_' (a file)")
         _require(isinstance(spec, dict) and "kind" in spec and "runs" in spec, f"{where} needs kind and runs")
+        _require(spec["kind"] in FIGURE_KINDS, f"{where}: unknown kind {spec['kind']!r}; known: {', '.join(FIGURE_KINDS)}")
         for key, value in spec.items():
             _require(key in PLOT_KEYS, f"{where}: unknown key '{key}'; known: {', '.join(PLOT_KEYS)}")
             _require(isinstance(value, PLOT_KEYS[key]), f"{where}.{key} has the wrong type")

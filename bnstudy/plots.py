@@ -21,7 +21,7 @@ from scipy import stats  # noqa: E402
 from bnstudy.analysis import (CHANCE, FILTER, PLAIN, TRAINS_MARGIN, best_lr, curvature_summary, landscape_summary,  # noqa: E402
                               largest_trainable_lr, moment_changes, run_summary, spectrum_quadrature,
                               spectrum_summary, sweep_table, weights_per_step, weights_summary)
-from bnstudy.config import ConfigError, load_experiment  # noqa: E402
+from bnstudy.config import load_experiment  # noqa: E402
 from bnstudy.probes.activations import DENSITY  # noqa: E402  (the percentile names, a dict of floats)
 from bnstudy.probes.spectrum import smoothed_density  # noqa: E402  (pure torch arithmetic on recorded numbers)
 from bnstudy.recording import atomic_write_bytes  # noqa: E402
@@ -143,8 +143,8 @@ def activation_distributions(results: Results, order: tuple[str, ...] = ()):
 
 
 def densities(results: Results, order: tuple[str, ...] = ()):
-    """Fig. 6: the distribution of one unit per layer at the `density_at` steps, as a density drawn from its
-    1st..99th percentiles (each 1% of the mass spread over the gap between neighbouring percentiles)."""
+    """Fig. 6: the distribution of one unit per layer at the `density_at` steps: a Gaussian kernel density of its
+    1st..99th percentiles, which are a stratified sample of that distribution (1% of the mass each)."""
     acts = results.tables["activations"]
     acts = acts[acts.stat.isin(DENSITY) & (acts.seed == acts.seed.min())]
     arms, steps = results.arms(order), sorted(acts.step.unique())
@@ -157,8 +157,9 @@ def densities(results: Results, order: tuple[str, ...] = ()):
             unit_rows = acts[(acts.layer == layer) & (acts.arm == arm)]
             unit_rows = unit_rows[unit_rows.unit == unit_rows.unit.min()]
             for step, rows in unit_rows.groupby("step"):
-                x = rows.assign(level=rows.stat.map(DENSITY)).sort_values("level").value.to_numpy()
-                ax.stairs(0.01 / np.maximum(np.diff(x), 1e-12), x, color=colors[step], label=f"step {step}")
+                values = rows.value[np.isfinite(rows.value)]
+                if values.nunique() > 1:  # a unit with one value everywhere (dead, or diverged) has no density
+                    sns.kdeplot(x=values, color=colors[step], label=f"step {step}", ax=ax, cut=0)
             ax.set(title=f"{arm}, layer #{layer}", xlabel="pre-ReLU activation", ylabel="density" if j == 0 else None)
             ax.legend(fontsize=7)
     caption = results.caption() + f" | one random unit per layer, seed {int(acts.seed.min()) if len(acts) else '—'}"
@@ -532,14 +533,15 @@ FIGURES = {"training": training_curves, "activations": activation_distributions,
            "controls_weights": controls_weights, "controls_init": controls_init, "spectrum": spectrum}
 
 
-def plot_experiment(experiment: str, results_dir: str = "results") -> list[Path]:
-    """Draw every figure the experiment file lists; return the paths written."""
-    return draw_figures(Results(Path(results_dir), load_experiment(experiment).name))
+def plot_experiment(experiment: str, results_dir: str = "results", unfinished: bool = False) -> list[Path]:
+    """Draw every figure the experiment file lists (with `unfinished`, runs still training too); return the paths."""
+    exp = load_experiment(experiment)  # a name, or a .toml file of one's own (its figures are that file's)
+    return draw_figures(Results(Path(results_dir), exp.name, unfinished), exp)
 
 
-def draw_figures(results: Results) -> list[Path]:
+def draw_figures(results: Results, exp=None) -> list[Path]:
     """plot_experiment on results already read (the report has read them for its summaries)."""
-    exp = load_experiment(results.experiment)
+    exp = exp or load_experiment(results.experiment)
     out_dir = results.root / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
     order = tuple(exp.arms)
@@ -559,8 +561,6 @@ def draw_figures(results: Results) -> list[Path]:
 def _view(exp, name: str, spec: dict, results: Results) -> tuple:
     """A [plots.NAME] figure: (its kind's function, the runs it shows found by configuration, their order, options).
     `layers` keeps the activation rows of those layers alone."""
-    if spec["kind"] not in FIGURES:
-        raise ConfigError(f"{exp.path}: plots.{name}: unknown kind '{spec['kind']}'; known: {', '.join(FIGURES)}")
     shown = results.matching(spec["runs"])
     if "layers" in spec:
         acts = shown.tables["activations"]

@@ -16,13 +16,15 @@ from bnstudy.recording import SCHEMAS, RecordError, RunDir, read_table
 class Results:
     """Every run folder of one experiment: tidy DataFrames concatenated over arms and seeds."""
 
-    def __init__(self, results_dir: Path, experiment: str):
+    def __init__(self, results_dir: Path, experiment: str, unfinished: bool = False):
+        """unfinished: also read runs still training (or killed part way); by default they are left out, and said,
+        so that no band stops and no mean jumps where an unfinished run ends."""
         self.root = Path(results_dir) / experiment
         self.experiment = experiment
         started = RunDir.of_experiment(results_dir, experiment)
         if not started:
             raise ConfigError(f"no runs of '{experiment}' under {self.root}; run `bnstudy run {experiment}` first")
-        runs, self.left_out = self._whole_runs(started)
+        runs, self.left_out = self._whole_runs(started, unfinished)
         if not runs:
             raise RecordError(f"no whole run of '{experiment}' under {self.root}: " + "; ".join(self.left_out.values()))
         self._check_pooled(runs)
@@ -42,12 +44,14 @@ class Results:
         return meta
 
     @staticmethod
-    def _whole_runs(runs: list[RunDir]) -> tuple[list[RunDir], dict[str, str]]:
-        """The runs to read, and those left out (said on stderr): a finished run missing a file it wrote
-        contributes to no curve, number or caption."""
+    def _whole_runs(runs: list[RunDir], unfinished: bool) -> tuple[list[RunDir], dict[str, str]]:
+        """The runs to read, and those left out (said on stderr): a finished run missing a file it wrote, or (unless
+        `unfinished`) a run not finished, contributes to no curve, number or caption."""
         whole, left_out = [], {}
         for run in runs:
-            why = run.incomplete()
+            why = run.incomplete() or (None if unfinished or run.is_finished() else
+                                       f"not finished ({run.read_meta().get('status', 'no status')}): left out of "
+                                       f"every figure and number until it is")
             if why:
                 left_out[str(run.path)] = f"{run.path}: {why}"
                 print(f"bnstudy: warning: left out {run.path}: {why}", file=sys.stderr)

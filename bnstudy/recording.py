@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import lzma
+import math
 import os
 import platform
 import signal
@@ -144,7 +145,7 @@ def table_bytes(folder: Path, name: str) -> bytes:
 def read_json(path: Path, hint: str = "") -> dict:
     """A JSON object from `path`, or RecordError naming the file (torn, empty, null, a list, unreadable)."""
     try:
-        value = json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RecordError(f"{path}: unreadable ({type(err).__name__}: {err}){'; ' + hint if hint else ''}") from None
     if not isinstance(value, dict):
@@ -155,6 +156,15 @@ def read_json(path: Path, hint: str = "") -> dict:
 def _compact(value):
     """Floats with 7 significant digits (float32's precision): a third of the size of repr, same numbers."""
     return format(value, ".7g") if isinstance(value, float) else value
+
+
+def json_safe(value):
+    """`value` with every non-finite float (NaN, inf) replaced by None, in nested dicts and lists too."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    return [json_safe(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 class CsvLog:
@@ -184,7 +194,7 @@ class CsvLog:
         writer = csv.DictWriter(text, fieldnames=self.columns, lineterminator="\n")
         writer.writerows({k: _compact(v) for k, v in row.items()} for row in self.buffer)
         data = text.getvalue()
-        with open(self.path, "a") as f:
+        with open(self.path, "a", encoding="utf-8") as f:
             f.write(data[: len(data) // 2])
             f.flush()
             fault_point("csv-append")  # a kill here leaves a torn tail; resume truncates to the checkpoint's size
@@ -202,7 +212,7 @@ class CsvLog:
 
     def truncate(self, size: int) -> None:
         self.buffer.clear()
-        with open(self.path, "r+") as f:
+        with open(self.path, "rb+") as f:  # bytes: truncation counts bytes, and no text encoding is involved
             f.truncate(size)
 
 
@@ -325,7 +335,9 @@ class RunDir:
         return read_json(path, hint=self.damage_hint()) if path.exists() else None
 
     def write_meta(self, meta: dict) -> None:
-        atomic_write_text(self.meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        """meta.json as strict JSON: a non-finite number (a diverged run's last loss) is null, which `status` and
+        `diverged_at` explain; Python's json would write a bare NaN, which no other JSON reader takes."""
+        atomic_write_text(self.meta_path, json.dumps(json_safe(meta), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
     def update_meta(self, **fields) -> dict:
         meta = self.read_meta() | fields
@@ -381,7 +393,7 @@ class ResultsLock:
 
 def git_sha() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, encoding="utf-8", timeout=5,
                              cwd=Path(__file__).resolve().parent)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):

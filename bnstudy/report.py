@@ -15,7 +15,7 @@ from tqdm import tqdm
 from bnstudy.analysis import FILTER, PLAIN, landscape_summary, run_summary
 from bnstudy.claims import CLAIMS, FILTER_STEPS, STEPS, evaluate
 from bnstudy.config import PRESETS, ConfigError, Experiment, list_experiments, load_experiment, run_config
-from bnstudy.recording import atomic_write_text
+from bnstudy.recording import RunDir, atomic_write_text
 from bnstudy.reading import Results
 
 VERDICT_MARK = {"holds": "✅ holds", "does not hold": "❌ does not hold", "tie": "🟰 tie", "not measured": "➖ not measured"}
@@ -69,8 +69,8 @@ def by_preset(summaries: dict[str, pd.DataFrame]) -> dict[str, dict[str, pd.Data
 
 
 def has_runs(results_dir: Path, experiment: str) -> bool:
-    """Whether any run folder of the experiment exists (the folders Results reads; without one it raises "no runs")."""
-    return any((Path(results_dir) / experiment).glob("*/seed-*/meta.json"))
+    """Whether any run of the experiment has finished (Results reads those alone; without one it raises)."""
+    return any(run.is_finished() for run in RunDir.of_experiment(results_dir, experiment))
 
 
 def verdicts(summaries: dict[str, pd.DataFrame]) -> dict[str, list]:
@@ -138,7 +138,7 @@ README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
 
 def update_readme(readme: Path, results_dir: Path, table: str) -> None:
     """Replace the README's block between the claims markers with the claims table and the key figures."""
-    text = readme.read_text()
+    text = readme.read_text(encoding="utf-8")
     if README_START not in text or README_END not in text:
         raise ConfigError(f"{readme} has no {README_START} ... {README_END} block to fill")
     prefix = Path(os.path.relpath(results_dir, readme.parent)).as_posix()
@@ -165,7 +165,7 @@ def write_report(results_dir: str | Path = "results", readme: Path | None = None
     if readme is not None:  # checked before anything is written: a bad --readme leaves every file as it was
         if not Path(readme).is_file():
             raise ConfigError(f"--readme {readme}: no such file")
-        if not all(marker in Path(readme).read_text() for marker in (README_START, README_END)):
+        if not all(marker in Path(readme).read_text(encoding="utf-8") for marker in (README_START, README_END)):
             raise ConfigError(f"{readme} has no {README_START} ... {README_END} block to fill")
     summaries, found = collect(results_dir)
     if not found:

@@ -120,7 +120,7 @@ def check_writable(folder: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
-        probe.write_text("")
+        probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
         raise ConfigError(f"results folder {folder} is not writable ({err.strerror or err})") from None

@@ -101,7 +101,7 @@ def test_every_experiment_runs_and_plots_without_cifar(tmp_path, experiment):
     assert main(args) == 0
     assert main(["plot", experiment, "--results-dir", str(tmp_path)]) == 0
     figures = {p.stem for p in (tmp_path / experiment / "figures").glob("*.png")}
-    assert figures == set(exp.figures)
+    assert figures == set(exp.figures) | set(exp.plots)
 
 
 def test_a_diverging_arm_is_recorded_and_plotted(tmp_path, capsys):
@@ -131,7 +131,8 @@ def test_report_from_smoke_results(tmp_path):
     assert "## The paper's claims" in report and report.count("\n| ") >= 10
     assert "(landscape/figures/landscape.png)" in report  # drawn by the report itself: no plot command ran
     assert "(dln/figures/" in report and "(noisy-bn/figures/training.png)" in report
-    assert "waiting for lr (no results yet)" in report  # claim 1 needs the lr experiment: not measured, and why
+    # claim 1 needs LR 0.5, which no experiment here ran; by configuration it finds noisy-bn and landscape both at LR 0.1
+    assert "several runs of one seed have norm = none, lr = 0.1" in report  # ambiguous: not measured, and why
     summary = pd.read_csv(tmp_path / "landscape" / "summary.csv")
     assert {"arm", "seed", "early_grad_diff_max", "early_beta_eff", "final_train_acc_last100"} <= set(summary.columns)
     assert len(summary) == 3
@@ -145,6 +146,11 @@ def test_bench_runs_and_writes_its_table(tmp_path, capsys):
     for row in ("ours / bare step", "weights probe at every step", "landscape probe (8 etas)", "ICS probe",
                 "curvature probe", "Hessian-vector product", "spectral density", "gradient share", "PyHessian"):
         assert row in names
-    measured = table[~table.note.fillna("").str.contains("not installed")]  # PyHessian is the bench extra
-    assert len(measured) >= len(table) - 1 and (measured.value > 0).all()
+    # PyHessian is the bench extra; torch.compile needs a C++ compiler: each row says so where it could not measure
+    measured = table[~table.note.fillna("").str.contains("not installed|failed:")]
+    assert len(measured) >= len(table) - 2 and measured.value.notna().all()
+    # a timing's extra over another is a difference: on a loaded machine it can come out below 0 (it did in CI)
+    differences = measured.benchmark.str.contains("extra time") | measured.unit.eq("relative")
+    assert (measured.value[~differences] > 0).all() and (measured.value[differences] >= -1).all()
+    assert {"training step, channels_last / eager", "training step, torch.compile / eager"} <= set(table.benchmark)
     assert "landscape probe" in capsys.readouterr().out

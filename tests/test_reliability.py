@@ -272,3 +272,34 @@ def test_killing_plot_or_report_never_leaves_a_torn_file(tmp_path, command):
         assert bnstudy(tmp_path, f"atomic-write@{n}", args=command).returncode == -signal.SIGKILL
         after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith(".tmp")}
         assert after == before
+
+
+ENCODING_CHECK = """
+import sys, warnings
+from pathlib import Path
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from bnstudy.cli import main
+    results, readme = sys.argv[1], sys.argv[2]
+    assert main(["run", "noisy-bn", "--preset", "smoke", "--arms", "standard", "--results-dir", results,
+                 "--no-progress", "--set", "data.dataset=synthetic"]) == 0
+    assert main(["report", "--results-dir", results, "--readme", readme, "--no-figures"]) == 0
+own = [f"{w.filename}:{w.lineno}" for w in caught if issubclass(w.category, EncodingWarning) and "bnstudy" in w.filename]
+print("OWN", own)
+"""
+
+
+def test_every_text_file_is_read_and_written_as_utf8_whatever_the_locale(tmp_path):
+    """Under a Latin-1 locale a text file opened without an encoding double-encodes every non-ASCII character
+    (the README's outside the claims block); -X warn_default_encoding names each such open in bnstudy's code."""
+    readme = tmp_path / "README.md"
+    prose = "# β-smoothness — ‖∇L‖, η·λ_max, ℓ∞\n<!-- claims:start -->\nx\n<!-- claims:end -->\n## ℓp … ✅\n"
+    readme.write_bytes(prose.encode("utf-8"))
+    done = subprocess.run([sys.executable, "-X", "warn_default_encoding", "-c", ENCODING_CHECK, str(tmp_path / "r"),
+                           str(readme)], capture_output=True, text=True, encoding="utf-8", timeout=600,
+                          env=os.environ | {"PYTHONUTF8": "0"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "OWN []" in done.stdout, done.stdout[-2000:]
+    text = readme.read_bytes().decode("utf-8")
+    assert text.startswith(prose.split("<!--")[0]) and text.endswith("<!-- claims:end -->\n## ℓp … ✅\n")
