@@ -30,7 +30,7 @@ from bnstudy.probes.ics import gradient_shift
 from bnstudy.probes.landscape import along_gradient
 from bnstudy.probes.spectrum import gradient_share, spectral_density
 from bnstudy.probes.weights import WeightsProbe
-from bnstudy.recording import atomic_write_text
+from bnstudy.recording import RunDir, atomic_write_text
 from bnstudy.train import RunState, run_step
 
 
@@ -489,7 +489,6 @@ def cpu_lever_rows(device: torch.device, data_dir: Path | None, width: float, ba
 
 def end_to_end(data_dir: Path | None, device: str) -> list[Row]:
     """Wall time and peak memory of the quick noisy-bn experiment (3 arms, figures), in a fresh results folder."""
-    import json
     import resource
     import subprocess
     import sys
@@ -503,8 +502,7 @@ def end_to_end(data_dir: Path | None, device: str) -> list[Row]:
             subprocess.run([sys.executable, "-m", "bnstudy", *command, *extra, "--results-dir", results], check=True,
                            stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - started
-        data = ", ".join(sorted({json.loads(p.read_text(encoding="utf-8")).get("dataset", "") for p in
-                                 Path(results).glob("noisy-bn/*/seed-*/meta.json")}))
+        data = ", ".join(sorted({run.load().meta.get("dataset", "") for run in RunDir.of_experiment(results, "noisy-bn")}))
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB (Linux)
     return _measured_on([Row("make noisy-bn, quick preset: wall time", wall / 60, "minutes",
                              *_target(wall / 60, "<=", 10.0)),

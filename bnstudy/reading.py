@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnstudy.config import ConfigError, RunConfig, config_differences
-from bnstudy.recording import SCHEMAS, RecordError, RunDir, read_table
+from bnstudy.config import ConfigError
+from bnstudy.recording import SCHEMAS, RecordError, Run, RunDir, pooling_differences
 
 
 class Results:
-    """Every run folder of one experiment: tidy DataFrames concatenated over arms and seeds."""
+    """Every run folder of one experiment that loads (RunDir.load): tidy DataFrames concatenated over arms and seeds."""
 
     def __init__(self, results_dir: Path, experiment: str, unfinished: bool = False):
         """unfinished: also read runs still training (or killed part way); by default they are left out, and said,
@@ -24,55 +24,40 @@ class Results:
         started = RunDir.of_experiment(results_dir, experiment)
         if not started:
             raise ConfigError(f"no runs of '{experiment}' under {self.root}; run `bnstudy run {experiment}` first")
-        runs, self.left_out = self._whole_runs(started, unfinished)
+        runs, self.left_out = self._loaded(started, unfinished)
         if not runs:
             raise RecordError(f"no whole run of '{experiment}' under {self.root}: " + "; ".join(self.left_out.values()))
         self._check_pooled(runs)
-        self.meta = pd.DataFrame([self._with_init(run) for run in runs])
+        self.meta = pd.DataFrame([run.meta for run in runs])
         tables = {name: self._concat(runs, name) for name in SCHEMAS}
         self.non_finite = self._non_finite_notes(tables)
         self.tables = {name: table[np.isfinite(table.value.astype(float))] for name, table in tables.items()}
 
     @staticmethod
-    def _with_init(run: RunDir) -> dict:
-        """meta.json, with the model's init taken from config.json where meta.json predates it (those runs all
-        used the paper's Glorot init: RunConfig's default)."""
-        meta = run.read_meta()
-        if "init" not in meta:
-            config = run.stored_config()
-            meta["init"] = config.model.init if config is not None else RunConfig().model.init
-        return meta
-
-    @staticmethod
-    def _whole_runs(runs: list[RunDir], unfinished: bool) -> tuple[list[RunDir], dict[str, str]]:
-        """The runs to read, and those left out (said on stderr): a finished run missing a file it wrote, or (unless
-        `unfinished`) a run not finished, contributes to no curve, number or caption."""
-        whole, left_out = [], {}
+    def _loaded(runs: list[RunDir], unfinished: bool) -> tuple[list[Run], dict[str, str]]:
+        """The runs that load, and those left out with why (said on stderr): a run that does not check out
+        (RunDir.load), or (unless `unfinished`) one not finished, contributes to no curve, number or caption."""
+        loaded, left_out = [], {}
         for run in runs:
-            why = run.incomplete() or (None if unfinished or run.is_finished() else
-                                       f"not finished ({run.read_meta().get('status', 'no status')}): left out of "
-                                       f"every figure and number until it is")
-            if why:
-                left_out[str(run.path)] = f"{run.path}: {why}"
-                print(f"bnstudy: warning: left out {run.path}: {why}", file=sys.stderr)
-            else:
-                whole.append(run)
-        return whole, left_out
+            try:
+                loaded.append(run.load(unfinished))
+            except RecordError as why:
+                left_out[str(run.path)] = str(why)
+                print(f"bnstudy: warning: left out {why}", file=sys.stderr)
+        for note in (note for run in loaded for note in run.notes):
+            print(f"bnstudy: warning: {note}", file=sys.stderr)
+        return loaded, left_out
 
-    def _check_pooled(self, runs: list[RunDir]) -> None:
+    def _check_pooled(self, runs: list[Run]) -> None:
         """An arm's seeds are averaged together: refuse seeds that ran different configurations."""
-        first: dict[str, RunConfig] = {}
+        first: dict[str, Run] = {}
         for run in runs:
-            config = run.stored_config()
-            if config is None:
-                continue
-            base = first.setdefault(run.arm, config)
-            differences = config_differences(base, dataclasses.replace(config, seed=base.seed),
-                                             (f"in seed {base.seed}", f"in seed {run.seed}"))
+            base = first.setdefault(run.config.arm, run)
+            differences = pooling_differences(base.config, run.config)
             if differences:
-                raise RecordError(f"{self.root / run.arm}: seeds {base.seed} and {run.seed} ran different "
-                                  f"configurations ({'; '.join(differences)}), which are never pooled; move one "
-                                  f"to another results folder")
+                raise RecordError(f"{self.root / run.config.arm}: seeds {base.config.seed} and {run.config.seed} ran "
+                                  f"different configurations ({'; '.join(differences)}), which are never pooled; "
+                                  f"move one to another results folder")
 
     def _non_finite_notes(self, tables: dict[str, pd.DataFrame]) -> list[str]:
         """Non-finite values are left out of every figure and number, and said (stderr, REPORT.md), never averaged
@@ -92,31 +77,10 @@ class Results:
             print(f"bnstudy: warning: {note}", file=sys.stderr)
         return notes
 
-    def _concat(self, runs: list[RunDir], name: str) -> pd.DataFrame:
-        paths = [run.table_path(name) for run in runs]
-        frames = [f for f in (read_table(p, name) for p in paths if p is not None) if len(f)]
+    @staticmethod
+    def _concat(runs: list[Run], name: str) -> pd.DataFrame:
+        frames = [run.tables[name] for run in runs if len(run.tables[name])]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCHEMAS[name])
-
-    def matching(self, queries: list[dict]) -> Results:
-        """The runs whose configuration (meta.json's norm, lr, init) matches one of `queries`, in the queries'
-        order, as a Results of their own: a figure finds its runs by what they are, not by arm names. Raises
-        ConfigError where a query matches no run."""
-        arms = []
-        for query in queries:
-            mask = np.ones(len(self.meta), dtype=bool)
-            for key, value in query.items():
-                column = self.meta.get(key, pd.Series(index=self.meta.index, dtype=object))
-                mask &= np.isclose(pd.to_numeric(column, errors="coerce"), value, rtol=1e-9, atol=0) \
-                    if isinstance(value, float) else column.eq(value).to_numpy()
-            found = list(dict.fromkeys(self.meta.arm[mask]))
-            if not found:
-                raise ConfigError(f"{self.root}: no run with {', '.join(f'{k} = {v}' for k, v in query.items())}")
-            arms += [a for a in found if a not in arms]
-        subset = copy.copy(self)
-        subset.meta = self.meta[self.meta.arm.isin(arms)]
-        subset.tables = {name: table[table.arm.isin(arms)] for name, table in self.tables.items()}
-        subset.order = tuple(arms)
-        return subset
 
     def arms(self, order: tuple[str, ...] = ()) -> list[str]:
         present = list(dict.fromkeys(self.meta.arm))

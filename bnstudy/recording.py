@@ -31,15 +31,17 @@ import lzma
 import math
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from bnstudy.config import RunConfig, build
+from bnstudy.config import RunConfig, build, config_differences
 from bnstudy.errors import RecordError
 
 # Every CSV's columns, declared once. A writer refuses rows with other columns.
@@ -216,6 +218,61 @@ class CsvLog:
             f.truncate(size)
 
 
+SEED_FOLDER = re.compile(r"seed-(0|[1-9][0-9]*)")  # the one name a seed's folder has: 'seed-00', 'seed-0.bak' are not
+# meta.json's copies of configuration values, each checked against config.json (which decides)
+CONFIGURED = {"experiment": lambda c: c.experiment, "arm": lambda c: c.arm, "seed": lambda c: c.seed,
+              "preset": lambda c: c.preset, "lr": lambda c: c.train.lr, "norm": lambda c: c.model.norm,
+              "model": lambda c: c.model.kind, "init": lambda c: c.model.init, "steps": lambda c: c.train.steps}
+
+
+@dataclass
+class Run:
+    """A run folder that checked out (RunDir.load): meta.json with its configuration fields from config.json,
+    the configuration, and the three tables read from the files meta.json lists."""
+
+    dir: RunDir
+    meta: dict
+    config: RunConfig
+    tables: dict[str, pd.DataFrame]
+    notes: list[str]  # what the loader saw and set aside (a stray plain CSV beside a verified archive)
+
+
+def pooling_differences(first: RunConfig, other: RunConfig, labels: tuple[str, str] | None = None) -> list[str]:
+    """The pooling rule, the one place it is written: two runs are seeds of one arm (averaged together in every
+    figure and number) when their configurations differ in nothing but the seed. Returns what else differs."""
+    return config_differences(first, dataclasses.replace(other, seed=first.seed),
+                              labels or (f"in seed {first.seed}", f"in seed {other.seed}"))
+
+
+def final_numbers(metrics: pd.DataFrame, window: int = 100) -> dict:
+    """meta.json's final numbers as the run's own metrics table gives them (train.final_training_numbers writes them
+    from the same table): the mean training accuracy of the last `window` steps, the last training loss, and the
+    test accuracy of the last evaluation."""
+    train, test = metrics[metrics.split == "train"], metrics[metrics.split == "test"]
+    acc, loss = train[train.metric == "acc"].value.tail(window), train[train.metric == "loss"].value
+    test_acc = test[(test.metric == "acc") & (test.step == test.step.max())].value
+    return {"final_train_acc_last100": round(float(acc.mean()), 5) if len(acc) else None,
+            "final_train_loss": float(loss.iloc[-1]) if len(loss) else None,
+            "final_test_acc": float(test_acc.iloc[-1]) if len(test_acc) else None}
+
+
+def _disagreements(meta: dict, derived: dict, tolerance: float, source: str = "its tables") -> list[str]:
+    """'key: A in meta.json, B in <source>' for each derived value meta.json states otherwise."""
+    out = []
+    for key, value in derived.items():
+        said = meta.get(key)
+        if said is None or value is None:
+            continue
+        if isinstance(value, float) and not isinstance(said, (str, bool)):
+            both_nan = math.isnan(float(said)) and math.isnan(value)  # a diverged run's last loss
+            same = both_nan or math.isclose(float(said), value, rel_tol=tolerance, abs_tol=tolerance)
+        else:
+            same = said == value
+        if not same:
+            out.append(f"{key}: {said!r} in meta.json, {value!r} in {source}")
+    return out
+
+
 class RunDir:
     """One run's folder and the files in it."""
 
@@ -226,9 +283,78 @@ class RunDir:
 
     @classmethod
     def of_experiment(cls, results_dir: Path, experiment: str) -> list[RunDir]:
-        """Every run folder of an experiment that has started (has a meta.json), in name order."""
+        """Every run folder of an experiment that has started (has a meta.json), in name order. A folder beside them
+        whose name is not a seed's ('seed-00', 'seed-0.bak') is no run: said on stderr and never read."""
         root = Path(results_dir) / experiment
-        return [cls.at(meta.parent) for meta in sorted(root.glob("*/seed-*/meta.json"))]
+        runs = []
+        for meta in sorted(root.glob("*/seed-*/meta.json")):
+            if SEED_FOLDER.fullmatch(meta.parent.name):
+                runs.append(cls.at(meta.parent))
+            else:
+                print(f"bnstudy: warning: {meta.parent} is not a run folder (a seed's folder is seed-<n>): not read",
+                      file=sys.stderr)
+        return runs
+
+    def seeds_beside(self) -> list[RunDir]:
+        """The other seeds' folders of this run's arm (those a figure pools with it), in name order."""
+        return [RunDir.at(f) for f in sorted(self.path.parent.glob("seed-*"))
+                if SEED_FOLDER.fullmatch(f.name) and f != self.path]
+
+    def load(self, unfinished: bool = False) -> Run:
+        """The run, verified, or RecordError saying in one line why not. The only reader of a run folder's files:
+        meta.json must name this folder's experiment, arm and seed and agree with config.json on every
+        configuration value it copies; a finished run's files must be the ones meta.json lists (size and SHA-256),
+        its tables must reach its last step, and its final numbers must be its tables'. A plain CSV beside a
+        verified archive is never read. With `unfinished`, a run still training is read as it stands."""
+        meta = self.read_meta()
+        where = f"{self.path}:"
+        if not meta:
+            raise RecordError(f"{where} meta.json is missing or empty; {self.damage_hint()}")
+        finished = meta.get("status") in FINISHED
+        if not finished and not unfinished:
+            raise RecordError(f"{where} not finished ({meta.get('status', 'no status')}): left out of every figure "
+                              f"and number until it is")
+        config = self.stored_config()
+        if config is None:
+            raise RecordError(f"{where} no config.json, so what this run trained cannot be checked; restore it, or "
+                              f"remove the folder")
+        named = {"experiment": self.path.parent.parent.name, "arm": self.arm, "seed": self.seed}
+        wrong = [f"{k}: {getattr(config, k)!r} in config.json, {v!r} by its folder" for k, v in named.items()
+                 if getattr(config, k) != v]
+        wrong += _disagreements(meta, {k: get(config) for k, get in CONFIGURED.items()}, 1e-12, "config.json")
+        if wrong:
+            raise RecordError(f"{where} {'; '.join(wrong)}: a run folder copied, renamed or edited is not believed")
+        if finished and (why := self.incomplete()):
+            raise RecordError(f"{where} finished, but {why}; restore it, or remove the folder to train the run again")
+        tables, notes = self._verified_tables(meta, finished)
+        if finished:
+            self._check_against_tables(meta, config, tables["metrics"])
+        return Run(self, meta | {k: get(config) for k, get in CONFIGURED.items()}, config, tables, notes)
+
+    def _verified_tables(self, meta: dict, finished: bool) -> tuple[dict[str, pd.DataFrame], list[str]]:
+        """The three tables: a settled run's from the archives meta.json lists (a plain copy beside one is
+        stray: noted, never read), any other run's from whichever form it has."""
+        listed = meta.get("files") if finished else None
+        tables, notes = {}, []
+        for name in SCHEMAS:
+            path = self.packed(name) if listed and self.packed(name).name in listed else self.table_path(name)
+            if listed and path == self.packed(name) and self.csv(name).exists():
+                notes.append(f"{self.csv(name)}: a plain copy beside the verified {path.name}, not read")
+            tables[name] = read_table(path, name) if path is not None else pd.DataFrame(columns=SCHEMAS[name])
+        return tables, notes
+
+    def _check_against_tables(self, meta: dict, config: RunConfig, metrics: pd.DataFrame) -> None:
+        """A complete run's training rows reach its last step; its final numbers in meta.json are its table's."""
+        train_steps = metrics.step[metrics.split == "train"]
+        last = int(train_steps.max()) if len(train_steps) else -1
+        if meta.get("status") == "complete" and last != config.train.steps - 1:
+            raise RecordError(f"{self.path}: meta.json says complete, but its training rows end at step {last} of "
+                              f"{config.train.steps}; remove the folder to train the run again")
+        derived = final_numbers(metrics)
+        derived["steps_done"] = last + 1 if meta.get("status") == "complete" else None
+        wrong = _disagreements(meta, derived, 1e-5)  # the CSV keeps 7 significant digits; meta.json rounds to 5
+        if wrong:
+            raise RecordError(f"{self.path}: {'; '.join(wrong)}: meta.json's numbers are not its tables'")
 
     @classmethod
     def at(cls, folder: Path) -> RunDir:
@@ -297,6 +423,9 @@ class RunDir:
                 return f"{name} is not the file meta.json lists ({len(data)} bytes, {entry.get('bytes')} listed)"
         return None
 
+    def has_packed_tables(self) -> bool:
+        return any(self.packed(name).exists() for name in SCHEMAS)
+
     def has_plain_tables(self) -> bool:
         return any(self.csv(name).exists() for name in SCHEMAS)
 
@@ -311,6 +440,20 @@ class RunDir:
         self.drop_plain_tables()
         return meta
 
+    def settle_interrupted(self) -> None:
+        """Complete a finish that a kill cut short. Before meta.json listed the archives: settle. After: remove each
+        plain CSV whose archive holds exactly its bytes. A plain CSV that differs from its listed archive is never
+        packed over it (the archive's bytes are the ones meta.json vouches for): it stays, and `load` sets it aside."""
+        if not self.has_plain_tables():
+            return
+        if not self.read_meta().get("files"):
+            self.settle()
+            return
+        for name in SCHEMAS:
+            plain, packed = self.csv(name), self.packed(name)
+            if plain.exists() and packed.exists() and lzma.decompress(packed.read_bytes()) == plain.read_bytes():
+                plain.unlink()
+
     def read_meta(self) -> dict:
         """meta.json, or {} for a run never started; a file there that is not a JSON object stops the command
         (a torn meta.json of a finished run must not pass for "not started" and get trained over)."""
@@ -320,7 +463,7 @@ class RunDir:
 
     def damage_hint(self) -> str:
         """What the folder still says about the run, for a message about one of its damaged files."""
-        if any(self.packed(name).exists() for name in SCHEMAS):
+        if self.has_packed_tables():
             return "the folder holds a finished run's compressed tables: restore the file, or remove the folder to train again"
         return "restore the file, or remove the folder to train the run again"
 
@@ -371,7 +514,10 @@ class ResultsLock:
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NOFOLLOW: a .lock that is a link would have its target truncated below
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as err:
+            raise RecordError(f"{self.path} is not a plain file ({err.strerror}); remove it, and rerun") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,7 +1,6 @@
 """An experiment's runs (arms x seeds): skip finished ones, resume partial ones, run the rest here."""
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from tqdm import tqdm
 
 from bnstudy.config import ConfigError, RunConfig, config_differences, load_experiment, run_config
 from bnstudy.data import Dataset, data_kind
-from bnstudy.recording import RecordError, ResultsLock, RunDir
+from bnstudy.recording import RecordError, ResultsLock, RunDir, pooling_differences
 from bnstudy.train import train_run
 
 
@@ -38,6 +37,9 @@ def resolve_data_dir(data_dir: str | None) -> Path:
 def check_run(run: RunDir, config: RunConfig) -> None:
     """What a run folder already holds must fit this run: its configuration, its arm's other seeds, and if
     finished, every file."""
+    if not run.read_meta() and run.has_packed_tables():
+        raise RecordError(f"{run.path}: meta.json is missing or empty, but the folder holds a finished run's "
+                          f"compressed tables; restore meta.json, or remove the folder to train the run again")
     check_same_config(run, config)
     check_pooled(run, config)
     why = run.incomplete()
@@ -60,13 +62,15 @@ def check_same_config(run: RunDir, config: RunConfig) -> None:
 
 def check_pooled(run: RunDir, config: RunConfig) -> None:
     """Figures and claims pool an arm's seeds: a new seed must share the configuration of the seeds there."""
-    for folder in sorted(run.path.parent.glob("seed-*")):
-        sibling = RunDir.at(folder)
-        if folder == run.path or not (folder / "config.json").exists():
+    for sibling in run.seeds_beside():
+        if sibling.read_config() is None:
             continue
-        differences = stored_differences(sibling, dataclasses.replace(config, seed=sibling.seed))
+        try:
+            differences = pooling_differences(sibling.stored_config(), config, ("there", "now"))
+        except ConfigError as error:  # a field since removed, or of another type: not this configuration
+            differences = [str(error)]
         if differences:
-            raise ConfigError(f"{config.arm}: seed {config.seed} would be pooled with {folder} of another "
+            raise ConfigError(f"{config.arm}: seed {config.seed} would be pooled with {sibling.path} of another "
                               f"configuration ({'; '.join(differences)}); use another --results-dir")
         return  # the seeds there agree among themselves: each was checked when it was added
 
@@ -105,8 +109,8 @@ def run_experiment(experiment: str, preset: str, seeds: list[int], arms: list[st
         pending = []
         for config, run in runs:
             if run.is_finished():
-                if run.has_plain_tables():  # a finish interrupted before its tables were compressed
-                    run.settle()
+                run.load()  # believed only when it checks out (before anything is packed), else one line saying why
+                run.settle_interrupted()  # a finish a kill cut short, before or after its tables were compressed
                 print(f"{config.experiment}/{config.run_name}: already {run.read_meta()['status']}, skipped")
             else:
                 pending.append((config, run))

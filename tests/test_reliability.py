@@ -6,6 +6,7 @@ the finished CSVs must equal an uninterrupted run's, byte for byte.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bnstudy.recording import FAULT_ENV, SCHEMAS, ResultsLock, table_bytes
+from bnstudy.recording import FAULT_ENV, SCHEMAS, ResultsLock, RunDir, table_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = ["run", "noisy-bn", "--preset", "smoke", "--arms", "noisy-batchnorm", "--no-progress",
@@ -197,7 +198,7 @@ def test_a_finished_run_missing_a_file_is_left_out_of_figures_and_captions(tmp_p
     arm = two_seeds(tmp_path)
     (arm / "seed-1" / "activations.csv.xz").unlink()
     assert main(["plot", "noisy-bn", "--results-dir", str(tmp_path)]) == 0
-    assert f"left out {arm / 'seed-1'}: activations.csv.xz missing" in capsys.readouterr().err
+    assert f"left out {arm / 'seed-1'}: finished, but activations.csv.xz missing" in capsys.readouterr().err
     results = Results(tmp_path, "noisy-bn")
     assert "seeds: 0 (n=1)" in results.caption() and set(results.tables["metrics"].seed) == {0}
 
@@ -218,11 +219,12 @@ def test_a_non_numeric_cell_stops_plot_with_one_line(tmp_path, capsys):
     arm = two_seeds(tmp_path)
     text = lzma.decompress((arm / "seed-0" / "metrics.csv.xz").read_bytes()).decode().splitlines()
     text[3] = ",".join(text[3].split(",")[:-1] + ["abc"])
-    plain = arm / "seed-0" / "metrics.csv"  # a plain copy is read before the compressed one
-    plain.write_text("\n".join(text) + "\n")
-    assert main(["plot", "noisy-bn", "--results-dir", str(tmp_path)]) == 2
+    (arm / "seed-0" / "metrics.csv").write_text("\n".join(text) + "\n")
+    RunDir.at(arm / "seed-0").settle()  # packed and listed in meta.json as a finishing run does: a verified archive
+    assert main(["plot", "noisy-bn", "--results-dir", str(tmp_path)]) == 0  # the other seed is drawn alone
     err = capsys.readouterr().err
-    assert f"{plain}: unreadable as the metrics table" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert f"{arm / 'seed-0' / 'metrics.csv.xz'}: unreadable as the metrics table" in err and "Traceback" not in err
+    assert err.count("\n") == 1
 
 
 def test_a_seed_of_another_configuration_is_never_pooled(tmp_path, capsys):
@@ -235,13 +237,13 @@ def test_a_seed_of_another_configuration_is_never_pooled(tmp_path, capsys):
     assert other.stderr.index("preset: 'smoke' there, 'quick' now") < other.stderr.index("train.steps: 30 there, 40 now")
     assert not (tmp_path / "noisy-bn" / "noisy-batchnorm" / "seed-9").exists()
     # written behind run's back (another version, a copied folder): plot and report refuse too
-    assert bnstudy(tmp_path, args=[*ARGS, "--seed", "9"]).returncode == 0
-    config = tmp_path / "noisy-bn" / "noisy-batchnorm" / "seed-9" / "config.json"
-    config.write_text(config.read_text().replace('"steps": 30', '"steps": 400'))
+    elsewhere = tmp_path / "elsewhere"
+    assert bnstudy(elsewhere, args=[*ARGS, "--seed", "9", "--set", "train.steps=40"]).returncode == 0
+    shutil.copytree(elsewhere / "noisy-bn" / "noisy-batchnorm" / "seed-9", tmp_path / "noisy-bn" / "noisy-batchnorm" / "seed-9")
     for command in (["plot", "noisy-bn"], ["report", "--no-figures"]):
         assert main([*command, "--results-dir", str(tmp_path)]) == 2
         err = capsys.readouterr().err
-        assert "seeds 7 and 9 ran different configurations (train.steps: 30 in seed 7, 400 in seed 9)" in err, err
+        assert "seeds 7 and 9 ran different configurations (train.steps: 30 in seed 7, 40 in seed 9)" in err, err
 
 
 def test_a_non_finite_value_is_said_and_left_out_never_averaged(tmp_path, capsys):
@@ -254,7 +256,8 @@ def test_a_non_finite_value_is_said_and_left_out_never_averaged(tmp_path, capsys
     arm = two_seeds(tmp_path)
     lines = lzma.decompress((arm / "seed-0" / "activations.csv.xz").read_bytes()).decode().splitlines()
     lines[5] = ",".join(lines[5].split(",")[:-1] + ["inf"])
-    (arm / "seed-0" / "activations.csv").write_text("\n".join(lines) + "\n")  # read before the compressed copy
+    (arm / "seed-0" / "activations.csv").write_text("\n".join(lines) + "\n")
+    RunDir.at(arm / "seed-0").settle()  # packed and listed in meta.json as a finishing run does
     results = Results(tmp_path, "noisy-bn")
     assert results.non_finite == [f"noisy-bn/noisy-batchnorm/seed-0: 1 non-finite value(s) in activations left out "
                                   f"(first: inf at step {lines[5].split(',')[0]})"]

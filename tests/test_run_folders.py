@@ -57,3 +57,145 @@ def test_a_run_not_finished_is_left_out_of_figures_and_numbers_and_said(tmp_path
     assert sorted(Results(tmp_path, "noisy-bn", unfinished=True).meta.seed) == [0, 1]  # asked for: read
     RunDir(tmp_path, "noisy-bn", "standard", 0).update_meta(status="running")
     assert not has_runs(tmp_path, "noisy-bn")  # the report lists it as not run yet, rather than failing
+
+
+# ----------------------------------------------------------------------------------------------
+# Run folders copied, renamed, edited and truncated: RunDir.load believes a folder only when it checks out
+# ----------------------------------------------------------------------------------------------
+import hashlib  # noqa: E402
+import lzma  # noqa: E402
+import shutil  # noqa: E402
+
+SMOKE = ["--preset", "smoke", "--no-progress", "--set", "data.dataset=synthetic"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """noisy-bn's standard arm, seeds 0 and 1, and seed 0 at LR 0.5 in another folder: 12 steps each."""
+    root = tmp_path_factory.mktemp("trained")
+    assert main(["run", "noisy-bn", "--arms", "standard", "--seeds", "0", "1", *SMOKE, "--results-dir",
+                 str(root / "a")]) == 0
+    assert main(["run", "noisy-bn", "--arms", "standard", "--seeds", "0", *SMOKE, "--set", "train.lr=0.5",
+                 "--results-dir", str(root / "lr05")]) == 0
+    return root
+
+
+@pytest.fixture
+def results(tmp_path, trained):
+    shutil.copytree(trained / "a", tmp_path / "r")
+    return tmp_path / "r"
+
+
+def arm_dir(results, arm="standard"):
+    return results / "noisy-bn" / arm
+
+
+def rerun(results, capsys, *seeds):
+    code = main(["run", "noisy-bn", "--arms", "standard", "--seeds", *seeds, *SMOKE, "--results-dir", str(results)])
+    return code, capsys.readouterr()
+
+
+def snapshot(folder):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_plain_csv_beside_a_verified_archive_is_never_read_nor_packed_over_it(results, capsys):
+    from bnstudy.reading import Results
+    seed = arm_dir(results) / "seed-0"
+    before = Results(results, "noisy-bn").tables["metrics"]
+    (seed / "metrics.csv").write_text("step,arm,seed,split,metric,value\n0,standard,0,train,acc,0.99\n", encoding="utf-8")
+    kept = snapshot(seed)
+    capsys.readouterr()
+    after = Results(results, "noisy-bn")
+    assert after.tables["metrics"].equals(before)
+    assert "a plain copy beside the verified metrics.csv.xz, not read" in capsys.readouterr().err
+    code, out = rerun(results, capsys, "0")
+    assert code == 0 and "already complete" in out.out and snapshot(seed) == kept  # nothing re-packed or rehashed
+
+
+def test_a_kill_after_the_archives_were_listed_is_finished_by_the_next_run(results, capsys):
+    seed = arm_dir(results) / "seed-0"
+    (seed / "metrics.csv").write_bytes(lzma.decompress((seed / "metrics.csv.xz").read_bytes()))  # the same rows
+    code, _ = rerun(results, capsys, "0")
+    assert code == 0 and not (seed / "metrics.csv").exists()
+
+
+def test_a_lock_file_that_is_a_link_never_truncates_its_target(results, tmp_path, capsys):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n", encoding="utf-8")
+    (results / "noisy-bn" / ".lock").unlink(missing_ok=True)
+    (results / "noisy-bn" / ".lock").symlink_to(target)
+    code, out = rerun(results, capsys, "0")
+    assert code == 2 and ".lock is not a plain file" in out.err and out.err.count("\n") == 1
+    assert target.read_text(encoding="utf-8") == "keep me\n"
+
+
+def test_an_empty_meta_json_beside_finished_tables_is_never_trained_over(results, capsys):
+    seed = arm_dir(results) / "seed-0"
+    (seed / "meta.json").write_text("{}", encoding="utf-8")
+    kept = snapshot(seed)
+    code, out = rerun(results, capsys, "0")
+    assert code == 2 and "meta.json is missing or empty" in out.err and snapshot(seed) == kept
+
+
+def test_a_run_of_another_lr_copied_into_an_arm_without_its_config_is_not_believed(results, trained, capsys):
+    from bnstudy.reading import Results
+    seed = arm_dir(results) / "seed-1"
+    shutil.rmtree(seed)
+    shutil.copytree(trained / "lr05" / "noisy-bn" / "standard" / "seed-0", seed)
+    (seed / "config.json").unlink()
+    code, out = rerun(results, capsys, "0", "1")
+    assert code == 2 and "no config.json" in out.err
+    assert list(Results(results, "noisy-bn").meta.seed) == [0]  # left out of every figure and number
+
+
+def test_a_run_under_another_arms_name_or_seed_is_not_pooled_there(results, capsys):
+    from bnstudy.reading import Results
+    shutil.copytree(arm_dir(results), arm_dir(results, "batchnorm"))
+    shutil.copytree(arm_dir(results) / "seed-1", arm_dir(results) / "seed-5")
+    capsys.readouterr()
+    results_read = Results(results, "noisy-bn")
+    err = capsys.readouterr().err
+    assert list(results_read.meta.arm) == ["standard", "standard"] and sorted(results_read.meta.seed) == [0, 1]
+    assert "arm: 'standard' in config.json, 'batchnorm' by its folder" in err
+    assert "seed: 1 in config.json, 5 by its folder" in err
+
+
+def test_a_folder_not_named_as_a_seed_is_never_read_and_breaks_nothing(results, capsys):
+    from bnstudy.reading import Results
+    shutil.copytree(arm_dir(results) / "seed-0", arm_dir(results) / "seed-00")
+    shutil.copytree(arm_dir(results) / "seed-0", arm_dir(results) / "seed-0.bak")
+    capsys.readouterr()
+    assert sorted(Results(results, "noisy-bn").meta.seed) == [0, 1]
+    assert "seed-00 is not a run folder" in capsys.readouterr().err
+    assert main(["plot", "noisy-bn", "--results-dir", str(results)]) == 0
+    assert rerun(results, capsys, "0", "1")[0] == 0
+
+
+@pytest.mark.parametrize("field, value, said", [("lr", 0.5, "lr: 0.5 in meta.json, 0.1 in config.json"),
+                                                ("final_test_acc", 0.99, "final_test_acc: 0.99 in meta.json"),
+                                                ("seed", 3, "seed: 3 in meta.json, 1 in config.json")])
+def test_a_hand_edited_meta_json_is_not_believed(results, capsys, field, value, said):
+    from bnstudy.reading import Results
+    from bnstudy.recording import RunDir
+    RunDir(results, "noisy-bn", "standard", 1).update_meta(**{field: value})
+    capsys.readouterr()
+    assert list(Results(results, "noisy-bn").meta.seed) == [0]
+    assert said in capsys.readouterr().err
+
+
+def test_complete_written_on_a_run_killed_part_way_is_refused_before_anything_is_packed(results, capsys):
+    from bnstudy.recording import RunDir
+    run = RunDir(results, "noisy-bn", "standard", 1)
+    metrics = lzma.decompress(run.packed("metrics").read_bytes()).decode().splitlines()
+    for name in ("metrics", "activations", "probes"):  # as a run killed at step 6 leaves them, plain
+        run.csv(name).write_bytes(lzma.decompress(run.packed(name).read_bytes()))
+        run.packed(name).unlink()
+    run.csv("metrics").write_text("\n".join(l for l in metrics if not l[:1].isdigit() or int(l.split(",")[0]) < 6)
+                                  + "\n", encoding="utf-8")
+    meta = run.read_meta()
+    del meta["files"]
+    run.write_meta(meta)
+    kept = snapshot(run.path)
+    code, out = rerun(results, capsys, "1")
+    assert code == 2 and "training rows end at step 5 of 12" in out.err and snapshot(run.path) == kept
