@@ -135,8 +135,10 @@ def cmd_bench(args) -> int:
     width = args.width if args.width is not None else (1.0 if device.type == "cuda" else 0.25)
     _check_positive("--width", width, LIMITS["model.width"][1], "a multiplier on VGG-16's channel counts")
     _check_positive("--min-run-time", args.min_run_time, 3600, "seconds per measurement; an hour is plenty")
-    if args.batch <= 0:
-        raise UsageError("--batch must be > 0 (examples per step)")
+    from bnstudy.bench import SYNTHETIC
+    if not 2 <= args.batch <= SYNTHETIC.train_size:  # checked before minutes of timing, and named as typed
+        raise UsageError(f"--batch must be between 2 and {SYNTHETIC.train_size:,} (examples per step; the bench's "
+                         f"smaller data set has {SYNTHETIC.train_size:,}), got {args.batch}")
     rows = run_bench(device, resolve_data_dir(args.data_dir), width, args.batch, args.min_run_time)
     if args.end_to_end:
         rows += end_to_end(resolve_data_dir(args.data_dir), args.device)
@@ -158,6 +160,9 @@ def cmd_data(args) -> int:
     from bnstudy.runner import resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UsageError(f"--data-dir {data_dir} is a file; give the folder that holds (or is to hold) "
+                         f"cifar-10-batches-py/")
     if args.action == "download":
         folder = download_cifar(data_dir)
         print(f"downloaded CIFAR-10 to {folder}")
@@ -196,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except PermissionError as err:
         print(f"bnstudy: error: cannot write {err.filename}: permission denied", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk (28), a read-only folder (30), ...: what and where, in one line
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"bnstudy: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)

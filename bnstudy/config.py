@@ -31,6 +31,7 @@ from pathlib import Path
 from bnstudy.architectures import DATASET_MODELS, INIT_KINDS, MODEL_KINDS, NORM_KINDS, VGG_CFGS, count_weight_layers
 from bnstudy.errors import ConfigError  # noqa: F401  (raised here; importers take it from here too)
 
+BATCH_STATISTICS = ("batch", "noisy-batch", "l1", "l2", "linf")  # norms whose statistics are taken over the batch
 PRESETS = ("smoke", "quick", "long", "paper")  # long: the paper's schedule at quick's width (docs/long.md)
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -316,6 +317,8 @@ def parse_override(text: str) -> dict:
         value = tomllib.loads(f"v = {raw}")["v"]
     except ValueError:  # not TOML (TOMLDecodeError), or an integer past Python's 4,300 digits
         value = raw.strip()
+    except RecursionError:  # arrays or tables nested hundreds deep: no configuration value is
+        raise ConfigError(f"--set {dotted.strip()}: the value is nested too deep to be a configuration value") from None
     nested: dict = value
     for key in reversed(keys):
         nested = {key: nested}
@@ -408,6 +411,8 @@ def _read_toml(path: Path, malformed: str) -> dict:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:  # TOMLDecodeError, not UTF-8, or an integer past Python's 4,300 digits
         raise ConfigError(f"{malformed}: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{malformed}: tables or arrays nested too deep") from None
 
 
 def merge_presets(family: dict, own: dict) -> dict:
@@ -429,6 +434,7 @@ def load_experiment(name: str) -> Experiment:
     presets = raw.get("presets", {})
     if not isinstance(arms, dict) or not arms:
         raise ConfigError(f"{path}: 'arms' must be a table with at least one arm")
+    _check_tables_say_nothing_ignored(path, raw)
     default_arms = raw.get("default_arms", list(arms))
     if "sweep" in raw:
         arms, default_arms = expand_sweep(path, raw["sweep"], arms, default_arms)
@@ -510,6 +516,21 @@ def _check_plots(path: Path, plots) -> None:
                 f"{where}.runs: each run is a table of {', '.join(QUERY_KEYS)}, got {query!r}")
 
 
+def _check_tables_say_nothing_ignored(path: Path, raw: dict) -> None:
+    """Every table of the file is read: a preset it names exists, and no base, preset or arm sets what the command
+    line decides (experiment, arm, seed, preset), which would otherwise be dropped without a word."""
+    for preset in raw.get("presets", {}):
+        _require(preset in PRESETS, f"{path}: unknown preset '{preset}' in [presets.{preset}]; known: {', '.join(PRESETS)}")
+    tables = {"base": raw.get("base", {})} | {f"presets.{p}": b for p, b in raw.get("presets", {}).items()} | \
+             {f"arms.{a}": b for a, b in raw.get("arms", {}).items()}
+    for where, body in tables.items():
+        for key in RUN_IDENTITY:
+            _require(key not in body, f"{path}: [{where}] sets '{key}', which the command line decides "
+                                      f"(--seed, --preset, --arms); remove it")
+    _require(raw.get("sweep", {}).get("key") not in RUN_IDENTITY, f"{path}: [sweep] key "
+             f"'{raw['sweep'].get('key') if 'sweep' in raw else ''}' is set by the command line, not swept; use --seeds")
+
+
 def _check_with(path: Path, name: str, together: list[str]) -> None:
     """`with = ["lp-norm-dln"]`: experiments that `make <name>` runs as well (the Makefile reads it)."""
     known = list_experiments()
@@ -549,8 +570,10 @@ def expand_sweep(path: Path, sweep: dict, arms: dict, default_arms: list[str]) -
     expanded = {}
     for arm, body in arms.items():
         for value in grids[arm]:
-            expanded[f"{arm}-{label}{value:g}" if isinstance(value, (int, float)) else f"{arm}-{label}{value}"] = \
-                deep_merge(body, parse_override(f"{sweep['key']}={value!r}"))
+            name = f"{arm}-{label}{value:g}" if isinstance(value, (int, float)) else f"{arm}-{label}{value}"
+            _require(name not in expanded, f"{path}: [sweep] values {value!r} and another of arm '{arm}' both name "
+                                           f"the arm '{name}' (names keep 6 significant digits); make them distinct")
+            expanded[name] = deep_merge(body, parse_override(f"{sweep['key']}={value!r}"))
     defaults = [name for name in expanded if name.rsplit("-" + label, 1)[0] in default_arms]
     return expanded, defaults
 
@@ -685,6 +708,8 @@ def validate(config: RunConfig) -> None:
     _require(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
     _require(t.steps > 0, f"train.steps must be > 0, got {t.steps}")
     _require(t.batch_size > 0, f"train.batch_size must be > 0, got {t.batch_size}")
+    _require(t.batch_size > 1 or m.norm not in BATCH_STATISTICS, f"train.batch_size 1 cannot train model.norm "
+             f"'{m.norm}': it normalizes over the batch, and one example has no spread (use 2 or more)")
     _require(t.threads >= 0, f"train.threads must be >= 0 (0 = torch's default), got {t.threads}")
     for key in ("log_every", "eval_every", "checkpoint_every"):
         _require(getattr(t, key) > 0, f"train.{key} must be > 0, got {getattr(t, key)}")

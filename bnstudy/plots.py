@@ -6,6 +6,7 @@ carries a caption naming the experiment, preset, dataset and seeds.
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -533,6 +534,16 @@ FIGURES = {"training": training_curves, "activations": activation_distributions,
            "controls_weights": controls_weights, "controls_init": controls_init, "spectrum": spectrum}
 
 
+# What each figure kind reads: (table, the prefix of its rows' probe, stat or split); kinds not listed read training
+# metrics, which every run has
+NEEDS = {"activation_distributions": ("activations", "p"), "moments": ("activations", "mean"),
+         "densities": ("activations", "q"), "landscape": ("probes", PLAIN), "landscape_filter": ("probes", FILTER),
+         "grad_diff_vs_eta": ("probes", PLAIN), "ics": ("probes", "ics"), "curvature": ("probes", "curvature"),
+         "test_curves": ("metrics", "test"), "controls_smoothness": ("probes", PLAIN),
+         "controls_sharpness": ("probes", "curvature"), "controls_weights": ("probes", "weights"),
+         "controls_init": ("probes", "weights"), "spectrum": ("probes", "spectrum-")}
+
+
 def plot_experiment(experiment: str, results_dir: str = "results", unfinished: bool = False) -> list[Path]:
     """Draw every figure the experiment file lists (with `unfinished`, runs still training too); return the paths."""
     exp = load_experiment(experiment)  # a name, or a .toml file of one's own (its figures are that file's)
@@ -550,12 +561,26 @@ def draw_figures(results: Results, exp=None) -> list[Path]:
     figures = [(name, FIGURES[name], results, order, {}) for name in exp.figures]
     figures += [(name, *_view(exp, name, spec, results)) for name, spec in exp.plots.items()]
     for name, draw, shown, arms, options in figures:
+        if why := missing_rows(draw, shown):
+            print(f"bnstudy: warning: {results.experiment}: figure {name} not drawn: {why}", file=sys.stderr)
+            continue
         fig = draw(shown, arms, **options)
         path = out_dir / f"{name}.png"
         atomic_write_bytes(path, png_bytes(fig))  # a kill while drawing leaves the previous figure, never half of one
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def missing_rows(draw, results: Results) -> str | None:
+    """Why a figure kind has nothing to draw from these runs (its probe did not run, e.g. `--set
+    activations.layers=[]`), or None."""
+    table, prefix = NEEDS.get(draw.__name__, (None, ""))
+    if table is None:
+        return None
+    rows = results.tables[table]
+    column = {"probes": "probe", "activations": "stat", "metrics": "split"}[table]
+    return None if rows[column].astype(str).str.startswith(prefix).any() else f"no {prefix or table} rows in its runs"
 
 
 def _view(exp, name: str, spec: dict, results: Results) -> tuple:

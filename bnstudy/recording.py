@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import io
@@ -35,6 +36,7 @@ import re
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,20 +84,36 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary name and rename: a reader never sees half a file, a crash leaves the old one.
     The temporary name is the writer's own (pid), so two processes writing one file never mix their bytes."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data[: len(data) // 2])
-        fault_point("atomic-write")  # a kill here leaves a half-written temporary file, never a torn `path`
-        f.write(data[len(data) // 2:])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with removed_on_failure(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data[: len(data) // 2])
+            fault_point("atomic-write")  # a kill here leaves a half-written temporary file, never a torn `path`
+            f.write(data[len(data) // 2:])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+@contextmanager
+def removed_on_failure(tmp: Path):
+    """A write that fails (a full disk: OSError 28) leaves no temporary file behind; a kill's are removed by the
+    next run in the folder (RunDir.remove_stale_temporaries)."""
+    try:
+        yield
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_save(obj, path: Path, keep_previous: bool = False) -> None:
     """torch.save to a temporary name, then rename; with keep_previous the old file becomes `<name>.prev`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
+    with removed_on_failure(tmp), open(tmp, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as err:  # torch reports a failed write ("unexpected pos ...") as a RuntimeError
+            raise OSError(errno.EIO, f"could not write a checkpoint ({str(err).splitlines()[0][:120]}); is the "
+                                     f"disk full?", str(path)) from None
         f.flush()
         fault_point("checkpoint-write")  # a kill here leaves a half-written temporary file, never a torn checkpoint
         os.fsync(f.fileno())
@@ -439,6 +457,12 @@ class RunDir:
         fault_point("settle")  # a kill here leaves both forms, which hold the same rows
         self.drop_plain_tables()
         return meta
+
+    def remove_stale_temporaries(self) -> None:
+        """The temporary files a killed writer left in this folder (never one of a live writer: the caller holds
+        the experiment's lock, so no other process writes here)."""
+        for tmp in self.path.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
     def settle_interrupted(self) -> None:
         """Complete a finish that a kill cut short. Before meta.json listed the archives: settle. After: remove each

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -108,6 +109,7 @@ def run_experiment(experiment: str, preset: str, seeds: list[int], arms: list[st
             check_run(run, config)
         pending = []
         for config, run in runs:
+            run.remove_stale_temporaries()
             if run.is_finished():
                 run.load()  # believed only when it checks out (before anything is packed), else one line saying why
                 run.settle_interrupted()  # a finish a kill cut short, before or after its tables were compressed
@@ -161,8 +163,13 @@ def run_ray(pending: list[tuple[RunConfig, RunDir]], device: torch.device, data_
         raise ConfigError("--launcher ray needs Ray: pip install -e '.[ray]' (or pip install 'ray[default]')") from None
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 **({} if address else {"_node_ip_address": "127.0.0.1"}))
+        check_reachable(address)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     **({} if address else {"_node_ip_address": "127.0.0.1"}))
+        except Exception as err:  # an unwritable HOME or TMPDIR, a cluster of another version, ...: one line
+            raise ConfigError(f"Ray did not start ({type(err).__name__}: {str(err).strip().splitlines()[0][:200]})"
+                              ) from None
     resources = {"num_gpus": 1} if device.type == "cuda" else {"num_cpus": cpus_per_run}
     task = ray.remote(max_retries=1, retry_exceptions=True, **resources)(train_one)
     results_dir = str(pending[0][1].results_dir.resolve())
@@ -184,6 +191,23 @@ def run_ray(pending: list[tuple[RunConfig, RunDir]], device: torch.device, data_
             bar.update(1)
     if failed:
         raise ConfigError(f"{failed} of {len(futures)} runs failed on Ray (each retried once); rerun to resume them")
+
+
+RAY_CONNECT_TIMEOUT = 10  # seconds: ray.init waits on an address nothing answers at for more than 5 minutes
+
+
+def check_reachable(address: str | None) -> None:
+    """RAY_ADDRESS 'host:port' (or ray://host:port) answers within RAY_CONNECT_TIMEOUT, or one line saying not."""
+    if not address or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not port.isdigit():
+        raise ConfigError(f"RAY_ADDRESS={address}: expected host:port (or ray://host:port, or auto)")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=RAY_CONNECT_TIMEOUT).close()
+    except OSError as err:
+        raise ConfigError(f"RAY_ADDRESS={address}: nothing answers there within {RAY_CONNECT_TIMEOUT} s "
+                          f"({err.strerror or err}); start the cluster, or unset RAY_ADDRESS for a local Ray") from None
 
 
 LAUNCHERS = {"local": run_local, "ray": run_ray}

@@ -126,6 +126,7 @@ def save_checkpoint(run: RunDir, state: RunState, logs: dict, elapsed: float) ->
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "log_sizes": {name: log.size() for name, log in logs.items()},
         "elapsed": elapsed,
+        "threads": torch.get_num_threads(),  # a CPU run resumes on as many: its float sums then repeat bit for bit
     }, run.checkpoint_path, keep_previous=True)
 
 
@@ -160,6 +161,17 @@ def _checkpoint_problem(path, logs: dict) -> tuple[str | None, dict | None]:
         return "damaged run: " + ", ".join(f"{logs[n].path.name} has {have} bytes, the checkpoint at step "
                                            f"{ckpt['step']} recorded {want}" for n, (have, want) in short.items()), None
     return None, ckpt
+
+
+def keep_threads(ckpt: dict, config: RunConfig) -> None:
+    """Resume on the thread count the run trained with so far (a checkpoint from before threads were recorded has
+    none: the launcher's stands), unless train.threads sets one: the local launcher and Ray give a process
+    different counts, and a CPU run's float sums, so its numbers, depend on it. meta.json then states one count."""
+    if config.train.threads or not ckpt.get("threads") or ckpt["threads"] == torch.get_num_threads():
+        return
+    print(f"resuming on {ckpt['threads']} thread(s), as the run trained so far (this process had "
+          f"{torch.get_num_threads()})", flush=True)
+    torch.set_num_threads(ckpt["threads"])
 
 
 def load_checkpoint(ckpt: dict, state: RunState, logs: dict) -> None:
@@ -251,6 +263,7 @@ def _train_run(config, run, dataset, device, callbacks, progress, backend: dict)
     ckpt = read_checkpoint(run, logs) if run.read_meta().get("status") == "running" else None
     if ckpt is not None:
         load_checkpoint(ckpt, state, logs)
+        keep_threads(ckpt, config)
     else:
         if run.read_meta().get("status") == "running":
             print(f"{run.path}: no checkpoint to resume from; training again from step 0", flush=True)

@@ -23,8 +23,8 @@ ARGS = ["run", "noisy-bn", "--preset", "smoke", "--arms", "noisy-batchnorm", "--
         "--set", "train.log_every=3", "--set", "train.eval_every=10", "--set", "activations.every=4"]
 
 
-def bnstudy(results: Path, fault: str | None = None, args=ARGS) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def bnstudy(results: Path, fault: str | None = None, args=ARGS, threads: int = 1) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     env.pop(FAULT_ENV, None)
     if fault:
         env[FAULT_ENV] = fault
@@ -63,6 +63,17 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_numbers(tmp_path, uninterrup
     resumed = bnstudy(tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert csvs(tmp_path) == uninterrupted
+
+
+def test_a_run_resumed_by_a_launcher_of_another_thread_count_keeps_its_own(tmp_path, uninterrupted):
+    """Killed under one thread (Ray's one core per run), resumed where the process gets two (the local launcher):
+    the run goes on with one, ends with the uninterrupted numbers, and meta.json states one count."""
+    assert bnstudy(tmp_path, "train-step@13").returncode == -signal.SIGKILL
+    resumed = bnstudy(tmp_path, threads=2)
+    assert resumed.returncode == 0 and "resuming on 1 thread(s), as the run trained so far" in resumed.stdout
+    assert csvs(tmp_path) == uninterrupted
+    meta = json.loads((tmp_path / "noisy-bn" / "noisy-batchnorm" / "seed-0" / "meta.json").read_text(encoding="utf-8"))
+    assert meta["environment"]["threads"] == 1
 
 
 @pytest.mark.parametrize("fault", ["finish@1", "settle@1"])

@@ -199,3 +199,216 @@ def test_complete_written_on_a_run_killed_part_way_is_refused_before_anything_is
     kept = snapshot(run.path)
     code, out = rerun(results, capsys, "1")
     assert code == 2 and "training rows end at step 5 of 12" in out.err and snapshot(run.path) == kept
+
+
+# ----------------------------------------------------------------------------------------------
+# Experiment files that would silently drop what they say
+# ----------------------------------------------------------------------------------------------
+ARMS = '[arms.standard.model]\nnorm = "none"\n[arms.batchnorm.model]\nnorm = "batch"\n'
+
+
+@pytest.mark.parametrize("text, said", [
+    ('[sweep]\nkey = "train.lr"\nvalues = [0.1, 0.1000001]\n', "both name the arm 'standard-lr0.1'"),
+    ('[sweep]\nkey = "seed"\nvalues = [0, 1]\n', "[sweep] key 'seed' is set by the command line"),
+    ('[presets.smoek]\ntrain.steps = 5\n', "unknown preset 'smoek'"),
+    ('[base]\nseed = 3\n', "[base] sets 'seed'"),
+    ('[presets.quick]\npreset = "paper"\n', "[presets.quick] sets 'preset'"),
+])
+def test_an_experiment_file_that_says_something_it_would_drop_is_refused(tmp_path, text, said):
+    path = tmp_path / "mine.toml"
+    path.write_text(f'family = "vgg"\nname = "mine"\n{text}{ARMS}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="mine.toml") as refused:
+        load_experiment(str(path))
+    assert said in str(refused.value)
+
+
+def test_an_arm_that_sets_its_own_preset_is_refused(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text(f'family = "vgg"\nname = "mine"\n{ARMS}[arms.batchnorm]\npreset = "paper"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"\[arms.batchnorm\] sets 'preset'"):
+        load_experiment(str(path))
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypatch, capsys):
+    """As a tmpfs of 1 MB does: the checkpoint's write fails inside torch.save ('unexpected pos'), a text file's in
+    its fsync (OSError 28)."""
+    import errno as errno_
+    import torch
+
+    from bnstudy import recording
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed; unexpected pos 64 vs 0")
+    monkeypatch.setattr(torch, "save", full)
+    code = main(["run", "noisy-bn", "--arms", "standard", *SMOKE, "--results-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "could not write a checkpoint" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not list(tmp_path.rglob("*.tmp"))
+    monkeypatch.undo()
+
+    def no_space(fd):
+        raise OSError(errno_.ENOSPC, "No space left on device")
+    monkeypatch.setattr(recording.os, "fsync", no_space)
+    with pytest.raises(OSError):
+        recording.atomic_write_text(tmp_path / "x.json", "{}")
+    assert not list(tmp_path.glob(".x.json.*.tmp"))
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_run(results, capsys):
+    seed = arm_dir(results) / "seed-0"
+    (seed / ".metrics.csv.xz.4242.tmp").write_bytes(b"half")
+    assert rerun(results, capsys, "0")[0] == 0 and not list(seed.glob(".*.tmp"))
+
+
+def test_a_figure_whose_probe_did_not_run_is_said_and_the_others_drawn(tmp_path, capsys):
+    common = ["--results-dir", str(tmp_path)]
+    assert main(["run", "noisy-bn", "--arms", "standard", *SMOKE, "--set", "activations.layers=[]", *common]) == 0
+    capsys.readouterr()
+    assert main(["plot", "noisy-bn", *common]) == 0
+    err = capsys.readouterr().err
+    assert "figure activations not drawn: no p rows in its runs" in err and "Traceback" not in err
+    assert (tmp_path / "noisy-bn" / "figures" / "training.png").exists()
+    assert main(["report", "--no-figures", *common]) == 0
+
+
+def test_an_experiment_whose_runs_are_all_unfinished_is_one_line_for_plot_and_not_run_for_report(results, capsys):
+    from bnstudy.recording import RunDir
+    for seed in (0, 1):
+        RunDir(results, "noisy-bn", "standard", seed).update_meta(status="running")
+    capsys.readouterr()
+    assert main(["plot", "noisy-bn", "--results-dir", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert "no whole run of 'noisy-bn'" in err and "Traceback" not in err
+    assert main(["report", "--no-figures", "--results-dir", str(results)]) == 2  # nothing finished anywhere
+    assert "no results under" in capsys.readouterr().err
+
+
+def test_deeply_nested_toml_and_a_batch_of_one_under_bn_are_refused_before_training(tmp_path, capsys):
+    deep = "[" * 1000 + "]" * 1000
+    for setting, said in ((f"train.lr={deep}", "nested too deep"), ("train.batch_size=1", "train.batch_size 1")):
+        code = main(["run", "noisy-bn", "--arms", "batchnorm", *SMOKE, "--set", setting, "--results-dir", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert code == 2 and said in err and err.count("\n") == 1
+    assert not (tmp_path / "noisy-bn" / "batchnorm").exists()
+    path = tmp_path / "deep.toml"
+    path.write_text(f'family = "vgg"\nname = "deep"\nx = {deep}\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="nested too deep"):
+        load_experiment(str(path))
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["bench", "--batch", "100000"], "--batch must be between 2 and 2,048"),
+    (["data", "download", "--data-dir", "FILE"], "is a file; give the folder"),
+    (["data", "check", "--data-dir", "FILE"], "is a file; give the folder"),
+])
+def test_options_are_checked_and_named_as_typed(tmp_path, capsys, argv, said):
+    (tmp_path / "FILE").write_text("x", encoding="utf-8")
+    argv = [str(tmp_path / a) if a == "FILE" else a for a in argv]
+    assert main([*argv, "--results-dir", str(tmp_path)] if argv[0] == "bench" else argv) == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Fuzzing run folders: copied, renamed, edited and truncated at random
+# ----------------------------------------------------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FILES = ["meta.json", "config.json", "metrics.csv.xz", "activations.csv.xz", "probes.csv.xz"]
+MUTATIONS = st.one_of(
+    st.tuples(st.just("delete"), st.sampled_from(FILES)),
+    st.tuples(st.just("truncate"), st.sampled_from(FILES), st.floats(0, 1)),
+    st.tuples(st.just("edit"), st.sampled_from(["lr", "seed", "arm", "status", "final_test_acc", "steps", "norm"]),
+              st.one_of(st.none(), st.integers(-3, 3), st.floats(allow_nan=True), st.text(max_size=5))),
+    st.tuples(st.just("rename"), st.sampled_from(["seed-00", "seed-1.bak", "seed-7", "seed-x"])),
+    st.tuples(st.just("move-arm"), st.sampled_from(["batchnorm", "other"])),
+    st.tuples(st.just("plain-copy"), st.sampled_from(["metrics", "activations", "probes"]), st.binary(max_size=40)),
+)
+
+
+def mutate(folder, mutation):
+    kind, *args = mutation
+    if kind == "delete":
+        (folder / args[0]).unlink(missing_ok=True)
+    elif kind == "truncate" and (folder / args[0]).exists():
+        data = (folder / args[0]).read_bytes()
+        (folder / args[0]).write_bytes(data[: int(len(data) * args[1])])
+    elif kind == "edit" and (folder / "meta.json").exists():
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        except ValueError:
+            return folder
+        if isinstance(meta, dict):
+            meta[args[0]] = args[1]
+            (folder / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    elif kind == "rename" and not (folder.parent / args[0]).exists():
+        folder = folder.rename(folder.parent / args[0])
+    elif kind == "move-arm":
+        target = folder.parent.parent / args[0] / folder.name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            folder = folder.rename(target)
+    elif kind == "plain-copy":
+        (folder / f"{args[0]}.csv").write_bytes(args[1])
+    return folder
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(MUTATIONS, min_size=1, max_size=3))
+def test_fuzzed_run_folders_are_read_verified_or_left_out_with_one_line(trained, tmp_path_factory, mutations):
+    """Whatever is done to seed 1's folder: reading gives seed 0 alone or both seeds whole and unchanged, or one
+    clear error; never a traceback, and seed 0's numbers never move."""
+    from bnstudy.errors import USER_ERRORS
+    from bnstudy.reading import Results
+    results = tmp_path_factory.mktemp("fuzz") / "r"
+    shutil.copytree(trained / "a", results)
+    baseline = Results(results, "noisy-bn")
+    folder = arm_dir(results) / "seed-1"
+    for mutation in mutations:
+        folder = mutate(folder, mutation)
+    try:
+        read = Results(results, "noisy-bn")
+    except USER_ERRORS:
+        return  # one line at the command line (cli.main)
+    seed0 = read.tables["metrics"][(read.tables["metrics"].arm == "standard") & (read.tables["metrics"].seed == 0)]
+    assert seed0.reset_index(drop=True).equals(
+        baseline.tables["metrics"][baseline.tables["metrics"].seed == 0].reset_index(drop=True))
+    for (arm, seed), rows in read.tables["metrics"].groupby(["arm", "seed"]):  # what is read is what was written
+        original = baseline.tables["metrics"][baseline.tables["metrics"].seed == seed]
+        assert arm == "standard" and rows.reset_index(drop=True).equals(original.reset_index(drop=True))
+    assert set(read.meta.lr) == {0.1} and set(read.meta.seed) <= {0, 1}
+
+
+def test_a_ray_address_nothing_answers_at_is_one_line_within_seconds(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    code = main(["run", "noisy-bn", "--arms", "standard", *SMOKE, "--launcher", "ray", "--results-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "RAY_ADDRESS=127.0.0.1:1: nothing answers there" in err and err.count("\n") == 1
+
+
+def test_a_run_folder_moved_under_another_experiment_is_left_out(results, capsys):
+    from bnstudy.reading import Results
+    shutil.copytree(results / "noisy-bn", results / "landscape")
+    capsys.readouterr()
+    with pytest.raises(Exception, match="no whole run of 'landscape'"):
+        Results(results, "landscape")
+    assert "experiment: 'noisy-bn' in config.json, 'landscape' by its folder" in capsys.readouterr().err
+    assert main(["plot", "landscape", "--results-dir", str(results)]) == 2
+
+
+def test_a_read_only_results_folder_is_one_line_for_plot_and_report(results, monkeypatch, capsys):
+    import errno as errno_
+
+    from bnstudy import recording
+
+    def read_only(source, target):
+        raise OSError(errno_.EROFS, "Read-only file system", str(target))
+    monkeypatch.setattr(recording.os, "replace", read_only)  # every atomic write ends with its rename
+    for command in (["plot", "noisy-bn"], ["report", "--no-figures"]):
+        assert main([*command, "--results-dir", str(results)]) == 2
+        err = capsys.readouterr().err
+        assert "Read-only file system" in err and err.count("\n") == 1
+    assert not list(results.rglob(".*.tmp"))
