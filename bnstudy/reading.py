@@ -82,6 +82,27 @@ class Results:
         frames = [run.tables[name] for run in runs if len(run.tables[name])]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SCHEMAS[name])
 
+    def matching(self, queries: list[dict]) -> Results:
+        """The runs whose configuration (meta.json's norm, lr, init) matches one of `queries`, in the queries'
+        order, as a Results of their own: a figure finds its runs by what they are, not by arm names. Raises
+        ConfigError where a query matches no run."""
+        arms = []
+        for query in queries:
+            mask = np.ones(len(self.meta), dtype=bool)
+            for key, value in query.items():
+                column = self.meta.get(key, pd.Series(index=self.meta.index, dtype=object))
+                mask &= np.isclose(pd.to_numeric(column, errors="coerce"), value, rtol=1e-9, atol=0) \
+                    if isinstance(value, float) else column.eq(value).to_numpy()
+            found = list(dict.fromkeys(self.meta.arm[mask]))
+            if not found:
+                raise ConfigError(f"{self.root}: no run with {', '.join(f'{k} = {v}' for k, v in query.items())}")
+            arms += [a for a in found if a not in arms]
+        subset = copy.copy(self)
+        subset.meta = self.meta[self.meta.arm.isin(arms)]
+        subset.tables = {name: table[table.arm.isin(arms)] for name, table in self.tables.items()}
+        subset.order = tuple(arms)
+        return subset
+
     def arms(self, order: tuple[str, ...] = ()) -> list[str]:
         present = list(dict.fromkeys(self.meta.arm))
         return [a for a in order if a in present] + [a for a in present if a not in order]

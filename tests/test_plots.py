@@ -37,11 +37,15 @@ def test_one_seed_gives_no_band():
 def test_caption_names_the_gpu_of_cuda_runs(tmp_path):
     from bnstudy.reading import Results
 
+    from bnstudy.config import load_experiment, run_config
+    from bnstudy.recording import RunDir
+
     def meta(arm, environment):
-        folder = tmp_path / "noisy-bn" / arm / "seed-0"
-        folder.mkdir(parents=True)
-        (folder / "meta.json").write_text(json.dumps({"arm": arm, "seed": 0, "preset": "paper", "dataset": "CIFAR-10",
-                                                      "status": "running", "environment": environment}))  # no tables yet
+        run = RunDir(tmp_path, "noisy-bn", arm, 0)
+        run.path.mkdir(parents=True)
+        run.write_config(run_config(load_experiment("noisy-bn"), arm, 0, "paper"))
+        run.write_meta({"arm": arm, "seed": 0, "preset": "paper", "dataset": "CIFAR-10", "status": "running",
+                        "environment": environment})  # no tables yet
 
     meta("batchnorm", {"device": "cpu"})
     assert "GPU" not in Results(tmp_path, "noisy-bn", unfinished=True).caption()
