@@ -636,7 +636,7 @@ def evaluate_claims(summaries: dict[str, pd.DataFrame]) -> list[tuple[Claim, Ver
     return [(claim, evaluate(claim, summaries)) for claim in CLAIMS]
 
 
-def evaluate(claim: Claim, summaries: dict[str, pd.DataFrame]) -> Verdict:
+def evaluate(claim: Claim, summaries: dict[str, pd.DataFrame], preset: str | None = None) -> Verdict:
     """The claim's rule on the runs it finds (its experiments', or by configuration: `needs`), tagged with their
     presets; "not measured" where they have no results, or where a run's preset is not one the rule accepts (its
     numbers still shown)."""
@@ -648,7 +648,9 @@ def evaluate(claim: Claim, summaries: dict[str, pd.DataFrame]) -> Verdict:
         waiting = [name for name in claim.experiments
                    if name not in summaries and not (name in BY_CONFIGURATION and found_elsewhere)]
         return Verdict(NOT_MEASURED, f"waiting for {', '.join(waiting)} (no results yet)" if waiting else str(why))
-    presets = tuple(sorted(sources.presets))
+    # judged at one preset (report.by_preset: the runs that count there, the DLN's shared ones included), or at
+    # the presets of the runs the rule read
+    presets = (preset,) if preset else tuple(sorted(sources.presets))
     foreign = [p for p in presets if p not in claim.presets]
     if foreign:
         return Verdict(NOT_MEASURED, f"{verdict.measured} (the rule accepts preset {' or '.join(claim.presets)}, "

@@ -576,6 +576,8 @@ def missing_rows(draw, results: Results) -> str | None:
     """Why a figure kind has nothing to draw from these runs (its probe did not run, e.g. `--set
     activations.layers=[]`), or None."""
     table, prefix = NEEDS.get(draw.__name__, (None, ""))
+    if results.meta.empty:
+        return "none of its runs is there yet"
     if table is None:
         return None
     rows = results.tables[table]
@@ -587,6 +589,9 @@ def _view(exp, name: str, spec: dict, results: Results) -> tuple:
     """A [plots.NAME] figure: (its kind's function, the runs it shows found by configuration, their order, options).
     `layers` keeps the activation rows of those layers alone."""
     shown = results.matching(spec["runs"])
+    if shown.missing:  # a configuration not trained yet: the figure shows the others, and says so
+        print(f"bnstudy: warning: {results.experiment}: figure {name} without the runs of "
+              f"{'; '.join(shown.missing)} (none yet)", file=sys.stderr)
     if "layers" in spec:
         acts = shown.tables["activations"]
         shown.tables = shown.tables | {"activations": acts[acts.layer.isin(spec["layers"])]}

@@ -84,9 +84,9 @@ class Results:
 
     def matching(self, queries: list[dict]) -> Results:
         """The runs whose configuration (meta.json's norm, lr, init) matches one of `queries`, in the queries'
-        order, as a Results of their own: a figure finds its runs by what they are, not by arm names. Raises
-        ConfigError where a query matches no run."""
-        arms = []
+        order, as a Results of their own: a figure finds its runs by what they are, not by arm names. The queries
+        no run matches are in its `missing` (a configuration not trained yet)."""
+        arms, missing = [], []
         for query in queries:
             mask = np.ones(len(self.meta), dtype=bool)
             for key, value in query.items():
@@ -95,12 +95,12 @@ class Results:
                     if isinstance(value, float) else column.eq(value).to_numpy()
             found = list(dict.fromkeys(self.meta.arm[mask]))
             if not found:
-                raise ConfigError(f"{self.root}: no run with {', '.join(f'{k} = {v}' for k, v in query.items())}")
+                missing.append(", ".join(f"{k} = {v}" for k, v in query.items()))
             arms += [a for a in found if a not in arms]
         subset = copy.copy(self)
         subset.meta = self.meta[self.meta.arm.isin(arms)]
         subset.tables = {name: table[table.arm.isin(arms)] for name, table in self.tables.items()}
-        subset.order = tuple(arms)
+        subset.order, subset.missing = tuple(arms), missing
         return subset
 
     def arms(self, order: tuple[str, ...] = ()) -> list[str]:

@@ -77,7 +77,7 @@ def verdicts(summaries: dict[str, pd.DataFrame]) -> dict[str, list]:
     """preset -> [(claim, verdict)] for every claim, on the runs that count at that preset (at least one column,
     so that a report with no results still lists every claim)."""
     split = by_preset(summaries) or {"quick": {}}
-    return {preset: [(claim, evaluate(claim, chosen)) for claim in CLAIMS] for preset, chosen in split.items()}
+    return {preset: [(claim, evaluate(claim, chosen, preset)) for claim in CLAIMS] for preset, chosen in split.items()}
 
 
 def _cells(cells: list[str]) -> str:
