@@ -1,7 +1,19 @@
 """Tidy records -> the derived numbers that figures and the report share (pure pandas, no plotting)."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+
+
+def matches(frame: pd.DataFrame, query: dict) -> pd.Series:
+    """Which rows' configuration columns (norm, lr, init, ...) equal every value of `query` (floats to 1e-9):
+    how claims and figures find runs by what they are. A column the frame lacks matches nothing."""
+    mask = pd.Series(True, index=frame.index)
+    for key, value in query.items():
+        column = frame[key] if key in frame else pd.Series(index=frame.index, dtype=object)
+        mask &= (np.isclose(pd.to_numeric(column, errors="coerce"), value, rtol=1e-9, atol=0)
+                 if isinstance(value, float) else column.eq(value))
+    return mask
 
 
 PLAIN, FILTER = "landscape", "landscape-filter"  # the probe names of the two directions (bnstudy.probes.landscape)

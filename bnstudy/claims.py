@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from bnstudy.analysis import (CHANCE, REACH_WINDOW, REACHES, best_lr, kind_label, largest_trainable_lr,
+from bnstudy.analysis import (CHANCE, REACH_WINDOW, REACHES, best_lr, kind_label, largest_trainable_lr, matches,
                               sweep_table)
 
 HOLDS, FAILS, TIE, NOT_MEASURED = "holds", "does not hold", "tie", "not measured"
@@ -67,13 +67,10 @@ def describe(query: dict) -> str:
 
 def runs_of(summary: pd.DataFrame, query: dict) -> pd.DataFrame:
     """The runs whose configuration matches every key of `query` (norm, lr, ...: columns of the summary)."""
-    mask = pd.Series(True, index=summary.index)
-    for key, value in query.items():
-        if key not in summary:
-            raise Missing(f"no '{key}' in the results")
-        column = summary[key]
-        mask &= np.isclose(column.astype(float), value, rtol=1e-9, atol=0) if isinstance(value, float) else column.eq(value)
-    return summary[mask]
+    absent = [key for key in query if key not in summary]
+    if absent:
+        raise Missing(f"no '{absent[0]}' in the results")
+    return summary[matches(summary, query)]
 
 
 def paired(summary: pd.DataFrame, column: str, groups: dict) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bnstudy.analysis import matches
 from bnstudy.config import ConfigError
 from bnstudy.recording import SCHEMAS, RecordError, Run, RunDir, pooling_differences
 
@@ -88,12 +89,7 @@ class Results:
         no run matches are in its `missing` (a configuration not trained yet)."""
         arms, missing = [], []
         for query in queries:
-            mask = np.ones(len(self.meta), dtype=bool)
-            for key, value in query.items():
-                column = self.meta.get(key, pd.Series(index=self.meta.index, dtype=object))
-                mask &= np.isclose(pd.to_numeric(column, errors="coerce"), value, rtol=1e-9, atol=0) \
-                    if isinstance(value, float) else column.eq(value).to_numpy()
-            found = list(dict.fromkeys(self.meta.arm[mask]))
+            found = list(dict.fromkeys(self.meta.arm[matches(self.meta, query)]))
             if not found:
                 missing.append(", ".join(f"{k} = {v}" for k, v in query.items()))
             arms += [a for a in found if a not in arms]

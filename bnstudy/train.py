@@ -29,7 +29,7 @@ from bnstudy.probes.ics import ICSProbe
 from bnstudy.probes.landscape import LandscapeProbe, eta_grid
 from bnstudy.probes.spectrum import SpectrumProbe
 from bnstudy.probes.weights import WeightsProbe
-from bnstudy.recording import RunDir, atomic_save, environment, fault_point, previous, read_table
+from bnstudy.recording import RunDir, atomic_save, environment, fault_point, final_numbers, previous, read_table
 
 
 @dataclass
@@ -335,14 +335,12 @@ def _emit(logs: dict, config: RunConfig, results: list[dict]) -> None:
             logs[name].append(tagged(rows, config))
 
 
-def final_training_numbers(run: RunDir, window: int = 100) -> dict:
+def final_training_numbers(run: RunDir) -> dict:
     """From metrics.csv, so a resumed run reports what an uninterrupted one would: the mean training accuracy
-    over the last `window` logged steps (the paper's "training accuracy") and the last training loss."""
-    metrics = read_table(run.table_path("metrics"), "metrics")
-    train = metrics[metrics.split == "train"]
-    acc, loss = train[train.metric == "acc"].value.tail(window), train[train.metric == "loss"].value
-    return {"final_train_acc_last100": round(float(acc.mean()), 5) if len(acc) else None,
-            "final_train_loss": float(loss.iloc[-1]) if len(loss) else None}
+    over the last 100 logged steps (the paper's "training accuracy") and the last training loss
+    (recording.final_numbers, which RunDir.load checks meta.json against)."""
+    numbers = final_numbers(read_table(run.table_path("metrics"), "metrics"))
+    return {key: numbers[key] for key in ("final_train_acc_last100", "final_train_loss")}
 
 
 def _finish(config, run, dataset, state, logs, diverged: int | None) -> dict:
