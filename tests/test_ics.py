@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from bnstudy.models import DLN, VGG
-from bnstudy.probes.ics import gradient_shift, upstream_names
+from bnstudy.probes.ics import gradient_shift
+from bnstudy.probes.layers import traced_layers
 from bnstudy.train import summed_squared_error
 
 
@@ -44,13 +45,14 @@ def test_zero_lr_and_first_layer_have_no_shift():
     assert row["l2"] == 0 and row["cosine"] == pytest.approx(1.0, abs=1e-12)
 
 
-def test_upstream_means_everything_registered_before_the_layer():
+def test_upstream_of_a_vgg_layer_is_every_layer_before_with_its_norm():
     model = VGG(16, 0.0625, (32, 32), "batch")
-    weight, upstream = upstream_names(model, 2)
-    assert weight == "features.3.weight"
-    assert upstream == ["features.0.weight", "features.0.bias", "features.1.weight", "features.1.bias"]
+    batch = (torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,)))
+    second = traced_layers(model, F.cross_entropy, batch)[1]
+    assert second.weight == "features.3.weight"
+    assert second.upstream == ("features.0.weight", "features.0.bias", "features.1.weight", "features.1.bias")
     with pytest.raises(IndexError, match="#17 out of range"):
-        upstream_names(model, 17)
+        gradient_shift(model, F.cross_entropy, batch, 0.1, [17])
 
 
 @pytest.mark.parametrize("norm", ["batch", "noisy-batch"])

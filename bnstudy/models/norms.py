@@ -25,6 +25,9 @@ class BatchNoise(nn.Module):
     Training mode only; the identity in evaluation mode or when `enabled` is False.
     """
 
+    # part of noisy BN: a probe's bn_mode="eval" (running statistics) turns it off with BN, as model.eval() does
+    switched_by_bn_mode = True
+
     def __init__(self, noise: NoiseConfig = NoiseConfig()):
         super().__init__()
         self.noise = noise
@@ -56,6 +59,8 @@ class LpBatchNorm(nn.Module):
     l_p norm, before shifting the mean"), then BN's learnable scale and shift: gamma * y + beta.
     Evaluation mode uses running averages of the mean and the norm (momentum as torch's BN).
     """
+
+    switched_by_bn_mode = True  # a probe's bn_mode sets it, as it sets torch's batch norms
 
     def __init__(self, width: int, p: float, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()

@@ -2,49 +2,51 @@
 
 For weight layer i at the current step, on the step's batch:
     G  = grad of the loss w.r.t. W_i at the current weights;
-    G' = the same gradient after everything upstream of layer i (the parameters registered before W_i:
-         the weight layers 1..i-1 with the norms between them) took this step's plain SGD update
+    G' = the same gradient after everything upstream of layer i took this step's plain SGD update
          w - lr * grad, every other parameter left as it is.
 Rows: layer, l2 = ||G - G'||, cosine = cos(G, G'), rel_l2 = ||G - G'|| / ||G||.
 
-Weight layers are the Conv/Linear modules in registration order (forward order for sequential
-models), numbered from 1. Cost: one forward+backward for the gradient, plus one per requested layer
-after the first (for layer 1 nothing is upstream, so G' = G). Side-effect free, like every probe.
+Weight layers and what is upstream of them: bnstudy.probes.layers, found by hooks in the gradient's own forward
+pass. Layers are numbered from 1 in the order the forward pass first calls them; upstream of layer i are the
+trainable parameters its input depends on (for a chain such as VGG: the weight layers 1..i-1 with the norms between
+them; in a ResNet block not the shortcut; in attention not a sibling projection). Cost: one forward+backward for the
+gradient, plus one per requested layer that has anything upstream (for layer 1 nothing is, so G' = G).
+Side-effect free, like every probe.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from bnstudy.models import weight_layers
 from bnstudy.probes.callback import Probe
 from bnstudy.probes.functional import Evaluator, flat_norm, untouched
+from bnstudy.probes.layers import LayerTrace, WeightLayer
 
 
-def upstream_names(model: nn.Module, layer: int) -> tuple[str, list[str]]:
-    """(name of W_layer, names of the parameters registered before it)."""
-    layers = weight_layers(model)
-    if not 1 <= layer <= len(layers):
-        raise IndexError(f"layer #{layer} out of range; this model has weight layers #1..#{len(layers)}")
-    target = layers[layer - 1].weight
-    names = [name for name, _ in model.named_parameters()]
-    index = next(i for i, (_, p) in enumerate(model.named_parameters()) if p is target)
-    return names[index], names[:index]
+def chosen(layers: list[WeightLayer], number: int) -> WeightLayer:
+    """Layer #number, or one clear error: out of range, or frozen (a frozen weight has no gradient to shift)."""
+    if not 1 <= number <= len(layers):
+        raise IndexError(f"layer #{number} out of range; this model has weight layers #1..#{len(layers)}")
+    layer = layers[number - 1]
+    if not layer.trainable:
+        raise ValueError(f"layer #{number} ({layer.weight}) is frozen (requires_grad=False): it has no gradient to shift")
+    return layer
 
 
-def gradient_shift(model: nn.Module, loss_fn, batch, lr: float, layers, *, bn_mode: str = "train") -> list[dict]:
+def gradient_shift(model: nn.Module, loss_fn, batch, lr: float, layers, *, bn_mode: str | None = "train") -> list[dict]:
     """Definition 2.1 at the given weight layers: one row per layer with l2, cosine and rel_l2."""
     with untouched(model, bn_mode):
         evaluator = Evaluator(model, loss_fn, batch, bn_mode)
-        _, grads = evaluator.loss_and_grad(evaluator.params)
+        trace = LayerTrace(model)
+        _, grads = evaluator.loss_and_grad(evaluator.params, watching=trace.watching)
         measured = []
-        for layer in layers:
-            weight, upstream = upstream_names(model, layer)
+        for number in layers:
+            layer = chosen(trace.layers, number)
             shifted = dict(evaluator.params)
-            for name in upstream:
+            for name in layer.upstream:
                 shifted[name] = evaluator.params[name] - lr * grads[name]
-            g = grads[weight]
-            g_shifted = evaluator.loss_and_grad(shifted, wrt=[weight])[1][weight] if upstream else g
+            g = grads[layer.weight]
+            g_shifted = evaluator.loss_and_grad(shifted, wrt=[layer.weight])[1][layer.weight] if layer.upstream else g
             measured.append(torch.stack([flat_norm({"d": g - g_shifted}), flat_norm({"g": g}),
                                          torch.nn.functional.cosine_similarity(g.flatten(), g_shifted.flatten(), dim=0)]))
         values = torch.stack(measured).tolist() if measured else []  # one host transfer

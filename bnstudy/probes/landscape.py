@@ -55,7 +55,7 @@ def probe_direction(direction: str, g: dict, params: dict, generator: torch.Gene
     return filter_normalized(g, params) if direction == "filter-gradient" else filter_normalized_direction(params, generator)
 
 
-def along_gradient(model: nn.Module, loss_fn, batch, etas, *, bn_mode: str = "train",
+def along_gradient(model: nn.Module, loss_fn, batch, etas, *, bn_mode: str | None = "train",
                    direction: str = "gradient", generator: torch.Generator | None = None) -> list[dict]:
     """One row per eta: eta, loss = L(w - eta d), grad_diff = ||grad L(w - eta d) - g||, grad_norm = ||g||,
     step_norm = eta ||d||, and loss0 = L(w). `batch = (inputs, targets)`; `loss_fn(outputs, targets)`.

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bnstudy.probes.callback import Probe, step_seed
-from bnstudy.probes.curvature import HessianOperator
+from bnstudy.probes.curvature import HessianOperator, rademacher
 from bnstudy.probes.functional import untouched
 from bnstudy.probes.lanczos import lanczos
 
@@ -24,12 +24,7 @@ GRID_POINTS = 1_000
 SIGMA = 0.01  # the Gaussian kernel's width, as a fraction of the range the Ritz values span
 
 
-def rademacher(size: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """A vector of +-1, drawn on the CPU from `generator` (never the global one) and moved to `like`'s device."""
-    return (torch.randint(0, 2, (size,), generator=generator) * 2 - 1).to(like.device, like.dtype)
-
-
-def spectral_density(model: nn.Module, loss_fn, batch, *, n_v: int = 3, m: int = 30, bn_mode: str = "train",
+def spectral_density(model: nn.Module, loss_fn, batch, *, n_v: int = 3, m: int = 30, bn_mode: str | None = "train",
                      seed: int = 0, sigma: float = SIGMA, grid_points: int = GRID_POINTS) -> dict:
     """Ritz values and quadrature weights per start vector, and their Gaussian-smoothed density on a grid.
 
@@ -65,7 +60,7 @@ def smoothed_density(ritz: list[list[float]], weights: list[list[float]], sigma:
     return grid.tolist(), density.tolist()
 
 
-def gradient_share(model: nn.Module, loss_fn, batch, *, k: int = 10, bn_mode: str = "train", seed: int = 0,
+def gradient_share(model: nn.Module, loss_fn, batch, *, k: int = 10, bn_mode: str | None = "train", seed: int = 0,
                    tol: float = 1e-3, max_steps: int = 200) -> dict:
     """The share of the gradient's squared norm in the span of the Hessian's top-k eigenvectors (the k algebraically
     largest: the outliers, when there are any), by Lanczos to `tol` on those k. Returns {"share", "eigenvalues"
