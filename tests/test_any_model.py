@@ -2,8 +2,8 @@
 
 Each model below has one structure that a researcher's model has and VGG has not: a frozen layer, a BN put in eval
 inside a model in train mode, dropout, a Conv1D-style layer whose weight is stored transposed, sibling projections
-(attention), a shortcut, a weight tied between two modules, scaled dot-product attention. Each test failed before
-its fix (see the issue's notes in the commit); the last ones check that every probe leaves every model as it found
+(attention), a shortcut, a weight tied between two modules, scaled dot-product attention. Each test failed on the
+probes before they handled that structure; the last ones check that every probe leaves every model as it found
 it: each module's mode, each parameter and buffer, `.grad`, `requires_grad` and the RNG state.
 """
 import pytest
@@ -308,8 +308,8 @@ def test_in_a_chain_upstream_is_every_layer_before_with_the_norms_between(norm):
     dln_layers = traced_layers(dln, F.cross_entropy, (torch.randn(6, 5), torch.randint(0, 5, (6,))))
     for layer in dln_layers:
         before = range(layer.number - 1)
-        expected = {f"layers.{i}.weight" for i in before} | {n for n, _ in dln.named_parameters()
-                                                               if n.startswith("norms.") and int(n.split(".")[1]) in before}
+        norms = {n for n, _ in dln.named_parameters() if n.startswith("norms.") and int(n.split(".")[1]) in before}
+        expected = {f"layers.{i}.weight" for i in before} | norms
         assert set(layer.upstream) == expected
     assert norm == "none" or any(n.startswith("norms.0.") for n in dln_layers[1].upstream)
 
@@ -355,8 +355,12 @@ def snapshot(model) -> dict:
 
 
 def same(a: dict, b: dict) -> bool:
-    tensors_equal = lambda x, y: x.keys() == y.keys() and all(  # noqa: E731
-        (x[k] is None and y[k] is None) or (x[k] is not None and y[k] is not None and torch.equal(x[k], y[k])) for k in x)
+    def equal(u, v) -> bool:
+        return (u is None and v is None) or (u is not None and v is not None and torch.equal(u, v))
+
+    def tensors_equal(x, y) -> bool:
+        return x.keys() == y.keys() and all(equal(x[k], y[k]) for k in x)
+
     return (a["modes"] == b["modes"] and a["requires_grad"] == b["requires_grad"] and torch.equal(a["rng"], b["rng"])
             and all(tensors_equal(a[k], b[k]) for k in ("params", "grads", "buffers")))
 

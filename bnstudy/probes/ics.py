@@ -29,7 +29,8 @@ def chosen(layers: list[WeightLayer], number: int) -> WeightLayer:
         raise IndexError(f"layer #{number} out of range; this model has weight layers #1..#{len(layers)}")
     layer = layers[number - 1]
     if not layer.trainable:
-        raise ValueError(f"layer #{number} ({layer.weight}) is frozen (requires_grad=False): it has no gradient to shift")
+        raise ValueError(f"layer #{number} ({layer.weight}) is frozen (requires_grad=False): "
+                         "it has no gradient to shift")
     return layer
 
 
@@ -47,8 +48,8 @@ def gradient_shift(model: nn.Module, loss_fn, batch, lr: float, layers, *, bn_mo
                 shifted[name] = evaluator.params[name] - lr * grads[name]
             g = grads[layer.weight]
             g_shifted = evaluator.loss_and_grad(shifted, wrt=[layer.weight])[1][layer.weight] if layer.upstream else g
-            measured.append(torch.stack([flat_norm({"d": g - g_shifted}), flat_norm({"g": g}),
-                                         torch.nn.functional.cosine_similarity(g.flatten(), g_shifted.flatten(), dim=0)]))
+            cosine = torch.nn.functional.cosine_similarity(g.flatten(), g_shifted.flatten(), dim=0)
+            measured.append(torch.stack([flat_norm({"d": g - g_shifted}), flat_norm({"g": g}), cosine]))
         values = torch.stack(measured).tolist() if measured else []  # one host transfer
     return [{"layer": layer, "l2": l2, "cosine": cos, "rel_l2": l2 / g_norm if g_norm > 0 else float("nan")}
             for layer, (l2, g_norm, cos) in zip(layers, values)]

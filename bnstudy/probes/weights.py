@@ -1,6 +1,7 @@
 """Weight norms, the training step's own gradient, and the logits' scale: what BN does to the step itself.
 
-Per weight layer k (numbered from 1, bnstudy.models.weight_layers), at every `every`-th step:
+Per weight layer k (numbered from 1, bnstudy.models.weight_layers: for VGG and the DLN the numbering
+bnstudy.probes.layers finds by hooks, tested), at every `every`-th step:
 
     w_norm          ||W_t||                      (the weight tensor alone, biases left out)
     grad_norm       ||g_t||                      the training step's own gradient (read from .grad after the step)
