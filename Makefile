@@ -3,6 +3,7 @@
 #   make all [SEEDS="0 1 2"]  every experiment, then the report;  make report  the report alone
 #   make bench [E2E=1]  costs as ratios (E2E=1 also times the whole quick noisy-bn)
 #   make test | test-gpu [NOVENV=1]  (NOVENV=1: the system python3 with PYTHONPATH=., as on a GPU image without network)
+#   make crosscheck  our Hessian probes against curvlinops, hessian-eigenthings and PyHessian (own venv: .venv-peers)
 PYTHON  ?= python3
 VENV    ?= .venv
 SEED    ?= 0
@@ -34,10 +35,10 @@ $(warning cannot read 'with' from experiments/*.toml with $(PYTHON) (3.11 or lat
 EXPERIMENTS_WITH :=
 endif
 
-.PHONY: help install data $(EXPERIMENTS) $(RUNS) all report bench plot test test-gpu clean-venv
+.PHONY: help install data $(EXPERIMENTS) $(RUNS) all report bench plot test test-gpu crosscheck clean-venv
 
 help:
-	@sed -n '1,5p' Makefile
+	@sed -n '1,6p' Makefile
 	@echo "#   EXPERIMENT (experiments/*.toml): $(EXPERIMENTS)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -93,6 +94,33 @@ else
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m cuda -rs tests/test_cuda.py
 endif
+
+# The peer cross-check (bnstudy/crosscheck.py, tests/test_peers.py) in a venv of its own: the peers never enter .venv.
+# curvlinops-for-pytorch and backpack-for-pytorch require torchvision, and torchvision breaks transformers' imports
+# beside this torch: they go in --no-deps, then what they really import (torchvision is not among it).
+PEERS_VENV  := .venv-peers
+PEERS_BIN   := $(PEERS_VENV)/bin
+PEERS_STAMP := $(PEERS_VENV)/.installed
+NO_DEPS     := curvlinops-for-pytorch==3.0.1 backpack-for-pytorch==1.7.1
+NO_DEPS_USE := einops unfoldNd einconv linear_operator opt-einsum
+
+$(PEERS_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_BIN)/pip install --quiet --upgrade pip
+	$(PEERS_BIN)/pip install --quiet -c constraints.txt torch
+	$(PEERS_BIN)/pip install --quiet -c constraints.txt -e '.[dev,peers]'
+	$(PEERS_BIN)/pip install --quiet -c constraints.txt --no-deps $(NO_DEPS)
+	$(PEERS_BIN)/pip install --quiet -c constraints.txt $(NO_DEPS_USE)
+	@# and nothing pulled torchvision in after all:
+	@$(PEERS_BIN)/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("torchvision") and "torchvision!")'
+	touch $@
+
+# results/crosscheck/crosscheck.{csv,md} (about 5 minutes at one thread), then the tests of the probes on those models
+# (under a minute; at one torch thread too unless BNSTUDY_TEST_THREADS says otherwise: two threads beside other
+# work on a 2-core machine ran these tests 10-20 times slower)
+crosscheck: $(PEERS_STAMP)
+	$(PEERS_BIN)/python -m bnstudy.crosscheck --results-dir $(RESULTS)
+	BNSTUDY_TEST_THREADS=$${BNSTUDY_TEST_THREADS:-1} $(PEERS_BIN)/python -m pytest -q tests/test_peers.py
 
 clean-venv:
 	rm -rf $(VENV)

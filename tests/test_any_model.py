@@ -334,6 +334,23 @@ def test_an_unconverged_lanczos_still_gives_its_ritz_values():
     assert all(found <= true * (1 + 1e-10) for found, true in zip(capped["eigenvalues"], exact.tolist()))  # bounds
 
 
+def test_products_through_a_layernorm_match_finite_differences():
+    """The products are a double backward. Forward-over-reverse (jvp of the gradient, as curvlinops takes them) is off
+    in torch 2.13 in a LayerNorm weight's rows, by 32% on this model: results/crosscheck shows what it does there."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.Linear(6, 3)).double()
+    batch = (torch.randn(7, 5, dtype=torch.float64), torch.randint(0, 3, (7,)))
+    operator = HessianOperator(model, F.cross_entropy, batch, "train")
+    v = torch.randn(operator.size, dtype=torch.float64)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    pieces = dict(zip(params, operator._split(v)))
+    grad = torch.func.grad(lambda p: F.cross_entropy(functional_call(model, p, (batch[0],)), batch[1]))
+    eps = 1e-6
+    plus, minus = (grad({n: p + sign * eps * pieces[n] for n, p in params.items()}) for sign in (1, -1))
+    finite = torch.cat([((plus[n] - minus[n]) / (2 * eps)).reshape(-1) for n in params])
+    assert torch.allclose(operator.matvec(v), finite, rtol=1e-7, atol=1e-9)
+
+
 def test_hessian_probes_run_through_scaled_dot_product_attention():
     """The CPU's fused attention kernel has no double backward; the Hessian's graph is built under the math one."""
     model, batch = attention()
