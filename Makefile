@@ -2,7 +2,7 @@
 #   make EXPERIMENT [SEED=1 | SEEDS="0 1 2"] [PRESET=smoke|quick|long|paper] [ARMS="a b"] [DEVICE=auto|cpu|cuda] [RESULTS=dir] [DATA=dir]
 #   make all [SEEDS="0 1 2"]  every experiment, then the report;  make report  the report alone
 #   make bench [E2E=1]  costs as ratios (E2E=1 also times the whole quick noisy-bn)
-#   make test | test-gpu [NOVENV=1]  (NOVENV=1: the system python3 with PYTHONPATH=., as on a GPU image without network)
+#   make lint | test | test-gpu [NOVENV=1]  (NOVENV=1: the system python3 with PYTHONPATH=., as on a GPU image without network)
 #   make crosscheck  our Hessian probes against curvlinops, hessian-eigenthings and PyHessian (own venv: .venv-peers)
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -35,7 +35,7 @@ $(warning cannot read 'with' from experiments/*.toml with $(PYTHON) (3.11 or lat
 EXPERIMENTS_WITH :=
 endif
 
-.PHONY: help install data $(EXPERIMENTS) $(RUNS) all report bench plot test test-gpu crosscheck clean-venv
+.PHONY: help install data $(EXPERIMENTS) $(RUNS) all report bench plot lint test test-gpu crosscheck clean-venv
 
 help:
 	@sed -n '1,6p' Makefile
@@ -83,7 +83,11 @@ bench: $(STAMP)
 plot: $(STAMP)
 	$(BNSTUDY) plot $(EXPERIMENT) --results-dir $(RESULTS)
 
-test: $(STAMP)
+# the linter first (pyproject.toml [tool.ruff]): seconds, and a style slip fails before 15 minutes of tests
+lint: $(STAMP)
+	$(BIN)/ruff check bnstudy tests
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 # the tests marked `cuda` alone (tests/test_cuda.py); each skips, saying why, where torch sees no GPU

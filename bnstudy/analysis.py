@@ -18,6 +18,30 @@ def matches(frame: pd.DataFrame, query: dict) -> pd.Series:
 
 PLAIN, FILTER = "landscape", "landscape-filter"  # the probe names of the two directions (bnstudy.probes.landscape)
 
+# The activation recorder's `stat` names (bnstudy.probes.activations writes them; figures read them back): percentiles
+# at every recording, and at `density_at` steps the quantile function, 1% a bin, from which Fig. 6 draws densities
+PERCENTILES = {"p05": 0.05, "p15": 0.15, "p50": 0.50, "p85": 0.85, "p95": 0.95}
+DENSITY = {f"q{i:02d}": i / 100 for i in range(1, 100)}
+
+# The spectral density's smoothing (bnstudy.probes.spectrum.spectral_density, and the spectrum figure from recorded
+# Ritz values): a Gaussian kernel of width SIGMA x the Ritz values' range, on GRID_POINTS points
+GRID_POINTS = 1_000
+SIGMA = 0.01
+
+
+def smoothed_density(ritz: list[list[float]], weights: list[list[float]], sigma: float = SIGMA,
+                     grid_points: int = GRID_POINTS) -> tuple[list[float], list[float]]:
+    """The average over start vectors of sum_i tau_i N(t; theta_i, s^2), s = sigma x the Ritz values' range, on a
+    grid padded by 5 s on each side; normalized to integrate to 1 on the grid (the tails cut off are < 1e-6)."""
+    theta = np.array([t for row in ritz for t in row], dtype=np.float64)
+    tau = np.array([w for row in weights for w in row], dtype=np.float64) / len(ritz)
+    width = sigma * max(float(theta.max() - theta.min()), 1e-12)
+    grid = np.linspace(theta.min() - 5 * width, theta.max() + 5 * width, grid_points)
+    kernel = np.exp(-0.5 * ((grid[:, None] - theta[None, :]) / width) ** 2) / (width * np.sqrt(2 * np.pi))
+    density = kernel @ tau
+    integrate = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed it
+    return grid.tolist(), (density / integrate(density, grid)).tolist()
+
 
 def landscape_summary(probes: pd.DataFrame, probe: str = PLAIN) -> pd.DataFrame:
     """One row per (arm, seed, step) landscape probe: loss_min/max and grad_diff_min/max over eta, grad_norm,
@@ -243,7 +267,8 @@ def moment_changes(acts: pd.DataFrame) -> pd.DataFrame:
 
 def run_summary(meta: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per arm x seed with the numbers the claims use."""
-    keep = ["arm", "seed", "norm", "init", "lr", "steps", "preset", "dataset", "status", "diverged_at", "steps_done", "wall_time_s",
+    keep = ["arm", "seed", "norm", "init", "lr", "steps", "preset", "dataset", "status", "diverged_at", "steps_done",
+            "wall_time_s",
             "final_train_acc_last100", "final_test_acc", "final_test_acc_recal", "final_train_loss"]
     summary = meta[[c for c in keep if c in meta]].copy()
     probes, acts = tables["probes"], tables["activations"]
@@ -260,7 +285,8 @@ def run_summary(meta: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.DataF
     if (tables["metrics"].metric == "acc").any():
         summary = summary.merge(reached_at(tables["metrics"]), on=["arm", "seed"], how="left")
     if (probes.probe == "ics").any():
-        ics = probes[probes.probe == "ics"].groupby(["arm", "seed", "layer", "metric"]).value.median().unstack(["metric", "layer"])
+        ics_rows = probes[probes.probe == "ics"]
+        ics = ics_rows.groupby(["arm", "seed", "layer", "metric"]).value.median().unstack(["metric", "layer"])
         ics.columns = [f"ics_{metric}_median_L{layer}" for metric, layer in ics.columns]
         summary = summary.merge(ics.reset_index(), on=["arm", "seed"], how="left")
     if (probes.probe == "curvature").any():

@@ -174,7 +174,8 @@ def deepcopy_landscape(model, x, y, etas):
                 p -= eta * g[name]
         moved_loss = F.cross_entropy(clone(x), y)
         moved = torch.autograd.grad(moved_loss, list(clone.parameters()))
-        rows.append((moved_loss.item(), difference_norm({n: m for (n, _), m in zip(clone.named_parameters(), moved)}, g).item()))
+        moved_grads = {n: m for (n, _), m in zip(clone.named_parameters(), moved)}
+        rows.append((moved_loss.item(), difference_norm(moved_grads, g).item()))
     return rows
 
 
@@ -186,7 +187,8 @@ def run_bench(device: torch.device, data_dir: Path | None, width: float, batch: 
     """Every ratio, under the backend policy training runs use (bnstudy.backends); on CUDA also `device_rows`."""
     with backend_policy(BackendConfig(), device):
         rows = (policy_rows(device, data_dir, width, batch, min_run_time, etas)
-                + hessian_rows(device, data_dir, width, batch, min_run_time) + peer_rows(device, data_dir, min_run_time))
+                + hessian_rows(device, data_dir, width, batch, min_run_time)
+                + peer_rows(device, data_dir, min_run_time))
     levers = device_rows if device.type == "cuda" else cpu_lever_rows
     return rows + levers(device, data_dir, width, batch, min_run_time)
 
@@ -213,15 +215,16 @@ def policy_rows(device: torch.device, data_dir: Path | None, width: float, batch
     loader = torch.utils.data.DataLoader(PerImageDataset(images, dataset.train_y.cpu().numpy()), batch_size=batch,
                                          shuffle=True, drop_last=True, pin_memory=device.type == "cuda")
     t_loader = seconds(dataloader_step(model, optimizer, loader, device), min_run_time)
-    rows.append(Row("training steps/s, ours / per-image DataLoader reproduction", t_loader / t_ours, "ratio", "> 1 on GPU",
-                    "", f"DataLoader {1 / t_loader:.2f} steps/s"))
+    rows.append(Row("training steps/s, ours / per-image DataLoader reproduction", t_loader / t_ours, "ratio",
+                    "> 1 on GPU", "", f"DataLoader {1 / t_loader:.2f} steps/s"))
 
     grid = [0.01 * (i + 1) for i in range(etas)]
     t_fwd_bwd = forward_backward_seconds(model, x, y, min_run_time)
     t_probe = seconds(lambda: along_gradient(model, F.cross_entropy, (x, y), grid), min_run_time)
     ratio = t_probe / ((etas + 1) * t_fwd_bwd)
     rows.append(Row(f"landscape probe ({etas} etas) / {etas + 1} forward+backward", ratio, "ratio",
-                    *_target(ratio, "<=", 1.15), f"probe {t_probe * 1e3:.0f} ms, forward+backward {t_fwd_bwd * 1e3:.1f} ms"))
+                    *_target(ratio, "<=", 1.15),
+                    f"probe {t_probe * 1e3:.0f} ms, forward+backward {t_fwd_bwd * 1e3:.1f} ms"))
     t_copy = seconds(lambda: deepcopy_landscape(model, x, y, grid), min_run_time)
     rows.append(Row("landscape probe / deep-copy-per-eta implementation", t_probe / t_copy, "ratio", "", "",
                     f"deep copy {t_copy * 1e3:.0f} ms"))
@@ -404,7 +407,8 @@ def timed_step(device: torch.device, data_dir: Path | None, width: float, batch:
         return seconds(bare_step(model, x, y, optimizer), min_run_time), step_flops(model, x, y), dataset.name
 
 
-def device_rows(device: torch.device, data_dir: Path | None, width: float, batch: int, min_run_time: float) -> list[Row]:
+def device_rows(device: torch.device, data_dir: Path | None, width: float, batch: int,
+                min_run_time: float) -> list[Row]:
     """Throughput and what each backend option of bnstudy.backends costs or buys (CUDA only: on a CPU the
     options do nothing or measure something else, so these rows are absent there)."""
     t, flops, data = timed_step(device, data_dir, width, batch, min_run_time, BackendConfig())
@@ -437,15 +441,16 @@ def compile_row(device, data_dir, width, batch, min_run_time, t_eager: float) ->
             t = seconds(bare_step(compiled, x, y, torch.optim.SGD(model.parameters(), lr=0.01, foreach=True)),
                         min_run_time)
         except Exception as err:  # a compiler missing or failing is a measurement too, not a crash of the bench
-            return Row("training step, torch.compile / eager", float("nan"), "ratio", note=f"failed: {type(err).__name__}",
-                       data=dataset.name)
+            return Row("training step, torch.compile / eager", float("nan"), "ratio",
+                       note=f"failed: {type(err).__name__}", data=dataset.name)
     return Row("training step, torch.compile / eager", t / t_eager, "ratio", data=dataset.name)
 
 
 AGREEMENT = {"steps": 5, "lr": 1e-6}  # as tests/test_cuda.py compares two kernels (bnstudy.backends.CUDA_RTOL: why)
 
 
-def losses_under(device, data_dir, width: float, batch: int, backend: BackendConfig, compiled: bool = False) -> list[float]:
+def losses_under(device, data_dir, width: float, batch: int, backend: BackendConfig,
+                 compiled: bool = False) -> list[float]:
     """The training losses of AGREEMENT's steps from one initialization, under `backend` (and torch.compile)."""
     with backend_policy(backend, device):
         dataset, model, _ = bench_setup(device, data_dir, width)
@@ -454,7 +459,8 @@ def losses_under(device, data_dir, width: float, batch: int, backend: BackendCon
         optimizer = torch.optim.SGD(model.parameters(), lr=AGREEMENT["lr"])
         losses = []
         for i in range(AGREEMENT["steps"]):
-            loss = F.cross_entropy(run(dataset.train_x[i * batch:(i + 1) * batch]), dataset.train_y[i * batch:(i + 1) * batch])
+            rows = slice(i * batch, (i + 1) * batch)
+            loss = F.cross_entropy(run(dataset.train_x[rows]), dataset.train_y[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -466,7 +472,8 @@ def agreement(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) / abs(x) for x, y in zip(a, b))
 
 
-def cpu_lever_rows(device: torch.device, data_dir: Path | None, width: float, batch: int, min_run_time: float) -> list[Row]:
+def cpu_lever_rows(device: torch.device, data_dir: Path | None, width: float, batch: int,
+                   min_run_time: float) -> list[Row]:
     """The CPU's levers on the training step, channels_last and torch.compile, as ratios to eager NCHW, each with
     how far its losses drift from eager's (AGREEMENT): a lever is adopted only within CUDA_RTOL (bnstudy.backends)."""
     t, _, data = timed_step(device, data_dir, width, batch, min_run_time, BackendConfig())
@@ -502,7 +509,8 @@ def end_to_end(data_dir: Path | None, device: str) -> list[Row]:
             subprocess.run([sys.executable, "-m", "bnstudy", *command, *extra, "--results-dir", results], check=True,
                            stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - started
-        data = ", ".join(sorted({run.load().meta.get("dataset", "") for run in RunDir.of_experiment(results, "noisy-bn")}))
+        runs = RunDir.of_experiment(results, "noisy-bn")
+        data = ", ".join(sorted({run.load().meta.get("dataset", "") for run in runs}))
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB (Linux)
     return _measured_on([Row("make noisy-bn, quick preset: wall time", wall / 60, "minutes",
                              *_target(wall / 60, "<=", 10.0)),
@@ -514,8 +522,8 @@ def write_rows(rows: list[Row], path: Path, device: torch.device, width: float, 
     fields = ["benchmark", "value", "unit", "target", "meets", "note", "device", "width", "batch", "data", "torch"]
     lines = [",".join(fields)]
     for row in rows:
-        values = [row.benchmark, f"{row.value:.4g}", row.unit, row.target, row.meets, row.note, str(device), f"{width:g}",
-                  str(batch), row.data, torch.__version__]
+        values = [row.benchmark, f"{row.value:.4g}", row.unit, row.target, row.meets, row.note, str(device),
+                  f"{width:g}", str(batch), row.data, torch.__version__]
         lines.append(",".join(f'"{v}"' if "," in v else v for v in values))
     atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -525,8 +533,9 @@ def format_header(rows: list[Row], device: torch.device, width: float, batch: in
     data = ", ".join(dict.fromkeys(r.data for r in rows if r.data)) or "none"
     lines = [f"device {device}, VGG-16 width {width:g}, batch {batch}, data {data}, torch {torch.__version__}"]
     if any(r.data.startswith("synthetic") for r in rows):
-        lines.append(f"note: no usable CIFAR-10 under {data_dir} (`bnstudy data check --data-dir {data_dir}` says why): "
-                     f"these ratios are measured on the synthetic test images, not on CIFAR-10")
+        lines.append(f"note: no usable CIFAR-10 under {data_dir} "
+                     f"(`bnstudy data check --data-dir {data_dir}` says why): these ratios are measured on the "
+                     "synthetic test images, not on CIFAR-10")
     return "\n".join(lines)
 
 

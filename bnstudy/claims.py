@@ -178,7 +178,8 @@ def claim_1(s) -> Verdict:
     faster, worse = acc[(bn, 0.1)] - acc[(std, 0.1)], acc[(bn, 0.5)] - acc[(std, 0.5)]
     ok = bool((faster >= 0.05).all() and (worse >= 0.15).all())
     return Verdict(HOLDS if ok else FAILS, "; ".join(
-        f"{'train acc at' if rate == 0.1 else 'at'} LR {rate:g}: {bn} {pct(acc[(bn, rate)])}, {std} {pct(acc[(std, rate)])}"
+        f"{'train acc at' if rate == 0.1 else 'at'} LR {rate:g}: {bn} {pct(acc[(bn, rate)])}, "
+        f"{std} {pct(acc[(std, rate)])}"
         for rate in (0.1, 0.5)), basis(lr, list(groups.values())))
 
 
@@ -200,15 +201,17 @@ def claim_3(s) -> Verdict:
     groups = by_word(STANDARD01, BN01, NOISY01)
     acc = paired(runs, "final_train_acc_last100", groups)
     layers = sorted(int(c.split("_L")[1]) for c in runs.columns if c.startswith("d_mean_L"))
-    deeper = [l for l in layers if l > 2] or layers
-    moves = [paired(runs, f"{m}_L{l}", by_word(NOISY01, STANDARD01)) for m in ("d_mean", "d_var") for l in deeper]
+    deeper = [layer for layer in layers if layer > 2] or layers
+    moves = [paired(runs, f"{m}_L{layer}", by_word(NOISY01, STANDARD01))
+             for m in ("d_mean", "d_var") for layer in deeper]
     less_stable = all((m.noisy > m.standard).all() for m in moves)
     trains = bool((acc.noisy >= acc.batchnorm - 0.10).all() and (acc.noisy >= acc.standard + 0.15).all())
     ratio = np.concatenate([(m.noisy / m.standard).to_numpy() for m in moves])
     return Verdict(HOLDS if trains and less_stable else FAILS,
                    f"train acc: noisy {pct(acc.noisy)}, batchnorm {pct(acc.batchnorm)}, standard "
                    f"{pct(acc.standard)}; noisy/standard step-to-step |Δμ|, |Δσ²| at layers "
-                   f"{', '.join(f'#{l}' for l in deeper)}: {spread(ratio)}x", basis(runs, list(groups.values())))
+                   f"{', '.join(f'#{layer}' for layer in deeper)}: {spread(ratio)}x",
+                   basis(runs, list(groups.values())))
 
 
 def claim_4(s) -> Verdict:
@@ -491,7 +494,8 @@ def claim_12e(s) -> Verdict:
     identity_ok = bn.identity_error_median <= IDENTITY_RTOL
     falls = bn.late_eff_step < bn.early_eff_step
     failing = bn[~(identity_ok & falls)]
-    measured = (f"batchnorm runs that train (n={len(bn)}): median identity error {spread(bn.identity_error_median * 100, '{:.2g}')}%;"
+    identity = spread(bn.identity_error_median * 100, "{:.2g}")
+    measured = (f"batchnorm runs that train (n={len(bn)}): median identity error {identity}%;"
                 f" late/early effective step {spread(bn.late_eff_step / bn.early_eff_step)}")
     if len(failing):
         measured += "; failing: " + ", ".join(f"{a}/seed-{s_}" for a, s_ in zip(failing.arm, failing.seed))
@@ -533,8 +537,8 @@ CLAIMS = [
     Claim("1", "BN trains faster than standard at LR 0.1; at LR 0.5 standard trains much worse (Fig. 1).",
           "training accuracy (last 100 steps): batchnorm ≥ standard + 5 points at LR 0.1, and ≥ standard + 15 points "
           "at LR 0.5, in every seed (a diverged run counts as chance)", ("lr",), claim_1),
-    Claim("1b (ours)", "BN trains faster: it needs fewer steps to reach a given training accuracy (claim 1's rule reads "
-                       "the final accuracy, which both arms may reach on the paper's schedule).",
+    Claim("1b (ours)", "BN trains faster: it needs fewer steps to reach a given training accuracy "
+                       "(claim 1's rule reads the final accuracy, which both arms may reach on the paper's schedule).",
           "at LR 0.1: the first step at which the 100-step mean training accuracy reaches 60%: batchnorm reaches it, "
           "at ≤ 0.5 × standard's step, in every seed (a standard run that never reaches it counts as infinitely many "
           "steps)", ("lr",), claim_1b),
@@ -571,7 +575,8 @@ CLAIMS = [
           "batchnorm's by more than 0.1%, in every seed (within 0.1% in some seed, none worse: a tie)",
           ("lp-norm", "lp-norm-dln"), claim_9),
     Claim("10", "The smoothing shows in the DLN too, without nonlinearities (Fig. 10, 13).",
-          "DLN at LR 1e-6: batchnorm's median gradient change and β_eff below standard's, early and late, in every seed",
+          "DLN at LR 1e-6: batchnorm's median gradient change and β_eff below standard's, early and late, "
+          "in every seed",
           ("dln",), claim_10),
     Claim("11 (ours, beyond the paper)", "BN lowers λ_max, the top Hessian eigenvalue, early in training.",
           "first quarter of training: batchnorm's median λ_max < standard's in every seed", ("curvature",), claim_11),
@@ -624,7 +629,8 @@ CLAIMS = [
           "fraction of each filter's norm): batchnorm's < standard's at ≥ 75% of the probed steps, in every seed",
           ("landscape",), claim_13c),
     Claim("13d (ours)", "BN does not reduce ICS in scale-free terms either: claim 5's ‖G − G′‖ relative to ‖G‖.",
-          "VGG, layers #5 and #10, LR 0.1 and 0.01: batchnorm's median ‖G − G′‖ / ‖G‖ ≥ 0.5 × standard's, in every seed",
+          "VGG, layers #5 and #10, LR 0.1 and 0.01: batchnorm's median ‖G − G′‖ / ‖G‖ ≥ 0.5 × standard's, "
+          "in every seed",
           ("ics",), claim_13d),
 ]
 

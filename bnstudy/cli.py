@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train an experiment's arms x seeds, then nothing else (see plot)",
                          description="Train every arm of EXPERIMENT for each seed. Finished runs are skipped, "
                                      "interrupted ones resume from their last checkpoint.")
-    run.add_argument("experiment", help=f"experiment name or path to a .toml file; known: {', '.join(list_experiments())}")
+    run.add_argument("experiment",
+                     help=f"experiment name or path to a .toml file; known: {', '.join(list_experiments())}")
     run.add_argument("--preset", default="quick", choices=PRESETS,
                      help="smoke: seconds, for tests; quick: minutes on a laptop CPU; long: the paper's 15,000-step "
                           "schedule at quick's width (an hour a run on a CPU); paper: the paper's protocol")
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure costs as ratios taken side by side; writes <results>/bench/bench.csv",
                            description="Training-loop overhead, probe costs against their minimum passes, and "
-                                       "a per-image DataLoader reproduction, each as a ratio of two timings in one run.")
+                                       "a per-image DataLoader reproduction, each as a ratio of two timings in one "
+                                       "run.")
     bench.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     bench.add_argument("--data-dir", metavar="PATH", help="CIFAR-10 folder (default $BNSTUDY_DATA, else data/); "
                                                           "without it the synthetic set is used")

@@ -65,7 +65,8 @@ class ModelConfig:
     cfg: int = 16  # VGG depth: 11 | 13 | 16 | 19 (paper: VGG-like with >= 13 weight layers -> 16)
     width: float = 1.0  # multiplier on every channel count and head width (paper: 1)
     head: tuple[int, ...] = (512, 512)  # hidden widths of the classifier at width 1 (paper: 512 -> 512 -> 512 -> 10)
-    norm: str = "batch"  # none | batch | noisy-batch | noise-only | l1 | l2 | linf | layer | group (architectures.NORM_KINDS)
+    # none | batch | noisy-batch | noise-only | l1 | l2 | linf | layer | group (architectures.NORM_KINDS)
+    norm: str = "batch"
     init: str = "glorot"  # weight init: glorot (Xavier uniform, the paper) | kaiming (He normal, fan-in, ReLU gain)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     dln_depth: int = 25  # DLN: number of linear layers (paper: 25)
@@ -88,7 +89,7 @@ class ActivationsConfig:
     layers: tuple[int, ...] = ()  # weight-layer numbers (from 1) whose pre-ReLU output is recorded; () = off
     units: int = 4  # units (channels) per layer, chosen at random once per run
     every: int = 50  # record at steps t and t+1 for t a multiple of this (t+1 gives step-to-step moments)
-    density_at: tuple[int, ...] = ()  # steps at which each unit also records its 1st..99th percentiles (Fig. 6's densities)
+    density_at: tuple[int, ...] = ()  # steps at which each unit also records its 1st..99th percentiles (Fig. 6)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class LandscapeConfig:
     # BN is scale-invariant, so this direction and its grid do not move with ||W|| as the plain gradient's do.
     filter_every: int = 0  # steps between probes along the filter-normalized gradient; 0 = off
     filter_eta_min: float = 0.005  # smallest step, as a fraction of each filter's norm: [1/2, 4] x 1%, the relative
-    filter_eta_max: float = 0.04  # step BN's layers take per SGD step at LR 0.1 (quick controls: 0.99% early, 1.02% late)
+    filter_eta_max: float = 0.04  # BN layers' step per SGD step at LR 0.1 (quick controls: 0.99% early, 1.02% late)
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,8 @@ def build(cls, values: dict, where: str = ""):
     unknown = sorted(set(values) - set(types_))
     if unknown:
         known = ", ".join(sorted(types_))
-        raise ConfigError(f"unknown key '{_join(where, unknown[0])}'; known keys{' of ' + where if where else ''}: {known}")
+        of = " of " + where if where else ""
+        raise ConfigError(f"unknown key '{_join(where, unknown[0])}'; known keys{of}: {known}")
     kwargs = {k: _coerce(v, types_[k], _join(where, k)) for k, v in values.items()}
     return cls(**kwargs)
 
@@ -506,7 +508,8 @@ def _check_plots(path: Path, plots) -> None:
         where = f"{path}: plots.{name}"
         _require(NAME.fullmatch(name) is not None, f"{where}: a figure's name is letters, digits, '-' and '_' (a file)")
         _require(isinstance(spec, dict) and "kind" in spec and "runs" in spec, f"{where} needs kind and runs")
-        _require(spec["kind"] in FIGURE_KINDS, f"{where}: unknown kind {spec['kind']!r}; known: {', '.join(FIGURE_KINDS)}")
+        _require(spec["kind"] in FIGURE_KINDS,
+                 f"{where}: unknown kind {spec['kind']!r}; known: {', '.join(FIGURE_KINDS)}")
         for key, value in spec.items():
             _require(key in PLOT_KEYS, f"{where}: unknown key '{key}'; known: {', '.join(PLOT_KEYS)}")
             _require(isinstance(value, PLOT_KEYS[key]), f"{where}.{key} has the wrong type")
@@ -520,7 +523,8 @@ def _check_tables_say_nothing_ignored(path: Path, raw: dict) -> None:
     """Every table of the file is read: a preset it names exists, and no base, preset or arm sets what the command
     line decides (experiment, arm, seed, preset), which would otherwise be dropped without a word."""
     for preset in raw.get("presets", {}):
-        _require(preset in PRESETS, f"{path}: unknown preset '{preset}' in [presets.{preset}]; known: {', '.join(PRESETS)}")
+        _require(preset in PRESETS,
+                 f"{path}: unknown preset '{preset}' in [presets.{preset}]; known: {', '.join(PRESETS)}")
     tables = {"base": raw.get("base", {})} | {f"presets.{p}": b for p, b in raw.get("presets", {}).items()} | \
              {f"arms.{a}": b for a, b in raw.get("arms", {}).items()}
     for where, body in tables.items():
@@ -528,7 +532,8 @@ def _check_tables_say_nothing_ignored(path: Path, raw: dict) -> None:
             _require(key not in body, f"{path}: [{where}] sets '{key}', which the command line decides "
                                       f"(--seed, --preset, --arms); remove it")
     _require(raw.get("sweep", {}).get("key") not in RUN_IDENTITY, f"{path}: [sweep] key "
-             f"'{raw['sweep'].get('key') if 'sweep' in raw else ''}' is set by the command line, not swept; use --seeds")
+             f"'{raw['sweep'].get('key') if 'sweep' in raw else ''}' is set by the command line, not swept; "
+             "use --seeds")
 
 
 def _check_with(path: Path, name: str, together: list[str]) -> None:
@@ -646,7 +651,7 @@ LIMITS: dict[str, tuple[str, float]] = {
     "ics.every": ("steps", MAX_STEPS),
     "ics.layers": ("a weight-layer number", 1_024),
     "curvature.every": ("steps", MAX_STEPS),
-    "curvature.k": ("eigenvalues", 64),  # Lanczos keeps every basis vector (max_hvps of them), each the size of the model
+    "curvature.k": ("eigenvalues", 64),  # Lanczos keeps every basis vector (max_hvps of them), each model-sized
     "curvature.tol": ("a relative accuracy", 1.0),  # 1 already asks for no digit at all
     "curvature.max_hvps": ("Hessian-vector products", 100_000),  # each a double backward: more would run for days
     "weights.every": ("steps", MAX_STEPS),
@@ -731,7 +736,8 @@ def validate(config: RunConfig) -> None:
     _require(all(s >= 0 for s in a.density_at), f"activations.density_at: step numbers must be >= 0, got "
                                                  f"{list(a.density_at)}")
     _require(ls.spacing in ("linear", "log"), f"unknown landscape.spacing '{ls.spacing}'; known: linear, log")
-    _require(ls.direction in ("gradient", "random"), f"unknown landscape.direction '{ls.direction}'; known: gradient, random")
+    _require(ls.direction in ("gradient", "random"),
+             f"unknown landscape.direction '{ls.direction}'; known: gradient, random")
     _require(ls.bn_mode in ("train", "eval"), f"unknown landscape.bn_mode '{ls.bn_mode}'; known: train, eval")
     _require(config.ics.every >= 0, f"ics.every must be >= 0 (0 = off), got {config.ics.every}")
     _require(config.ics.bn_mode in ("train", "eval"), f"unknown ics.bn_mode '{config.ics.bn_mode}'; known: train, eval")

@@ -400,7 +400,7 @@ class Comparison:
     def curvlinops(self) -> None:
         """Hv, eigsh on HessianLinearOperator, Hutchinson and Hutch++; BN in eval (and train mode: the crash)."""
         import numpy as np
-        from curvlinops import HessianLinearOperator, hutchinson_trace, hutchpp_trace
+        from curvlinops import HessianLinearOperator
         from scipy.sparse.linalg import eigsh
 
         mode = "eval"
@@ -489,7 +489,6 @@ class Comparison:
         from pyhessian import hessian as PyHessian
         from pyhessian.utils import hessian_vector_product
 
-        from bnstudy.probes.spectrum import spectral_density
 
         module = importlib.import_module("pyhessian.hessian")  # the package's `hessian` is the class
 
@@ -701,7 +700,8 @@ def table_csv(rows: list[Row], threads: int) -> str:
 
 SAME_DRAWS = ("Hv (one vector)", "eig1", "eig2", "eig3", "trace (Hutchinson, ours' vectors)",
               "SLQ tr H (ours' start vectors)", "SLQ tr H^2 (ours' start vectors)")  # deterministic: no sampling error
-SUMMARY_QUANTITY = {"eig": "top 3 eigenvalues", "trace": "trace, same 60 vectors", "SLQ": "SLQ tr H, tr H², same vectors"}
+SUMMARY_QUANTITY = {"eig": "top 3 eigenvalues", "trace": "trace, same 60 vectors",
+                    "SLQ": "SLQ tr H, tr H², same vectors"}
 
 
 def summary_markdown(table: str) -> str:

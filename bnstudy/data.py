@@ -102,7 +102,8 @@ def verify_cifar(folder: Path, checksums: dict[str, dict[str, str]] = CIFAR_CHEC
     if not folder.is_dir():
         raise DataError(f"CIFAR-10 not found: no folder {folder}. Set --data-dir or BNSTUDY_DATA to the folder "
                         f"holding {CIFAR_DIRNAME}/, or fetch it with `bnstudy data download`.")
-    missing = {copy: [n for n in sorted(expected) if not (folder / n).is_file()] for copy, expected in checksums.items()}
+    missing = {copy: [n for n in sorted(expected) if not (folder / n).is_file()]
+               for copy, expected in checksums.items()}
     complete = [copy for copy, names in missing.items() if not names]
     if not complete:  # name what the nearest copy lacks
         nearest = min(missing.values(), key=len)
@@ -338,7 +339,7 @@ def _gaussian_inputs(config: RunConfig) -> dict:
 
 DATASETS: dict[str, DataKind] = {  # the models of each kind: architectures.DATASET_MODELS (torch-free, for config)
     "cifar10": DataKind(CLASSIFICATION, DATASET_MODELS["cifar10"], load_cifar10),
-    "synthetic": DataKind(CLASSIFICATION, DATASET_MODELS["synthetic"], load_synthetic),  # tiny, labelled synthetic: tests
+    "synthetic": DataKind(CLASSIFICATION, DATASET_MODELS["synthetic"], load_synthetic),  # tiny, labelled: tests
     "gaussian": DataKind(REGRESSION, DATASET_MODELS["gaussian"], load_gaussian, _gaussian_inputs),  # the DLN's y = A x
 }
 DATASET_KINDS = tuple(DATASETS)

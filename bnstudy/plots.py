@@ -19,12 +19,11 @@ import seaborn as sns  # noqa: E402
 from PIL import Image  # noqa: E402  (matplotlib's own dependency)
 from scipy import stats  # noqa: E402
 
-from bnstudy.analysis import (CHANCE, FILTER, PLAIN, TRAINS_MARGIN, best_lr, curvature_summary, landscape_summary,  # noqa: E402
-                              largest_trainable_lr, moment_changes, run_summary, spectrum_quadrature,
-                              spectrum_summary, sweep_table, weights_per_step, weights_summary)
+from bnstudy.analysis import (  # noqa: E402
+    CHANCE, DENSITY, FILTER, PLAIN, TRAINS_MARGIN, best_lr, curvature_summary, landscape_summary, largest_trainable_lr,
+    moment_changes, run_summary, smoothed_density, spectrum_quadrature, spectrum_summary, sweep_table, weights_per_step,
+    weights_summary)
 from bnstudy.config import load_experiment  # noqa: E402
-from bnstudy.probes.activations import DENSITY  # noqa: E402  (the percentile names, a dict of floats)
-from bnstudy.probes.spectrum import smoothed_density  # noqa: E402  (pure torch arithmetic on recorded numbers)
 from bnstudy.recording import atomic_write_bytes  # noqa: E402
 from bnstudy.reading import Results  # noqa: E402
 
@@ -243,7 +242,8 @@ def landscape(results: Results, order: tuple[str, ...] = (), yscales=("log", "lo
     sns.lineplot(summary, x="step", y=line_c, hue="arm", hue_order=arms, palette=colors, errorbar=ERRORBAR, ax=axes[2])
     titles = ("(a) loss landscape", "(b) gradient predictiveness", "(c) effective β-smoothness")
     for ax, title, ylabel, yscale in zip(axes, titles, (label_a, label_b, label_c), yscales):
-        ax.set(title=title, xlabel="training step", ylabel=ylabel + (" (log)" if yscale == "log" else ""), yscale=yscale)
+        ax.set(title=title, xlabel="training step", ylabel=ylabel + (" (log)" if yscale == "log" else ""),
+               yscale=yscale)
         ax.legend(fontsize=8, title=None)
     etas = sorted(results.tables["probes"].query("probe == @probe and eta > 0").eta.unique())
     unit = " of each filter's norm" if probe == FILTER else ""
@@ -392,7 +392,8 @@ def controls_training(results: Results, order: tuple[str, ...] = ()):
     """Training accuracy and loss of each kind at its own best LR, one column per init."""
     runs = controls_runs(results)
     best = runs[runs.best].assign(label=lambda d: d.norm + " (best LR " + d.lr.map("{:g}".format) + ")")
-    data = smoothed_training(results.tables["metrics"]).merge(best[["arm", "seed", "init", "label"]], on=["arm", "seed"])
+    data = smoothed_training(results.tables["metrics"]).merge(best[["arm", "seed", "init", "label"]],
+                                                              on=["arm", "seed"])
     inits = sorted(best.init.unique())
     fig, axes = plt.subplots(2, len(inits), figsize=(6 * len(inits), 8), squeeze=False, sharex=True)
     for j, init in enumerate(inits):

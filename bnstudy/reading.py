@@ -106,7 +106,8 @@ class Results:
         seeds = sorted(set(self.meta.seed))
         presets = ", ".join(sorted(set(self.meta.preset)))
         datasets = ", ".join(sorted(set(self.meta.dataset)))
-        caption = f"{self.experiment} | preset: {presets} | data: {datasets} | seeds: {', '.join(map(str, seeds))} (n={len(seeds)})"
+        seed_list = ", ".join(map(str, seeds))
+        caption = f"{self.experiment} | preset: {presets} | data: {datasets} | seeds: {seed_list} (n={len(seeds)})"
         return caption + self._gpu_words()
 
     def _gpu_words(self) -> str:

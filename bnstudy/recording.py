@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import errno
 import fcntl
 import hashlib
 import io
@@ -34,14 +33,12 @@ import os
 import platform
 import re
 import signal
-import subprocess
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from bnstudy.config import RunConfig, build, config_differences
 from bnstudy.errors import RecordError
@@ -105,23 +102,6 @@ def removed_on_failure(tmp: Path):
         raise
 
 
-def atomic_save(obj, path: Path, keep_previous: bool = False) -> None:
-    """torch.save to a temporary name, then rename; with keep_previous the old file becomes `<name>.prev`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with removed_on_failure(tmp), open(tmp, "wb") as f:
-        try:
-            torch.save(obj, f)
-        except RuntimeError as err:  # torch reports a failed write ("unexpected pos ...") as a RuntimeError
-            raise OSError(errno.EIO, f"could not write a checkpoint ({str(err).splitlines()[0][:120]}); is the "
-                                     f"disk full?", str(path)) from None
-        f.flush()
-        fault_point("checkpoint-write")  # a kill here leaves a half-written temporary file, never a torn checkpoint
-        os.fsync(f.fileno())
-    if keep_previous and path.exists():
-        os.replace(path, previous(path))
-    os.replace(tmp, path)
-
-
 def previous(path: Path) -> Path:
     return path.with_name(path.name + ".prev")
 
@@ -149,7 +129,8 @@ def read_table(path: Path, name: str) -> pd.DataFrame:
         raise RecordError(f"{path}: unreadable as the {name} table ({str(err).splitlines()[0][:200]}); "
                           f"restore it, or remove its run folder") from None
     if tuple(frame.columns) != SCHEMAS[name]:
-        raise RecordError(f"{path}: columns {', '.join(frame.columns)}; the {name} table has {', '.join(SCHEMAS[name])}")
+        raise RecordError(f"{path}: columns {', '.join(frame.columns)}; "
+                          f"the {name} table has {', '.join(SCHEMAS[name])}")
     return frame
 
 
@@ -488,7 +469,8 @@ class RunDir:
     def damage_hint(self) -> str:
         """What the folder still says about the run, for a message about one of its damaged files."""
         if self.has_packed_tables():
-            return "the folder holds a finished run's compressed tables: restore the file, or remove the folder to train again"
+            return ("the folder holds a finished run's compressed tables: restore the file, or remove the folder to "
+                    "train again")
         return "restore the file, or remove the folder to train the run again"
 
     def stored_config(self) -> RunConfig | None:
@@ -559,21 +541,3 @@ class ResultsLock:
         os.ftruncate(self.fd, 0)  # no owner named once released
         os.close(self.fd)  # closing the last descriptor releases the flock
         self.fd = None
-
-
-def git_sha() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, encoding="utf-8", timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def environment(device: torch.device) -> dict:
-    """What made the numbers: code version, libraries, hardware."""
-    info = {"git_sha": git_sha(), "python": sys.version.split()[0], "torch": torch.__version__,
-            "platform": platform.platform(), "device": str(device), "threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info

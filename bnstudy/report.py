@@ -18,7 +18,8 @@ from bnstudy.config import PRESETS, ConfigError, Experiment, list_experiments, l
 from bnstudy.recording import RunDir, atomic_write_text
 from bnstudy.reading import Results
 
-VERDICT_MARK = {"holds": "✅ holds", "does not hold": "❌ does not hold", "tie": "🟰 tie", "not measured": "➖ not measured"}
+VERDICT_MARK = {"holds": "✅ holds", "does not hold": "❌ does not hold", "tie": "🟰 tie",
+                "not measured": "➖ not measured"}
 
 
 def collect(results_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Results]]:
@@ -38,7 +39,8 @@ def collect(results_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Resul
         for probe, suffix in ((PLAIN, STEPS), (FILTER, FILTER_STEPS)):  # per-probe rows (claims 8, 13c)
             if (results.tables["probes"].probe == probe).any():
                 steps = landscape_summary(results.tables["probes"], probe)
-                summaries[results.experiment + suffix] = steps.merge(summary[["arm", "seed", "preset"]], on=["arm", "seed"])
+                summaries[results.experiment + suffix] = steps.merge(summary[["arm", "seed", "preset"]],
+                                                                     on=["arm", "seed"])
     return summaries, found
 
 

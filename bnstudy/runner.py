@@ -85,7 +85,8 @@ def stored_differences(run: RunDir, config: RunConfig) -> list[str]:
         return [str(error)]
 
 
-def plan(experiment: str, preset: str, seeds: list[int], arms: list[str] | None, overrides: list[str]) -> list[RunConfig]:
+def plan(experiment: str, preset: str, seeds: list[int], arms: list[str] | None,
+         overrides: list[str]) -> list[RunConfig]:
     """Every run of the experiment as a validated RunConfig, arms-major so paired seeds sit together."""
     exp = load_experiment(experiment)
     arms, seeds = dict.fromkeys(arms or exp.arms_for(preset)), dict.fromkeys(seeds)  # `3 3`: one run, order kept

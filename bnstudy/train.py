@@ -9,11 +9,16 @@ numbers an uninterrupted run would have (bit for bit on the CPU).
 from __future__ import annotations
 
 import copy
+import errno
 import math
+import os
+import platform
+import subprocess
+import sys
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
-import pandas as pd
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -29,7 +34,7 @@ from bnstudy.probes.ics import ICSProbe
 from bnstudy.probes.landscape import LandscapeProbe, eta_grid
 from bnstudy.probes.spectrum import SpectrumProbe
 from bnstudy.probes.weights import WeightsProbe
-from bnstudy.recording import RunDir, atomic_save, environment, fault_point, final_numbers, previous, read_table
+from bnstudy.recording import RunDir, fault_point, final_numbers, previous, read_table, removed_on_failure
 
 
 @dataclass
@@ -114,6 +119,41 @@ def probe_callbacks(config: RunConfig, model: nn.Module) -> list:
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
 # ----------------------------------------------------------------------------------------------
+def atomic_save(obj, path: Path, keep_previous: bool = False) -> None:
+    """torch.save to a temporary name, then rename; with keep_previous the old file becomes `<name>.prev`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with removed_on_failure(tmp), open(tmp, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as err:  # torch reports a failed write ("unexpected pos ...") as a RuntimeError
+            raise OSError(errno.EIO, f"could not write a checkpoint ({str(err).splitlines()[0][:120]}); is the "
+                                     f"disk full?", str(path)) from None
+        f.flush()
+        fault_point("checkpoint-write")  # a kill here leaves a half-written temporary file, never a torn checkpoint
+        os.fsync(f.fileno())
+    if keep_previous and path.exists():
+        os.replace(path, previous(path))
+    os.replace(tmp, path)
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, encoding="utf-8", timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(device: torch.device) -> dict:
+    """What made the numbers: code version, libraries, hardware."""
+    info = {"git_sha": git_sha(), "python": sys.version.split()[0], "torch": torch.__version__,
+            "platform": platform.platform(), "device": str(device), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
 def save_checkpoint(run: RunDir, state: RunState, logs: dict, elapsed: float) -> None:
     for log in logs.values():
         log.flush()
@@ -198,11 +238,11 @@ def flush_train_metrics(state: RunState, logs: dict, config: RunConfig) -> int |
     if not state.pending:
         return None
     steps = [s for s, _, _ in state.pending]
-    losses = torch.stack([l for _, l, _ in state.pending]).tolist()  # one host sync per interval
+    losses = torch.stack([loss for _, loss, _ in state.pending]).tolist()  # one host sync per interval
     counts = [c for _, _, c in state.pending if c is not None]
     accs = (torch.stack(counts).float() / config.train.batch_size).tolist() if counts else [None] * len(steps)
     state.pending.clear()
-    diverged = next((s for s, l in zip(steps, losses) if not math.isfinite(l)), None)
+    diverged = next((s for s, loss in zip(steps, losses) if not math.isfinite(loss)), None)
     rows = []
     for s, loss, acc in zip(steps, losses, accs):
         if diverged is not None and s > diverged:
@@ -272,7 +312,8 @@ def _train_run(config, run, dataset, device, callbacks, progress, backend: dict)
     run.write_config(config)
     run.update_meta(status="running", experiment=config.experiment, arm=config.arm, seed=config.seed,
                     preset=config.preset, dataset=dataset.name, environment=environment(device), backend=backend,
-                    norm=config.model.norm, init=config.model.init, lr=config.train.lr, model=config.model.kind, steps=config.train.steps)
+                    norm=config.model.norm, init=config.model.init, lr=config.train.lr, model=config.model.kind,
+                    steps=config.train.steps)
     callbacks = list(callbacks or []) + probe_callbacks(config, state.model)
     diverged = _loop(config, run, dataset, state, logs, callbacks, progress)
     return _finish(config, run, dataset, state, logs, diverged)
@@ -300,7 +341,8 @@ def _loop(config, run, dataset, state, logs, callbacks, progress) -> int | None:
     return diverged
 
 
-def run_step(state: RunState, dataset: Dataset, task: Task, config: RunConfig, logs: dict, callbacks: list) -> int | None:
+def run_step(state: RunState, dataset: Dataset, task: Task, config: RunConfig, logs: dict,
+             callbacks: list) -> int | None:
     """One step of the loop, the one `bnstudy bench` times too: the next batch, callbacks before, one SGD step,
     callbacks after; the pending training metrics written (one host sync) when a log interval ends, or an
     evaluation or a checkpoint is due (a checkpoint holds no pending rows). Returns the first step whose loss

@@ -36,9 +36,11 @@ def test_early_is_the_first_quarter_of_each_run():
 
 def test_sweep_table_and_largest_trainable_lr():
     meta = pd.DataFrame([
-        dict(arm="s-0.1", seed=0, norm="none", lr=0.1, status="complete", diverged_at=None, final_train_acc_last100=0.4),
+        dict(arm="s-0.1", seed=0, norm="none", lr=0.1, status="complete", diverged_at=None,
+             final_train_acc_last100=0.4),
         dict(arm="s-1", seed=0, norm="none", lr=1.0, status="complete", diverged_at=None, final_train_acc_last100=0.1),
-        dict(arm="b-0.1", seed=0, norm="batch", lr=0.1, status="complete", diverged_at=None, final_train_acc_last100=0.6),
+        dict(arm="b-0.1", seed=0, norm="batch", lr=0.1, status="complete", diverged_at=None,
+             final_train_acc_last100=0.6),
         dict(arm="b-1", seed=0, norm="batch", lr=1.0, status="complete", diverged_at=None, final_train_acc_last100=0.5),
         dict(arm="b-10", seed=0, norm="batch", lr=10.0, status="diverged", diverged_at=3, final_train_acc_last100=0.1),
         dict(arm="n-0.1", seed=0, norm="noise-only", lr=0.1, status="complete", diverged_at=None,
@@ -46,7 +48,8 @@ def test_sweep_table_and_largest_trainable_lr():
     ])
     table = sweep_table(meta)
     largest = largest_trainable_lr(table)
-    assert largest["none, glorot"] == 0.1 and largest["batch, glorot"] == 1.0 and math.isnan(largest["noise-only, glorot"])
+    assert (largest["none, glorot"] == 0.1 and largest["batch, glorot"] == 1.0
+            and math.isnan(largest["noise-only, glorot"]))
 
 
 def test_sweep_expands_arms_by_value():
@@ -61,7 +64,8 @@ def test_curvature_rows_take_the_runs_lr_from_meta_not_from_eta():
     from bnstudy.analysis import curvature_summary
 
     probes = pd.DataFrame([dict(arm=arm, seed=0, step=step, probe="curvature", layer=0, eta=float("nan"), metric=m,
-                                value=v) for arm in ("a", "b") for step in (0, 10) for m, v in (("eig1", 3.0), ("hvps", 21))])
+                                value=v)
+                           for arm in ("a", "b") for step in (0, 10) for m, v in (("eig1", 3.0), ("hvps", 21))])
     meta = pd.DataFrame([{"arm": "a", "seed": 0, "lr": 0.1}, {"arm": "b", "seed": 0, "lr": 0.01}])
     table = curvature_summary(probes, meta)
     assert len(table) == 4 and dict(zip(table.arm, table.lr)) == {"a": 0.1, "b": 0.01}

@@ -52,7 +52,7 @@ ARM_A = '[arms.a.model]\nnorm = "none"\n'
 
 BAD = {  # name: (extra arguments, or a function of tmp_path returning them; words the message must contain)
     "malformed TOML": (lambda t: ["--experiment-file", toml(t, "name = [oops\n")], "malformed TOML"),
-    "unknown key in a file": (lambda t: ["--experiment-file", toml(t, "[arms.a.train]\nlrr = 1\n")], "unknown key 'train.lrr'"),
+    "unknown key in a file": (file_with("[arms.a.train]\nlrr = 1\n"), "unknown key 'train.lrr'"),
     "wrong type": (["--set", "train.steps=\"ten\""], "train.steps must be an integer"),
     "LR zero": (["--set", "train.lr=0"], "train.lr must be > 0"),
     "LR negative": (["--set", "train.lr=-0.1"], "train.lr must be > 0"),
@@ -66,7 +66,8 @@ BAD = {  # name: (extra arguments, or a function of tmp_path returning them; wor
     "--set on a missing key": (["--set", "train.momentum=0.9"], "--set train.momentum: no such key"),
     "--set without a value": (["--set", "train.lr"], "--set expects section.key=value"),
     "missing data folder": (["--data-dir", "/nonexistent/cifar"], "CIFAR-10 not found"),
-    "wrong checksum": (lambda t: ["--data-dir", str(cifar_like(t / "d" / "cifar-10-batches-py"))], "matches no known copy"),
+    "wrong checksum": (lambda t: ["--data-dir", str(cifar_like(t / "d" / "cifar-10-batches-py"))],
+                       "matches no known copy"),
     "unknown device": (["--device", "tpu"], "unknown device 'tpu'"),
     "cuda without a GPU": (["--device", "cuda"], "no CUDA GPU"),
     "cuda:0 without a GPU": (["--device", "cuda:0"], "--device cuda:0: no CUDA GPU"),

@@ -49,7 +49,8 @@ def test_recalibration_draws_its_own_stream_not_the_next_seeds_data_order(tmp_pa
 
     used = []
     real = train.recalibrated
-    monkeypatch.setattr(train, "recalibrated", lambda *args, seed, **kw: used.append(seed) or real(*args, seed=seed, **kw))
+    monkeypatch.setattr(train, "recalibrated",
+                        lambda *args, seed, **kw: used.append(seed) or real(*args, seed=seed, **kw))
     config = run_config(load_experiment("noisy-bn"), "noisy-batchnorm", 0, "smoke", ["data.dataset=synthetic"])
     meta = train.train_run(config, RunDir(tmp_path, config.experiment, config.arm, config.seed),
                            load_images(config.data, None, CPU), CPU, progress=False)

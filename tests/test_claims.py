@@ -85,9 +85,12 @@ def test_a_claim_names_the_seeds_every_compared_arm_has():
 def ics_runs(bn_l2, bn_cos, dln_bn_cos):
     vgg = {}
     for lr in ("0.1", "0.01"):
-        vgg[f"standard-lr{lr}"] = {f"ics_{m}_median_L{l}": v for l in (5, 10) for m, v in (("l2", 1.0), ("cosine", 0.9))}
-        vgg[f"batchnorm-lr{lr}"] = {f"ics_{m}_median_L{l}": v for l in (5, 10) for m, v in (("l2", bn_l2), ("cosine", bn_cos))}
-    dln = {"standard-lr1e-6": {"ics_cosine_median_L17": 0.99}, "batchnorm-lr1e-6": {"ics_cosine_median_L17": dln_bn_cos}}
+        vgg[f"standard-lr{lr}"] = {f"ics_{m}_median_L{layer}": v
+                                   for layer in (5, 10) for m, v in (("l2", 1.0), ("cosine", 0.9))}
+        vgg[f"batchnorm-lr{lr}"] = {f"ics_{m}_median_L{layer}": v
+                                    for layer in (5, 10) for m, v in (("l2", bn_l2), ("cosine", bn_cos))}
+    dln = {"standard-lr1e-6": {"ics_cosine_median_L17": 0.99},
+           "batchnorm-lr1e-6": {"ics_cosine_median_L17": dln_bn_cos}}
     return {"ics": frame(vgg), "dln": frame(dln)}
 
 
@@ -110,7 +113,8 @@ def test_claims_6_and_7():
 
 def test_claim_8():
     def runs(bn_below: int):
-        steps = [{"arm": arm, "seed": 0, "step": s, "beta_eff": (1.0 if (arm == "batchnorm") == (s < bn_below) else 2.0)}
+        steps = [{"arm": arm, "seed": 0, "step": s,
+                  "beta_eff": (1.0 if (arm == "batchnorm") == (s < bn_below) else 2.0)}
                  for arm in ("standard", "batchnorm") for s in range(8)]
         return {"landscape": frame({"standard": {}, "batchnorm": {}}, seeds=(0,)),
                 "landscape:steps": pd.DataFrame(steps)}
@@ -153,7 +157,8 @@ def test_a_claim_holds_only_if_every_seed_agrees():
 
 
 def test_claim_11():
-    runs = lambda bn: {"curvature": frame({"standard": {"early_lambda_max": 50.0}, "batchnorm": {"early_lambda_max": bn}})}
+    runs = lambda bn: {"curvature": frame({"standard": {"early_lambda_max": 50.0},
+                                           "batchnorm": {"early_lambda_max": bn}})}
     assert check("11 (ours, beyond the paper)", runs(10.0)) == HOLDS
     assert check("11 (ours, beyond the paper)", runs(80.0)) == FAILS
 
@@ -186,7 +191,8 @@ def test_a_query_that_matches_two_runs_of_a_seed_is_not_guessed():
     lr = lr_runs(0.40, 0.70, 0.10, 0.65)["lr"]
     doubled = pd.concat([lr, lr[lr.arm == "batchnorm-lr0.1"].assign(arm="batchnorm-again")])
     verdict = evaluate(next(c for c in CLAIMS if c.number == "1"), {"lr": doubled})
-    assert verdict.verdict == NOT_MEASURED and "several runs of one seed have norm = batch, lr = 0.1" in verdict.measured
+    assert (verdict.verdict == NOT_MEASURED
+            and "several runs of one seed have norm = batch, lr = 0.1" in verdict.measured)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,9 +226,11 @@ def same(norm, init, lr, seed):
 
 def test_claim_12a_kaiming_no_bn_leaves_chance_early_at_its_best_lr():
     assert check("12a (ours)", controls(same)) == HOLDS  # step 10 of 500: 2%
-    late = lambda norm, init, lr, seed: {"left_chance_at": 40.0} if (norm, init, lr) == ("none", "kaiming", 0.01) else {}
+    late = lambda norm, init, lr, seed: ({"left_chance_at": 40.0}
+                                         if (norm, init, lr) == ("none", "kaiming", 0.01) else {})
     assert check("12a (ours)", controls(late)) == FAILS  # 8% at its best LR
-    elsewhere = lambda norm, init, lr, seed: {"left_chance_at": 40.0} if (norm, init, lr) == ("none", "kaiming", 0.03) else {}
+    elsewhere = lambda norm, init, lr, seed: ({"left_chance_at": 40.0}
+                                              if (norm, init, lr) == ("none", "kaiming", 0.03) else {})
     assert check("12a (ours)", controls(elsewhere)) == HOLDS  # not its best LR: not what the rule reads
     never = lambda norm, init, lr, seed: ({"left_chance_at": float("nan")}
                                           if (norm, init, lr, seed) == ("none", "kaiming", 0.01, 1) else {})
@@ -233,7 +241,8 @@ def test_claim_12a_best_lr_is_one_per_arm_and_a_diverged_run_counts_as_chance():
     # seed 1 would pick 0.03, but the mean over seeds picks 0.01: both seeds are judged at 0.01
     luck = lambda norm, init, lr, seed: ({"final_train_acc_last100": 0.6, "left_chance_at": 100.0}
                                          if (norm, init, lr, seed) == ("none", "kaiming", 0.03, 1) else
-                                         {"left_chance_at": 100.0} if (norm, init, lr) == ("none", "kaiming", 0.03) else {})
+                                         {"left_chance_at": 100.0} if (norm, init, lr) == ("none", "kaiming", 0.03)
+                                         else {})
     assert check("12a (ours)", controls(luck)) == HOLDS
     diverged = lambda norm, init, lr, seed: ({"status": "diverged", "final_train_acc_last100": 0.9}
                                              if (norm, init, lr) == ("none", "kaiming", 0.03) else
@@ -245,7 +254,8 @@ def test_claim_12a_best_lr_is_one_per_arm_and_a_diverged_run_counts_as_chance():
 def test_claim_12b_needs_both_inits():
     bn_smooth = lambda norm, init, lr, seed: {"early_grad_diff_max": 0.2} if norm == "batch" else {}
     assert check("12b (ours)", controls(bn_smooth)) == HOLDS  # 5x
-    only_glorot = lambda norm, init, lr, seed: {"early_grad_diff_max": 0.2} if (norm, init) == ("batch", "glorot") else {}
+    only_glorot = lambda norm, init, lr, seed: ({"early_grad_diff_max": 0.2}
+                                                if (norm, init) == ("batch", "glorot") else {})
     assert check("12b (ours)", controls(only_glorot)) == FAILS
 
 
@@ -279,7 +289,8 @@ def test_claim_12e_identity_and_falling_effective_step():
     assert check("12e (ours)", controls(off)) == FAILS
     rises = lambda norm, init, lr, seed: {"late_eff_step": 0.2} if (norm, init, lr) == ("batch", "kaiming", 1.0) else {}
     assert check("12e (ours)", controls(rises)) == FAILS
-    no_bn = lambda norm, init, lr, seed: {"identity_error_median": float("nan"), "late_eff_step": 0.2} if norm == "none" else {}
+    no_bn = lambda norm, init, lr, seed: ({"identity_error_median": float("nan"), "late_eff_step": 0.2}
+                                          if norm == "none" else {})
     assert check("12e (ours)", controls(no_bn)) == HOLDS  # the identity is BN's: runs without it are not judged
 
 
@@ -338,7 +349,8 @@ def test_claim_13c_compares_the_scale_free_beta_step_by_step():
 
 def test_claim_13d_is_claim_5_relative_to_the_gradient():
     def runs(bn_rel):
-        arms = {f"{a}-lr{lr}": {f"ics_rel_l2_median_L{l}": (1.0 if a == "standard" else bn_rel) for l in (5, 10)}
+        arms = {f"{a}-lr{lr}": {f"ics_rel_l2_median_L{layer}": (1.0 if a == "standard" else bn_rel)
+                                for layer in (5, 10)}
                 for a in ("standard", "batchnorm") for lr in ("0.1", "0.01")}
         return {"ics": frame(arms)}
     assert check("13d (ours)", runs(0.8)) == HOLDS

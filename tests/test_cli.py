@@ -131,7 +131,8 @@ def test_report_from_smoke_results(tmp_path):
     assert "## The paper's claims" in report and report.count("\n| ") >= 10
     assert "(landscape/figures/landscape.png)" in report  # drawn by the report itself: no plot command ran
     assert "(dln/figures/" in report and "(noisy-bn/figures/training.png)" in report
-    # claim 1 needs LR 0.5, which no experiment here ran; by configuration it finds noisy-bn and landscape both at LR 0.1
+    # claim 1 needs LR 0.5, which no experiment here ran; by configuration it finds noisy-bn and landscape both
+    # at LR 0.1
     assert "several runs of one seed have norm = none, lr = 0.1" in report  # ambiguous: not measured, and why
     summary = pd.read_csv(tmp_path / "landscape" / "summary.csv")
     assert {"arm", "seed", "early_grad_diff_max", "early_beta_eff", "final_train_acc_last100"} <= set(summary.columns)

@@ -22,7 +22,8 @@ def test_arm_and_preset_compose(noisy_bn):
 
 
 def test_set_overrides_with_type_checks(noisy_bn):
-    config = run_config(noisy_bn, "batchnorm", 0, "quick", ["train.lr=0.5", "model.norm=none", "activations.layers=[3, 11]"])
+    config = run_config(noisy_bn, "batchnorm", 0, "quick",
+                        ["train.lr=0.5", "model.norm=none", "activations.layers=[3, 11]"])
     assert (config.train.lr, config.model.norm, config.activations.layers) == (0.5, "none", (3, 11))
     assert parse_override("model.noise.n_mu=0.25") == {"model": {"noise": {"n_mu": 0.25}}}
 
@@ -202,7 +203,8 @@ def test_a_sweep_can_give_each_arm_its_own_grid(tmp_path):
     path.write_text(head + '[sweep.values]\na = [0.01, 0.03]\nb = [0.1, 1.0, 3.0]\n')
     exp = load_experiment(str(path))
     assert list(exp.arms) == ["a-lr0.01", "a-lr0.03", "b-lr0.1", "b-lr1", "b-lr3"]
-    assert run_config(exp, "b-lr3", 0, "smoke").train.lr == 3.0 and run_config(exp, "a-lr0.03", 0, "smoke").model.norm == "none"
+    assert (run_config(exp, "b-lr3", 0, "smoke").train.lr == 3.0
+            and run_config(exp, "a-lr0.03", 0, "smoke").model.norm == "none")
     path.write_text(head + '[sweep.values]\na = [0.01]\n')
     with pytest.raises(ConfigError, match=r"\[sweep.values\] must give a list for every arm and no other; arms: a, b; "
                                           r"lists for: a"):

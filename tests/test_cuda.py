@@ -169,7 +169,8 @@ def test_float32_probes_on_the_device_match_the_float64_reference(device, norm):
     model = copy.deepcopy(reference).float().to(device)
     with backend_policy(BackendConfig(), device):  # the policy runs use: TF32 off
         landscape, _, ics, _ = every_probe(model, (x.float().to(device), y.to(device)))
-        curvature = top_eigenvalues(model, F.cross_entropy, (x.float().to(device), y.to(device)), tol=1e-6, max_hvps=300)
+        curvature = top_eigenvalues(model, F.cross_entropy, (x.float().to(device), y.to(device)),
+                                    tol=1e-6, max_hvps=300)
     exact = every_probe(reference, (x, y))
     exact_curvature = top_eigenvalues(reference, F.cross_entropy, (x, y), tol=1e-6, max_hvps=300)
     for got, want in zip(landscape + ics, exact[0] + exact[2]):
@@ -220,7 +221,8 @@ def test_kill_and_resume_on_the_device(tmp_path, device, mode):
     assert resumed.returncode == 0, resumed.stderr
     if mode == "deterministic" or device == "cpu":
         run = Path("noisy-bn") / "noisy-batchnorm" / "seed-0"
-        assert all(table_bytes(tmp_path / "killed" / run, n) == table_bytes(tmp_path / "whole" / run, n) for n in SCHEMAS)
+        assert all(table_bytes(tmp_path / "killed" / run, n) == table_bytes(tmp_path / "whole" / run, n)
+                   for n in SCHEMAS)
         return
     expected, got = tables(tmp_path / "whole"), tables(tmp_path / "killed")
     for name in SCHEMAS:
@@ -235,7 +237,8 @@ def test_device_cuda_where_torch_sees_no_gpu_is_one_line_and_exit_2(tmp_path):
     """On a GPU machine too: the GPU hidden from the process (tests/test_bad_input.py covers a CPU machine)."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, "-m", "bnstudy", "run", "noisy-bn", "--preset", "smoke", "--device", "cuda",
-                           "--results-dir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                           "--results-dir", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
     assert "no CUDA GPU" in done.stderr and "Traceback" not in done.stderr
     assert not any(tmp_path.iterdir())

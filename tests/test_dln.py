@@ -9,7 +9,7 @@ from bnstudy.models import DLN, layer, weight_layers
 def test_dln_shape_layers_and_norms():
     model = DLN(25, 10, "batch")
     assert model(torch.randn(5, 10)).shape == (5, 10)
-    assert len(weight_layers(model)) == 25 and all(l.bias is None for l in weight_layers(model))
+    assert len(weight_layers(model)) == 25 and all(linear.bias is None for linear in weight_layers(model))
     assert sum(p.numel() for p in model.parameters()) == 25 * 100 + 24 * 2 * 10
     assert isinstance(model.preactivation(1), nn.BatchNorm1d) and model.preactivation(25) is layer(model, 25)
     assert not any(isinstance(m, nn.BatchNorm1d) for m in DLN(25, 10, "none").modules())

@@ -131,8 +131,8 @@ def test_eta_grid():
 
 def _bn_net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4, eps=1e-30), nn.ReLU(), nn.Flatten(),  # eps ~0: scale-invariant
-                         nn.Linear(4 * 6 * 6, 3)).double()
+    return nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4, eps=1e-30),  # eps ~0: scale-invariant
+                         nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).double()
 
 
 def test_the_filter_normalized_gradient_moves_each_filter_by_eta_times_its_norm():

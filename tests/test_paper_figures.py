@@ -1,6 +1,4 @@
 """The paper-figures experiment: one training per configuration, read by every figure and claim that needs it."""
-import itertools
-
 import pytest
 
 from bnstudy.config import PRESETS, list_experiments, load_experiment, run_config
@@ -15,7 +13,8 @@ def test_the_long_preset_is_the_papers_schedule_at_quicks_width():
     exp = load_experiment("paper-figures")
     long, quick, paper = (run_config(exp, "standard", 0, p) for p in ("long", "quick", "paper"))
     assert (long.model.width, quick.model.width, paper.model.width) == (0.25, 0.25, 1.0)
-    assert (long.train.steps, long.train.batch_size, long.train.lr) == (paper.train.steps, 128, 0.1) == (15_000, 128, 0.1)
+    schedule = (long.train.steps, long.train.batch_size, long.train.lr)
+    assert schedule == (paper.train.steps, 128, 0.1) == (15_000, 128, 0.1)
     assert (long.model.init, long.data.augment) == ("glorot", False)
     assert long.model == quick.model and long.data == quick.data  # quick and long differ only in the schedule
 

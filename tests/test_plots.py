@@ -1,6 +1,4 @@
 """The seed band: our vectorized bootstrap against seaborn's own ("ci", 95) aggregation."""
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -50,7 +48,8 @@ def test_caption_names_the_gpu_of_cuda_runs(tmp_path):
     meta("batchnorm", {"device": "cpu"})
     assert "GPU" not in Results(tmp_path, "noisy-bn", unfinished=True).caption()
     meta("standard", {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3"})
-    assert Results(tmp_path, "noisy-bn", unfinished=True).caption().endswith("| GPU: NVIDIA H100 80GB HBM3 (1 of 2 runs on a CPU)")
+    caption = Results(tmp_path, "noisy-bn", unfinished=True).caption()
+    assert caption.endswith("| GPU: NVIDIA H100 80GB HBM3 (1 of 2 runs on a CPU)")
 
 
 def test_kind_palette_has_a_colour_for_every_kind_however_often_it_repeats():

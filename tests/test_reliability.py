@@ -245,12 +245,14 @@ def test_a_seed_of_another_configuration_is_never_pooled(tmp_path, capsys):
     other = bnstudy(tmp_path, args=[*ARGS, "--seed", "9", "--set", "train.steps=40", "--preset", "quick"])
     assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
     assert "seed 9 would be pooled with" in other.stderr
-    assert other.stderr.index("preset: 'smoke' there, 'quick' now") < other.stderr.index("train.steps: 30 there, 40 now")
+    assert (other.stderr.index("preset: 'smoke' there, 'quick' now")
+            < other.stderr.index("train.steps: 30 there, 40 now"))
     assert not (tmp_path / "noisy-bn" / "noisy-batchnorm" / "seed-9").exists()
     # written behind run's back (another version, a copied folder): plot and report refuse too
     elsewhere = tmp_path / "elsewhere"
     assert bnstudy(elsewhere, args=[*ARGS, "--seed", "9", "--set", "train.steps=40"]).returncode == 0
-    shutil.copytree(elsewhere / "noisy-bn" / "noisy-batchnorm" / "seed-9", tmp_path / "noisy-bn" / "noisy-batchnorm" / "seed-9")
+    shutil.copytree(elsewhere / "noisy-bn" / "noisy-batchnorm" / "seed-9",
+                    tmp_path / "noisy-bn" / "noisy-batchnorm" / "seed-9")
     for command in (["plot", "noisy-bn"], ["report", "--no-figures"]):
         assert main([*command, "--results-dir", str(tmp_path)]) == 2
         err = capsys.readouterr().err
@@ -299,7 +301,8 @@ with warnings.catch_warnings(record=True) as caught:
     assert main(["run", "noisy-bn", "--preset", "smoke", "--arms", "standard", "--results-dir", results,
                  "--no-progress", "--set", "data.dataset=synthetic"]) == 0
     assert main(["report", "--results-dir", results, "--readme", readme, "--no-figures"]) == 0
-own = [f"{w.filename}:{w.lineno}" for w in caught if issubclass(w.category, EncodingWarning) and "bnstudy" in w.filename]
+own = [f"{w.filename}:{w.lineno}" for w in caught
+       if issubclass(w.category, EncodingWarning) and "bnstudy" in w.filename]
 print("OWN", own)
 """
 

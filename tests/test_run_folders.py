@@ -103,7 +103,8 @@ def test_a_plain_csv_beside_a_verified_archive_is_never_read_nor_packed_over_it(
     from bnstudy.reading import Results
     seed = arm_dir(results) / "seed-0"
     before = Results(results, "noisy-bn").tables["metrics"]
-    (seed / "metrics.csv").write_text("step,arm,seed,split,metric,value\n0,standard,0,train,acc,0.99\n", encoding="utf-8")
+    (seed / "metrics.csv").write_text("step,arm,seed,split,metric,value\n0,standard,0,train,acc,0.99\n",
+                                      encoding="utf-8")
     kept = snapshot(seed)
     capsys.readouterr()
     after = Results(results, "noisy-bn")
@@ -191,8 +192,8 @@ def test_complete_written_on_a_run_killed_part_way_is_refused_before_anything_is
     for name in ("metrics", "activations", "probes"):  # as a run killed at step 6 leaves them, plain
         run.csv(name).write_bytes(lzma.decompress(run.packed(name).read_bytes()))
         run.packed(name).unlink()
-    run.csv("metrics").write_text("\n".join(l for l in metrics if not l[:1].isdigit() or int(l.split(",")[0]) < 6)
-                                  + "\n", encoding="utf-8")
+    lines_before_step_6 = [line for line in metrics if not line[:1].isdigit() or int(line.split(",")[0]) < 6]
+    run.csv("metrics").write_text("\n".join(lines_before_step_6) + "\n", encoding="utf-8")
     meta = run.read_meta()
     del meta["files"]
     run.write_meta(meta)
@@ -287,7 +288,8 @@ def test_an_experiment_whose_runs_are_all_unfinished_is_one_line_for_plot_and_no
 def test_deeply_nested_toml_and_a_batch_of_one_under_bn_are_refused_before_training(tmp_path, capsys):
     deep = "[" * 1000 + "]" * 1000
     for setting, said in ((f"train.lr={deep}", "nested too deep"), ("train.batch_size=1", "train.batch_size 1")):
-        code = main(["run", "noisy-bn", "--arms", "batchnorm", *SMOKE, "--set", setting, "--results-dir", str(tmp_path)])
+        code = main(["run", "noisy-bn", "--arms", "batchnorm", *SMOKE, "--set", setting,
+                     "--results-dir", str(tmp_path)])
         err = capsys.readouterr().err
         assert code == 2 and said in err and err.count("\n") == 1
     assert not (tmp_path / "noisy-bn" / "batchnorm").exists()

@@ -10,8 +10,8 @@ from bnstudy.probes.spectrum import gradient_share, rademacher, spectral_density
 
 
 def symmetric(eigenvalues, seed=0) -> torch.Tensor:
-    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), generator=torch.Generator().manual_seed(seed),
-                                       dtype=torch.float64))
+    generator = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), generator=generator, dtype=torch.float64))
     return q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ q.T
 
 

@@ -88,7 +88,8 @@ def test_activation_rows_are_recorded_at_t_and_t_plus_1(tmp_path):
 def test_activations_record_the_training_forward_only_when_probes_share_the_step(tmp_path):
     from bnstudy.runner import load_dataset
 
-    config = run_config(load_experiment("dln"), "batchnorm-lr1e-6", 0, "smoke")  # probes and recording at step 0, 5, ...
+    # probes and recording at step 0, 5, ...
+    config = run_config(load_experiment("dln"), "batchnorm-lr1e-6", 0, "smoke")
     train_run(config, RunDir(tmp_path, config.experiment, config.arm, config.seed), load_dataset(config, None, CPU),
               CPU, progress=False)
     acts = pd.read_csv(RunDir(tmp_path, config.experiment, config.arm, config.seed).table_path("activations"))

@@ -97,10 +97,10 @@ def test_init_kinds_are_the_ones_models_build():
 def test_kaiming_init_has_variance_two_over_fan_in():
     torch.manual_seed(0)
     model = VGG(16, 0.5, (256, 256), "none", init="kaiming")
-    for layer in weight_layers(model)[2:]:  # layers with thousands of weights: the sample std is close
-        fan_in = layer.weight[0].numel()
-        assert layer.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.05)
-        assert not layer.bias.any()
+    for weight_layer in weight_layers(model)[2:]:  # layers with thousands of weights: the sample std is close
+        fan_in = weight_layer.weight[0].numel()
+        assert weight_layer.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.05)
+        assert not weight_layer.bias.any()
 
 
 def test_glorot_shrinks_the_no_bn_logits_that_kaiming_keeps():

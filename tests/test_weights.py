@@ -16,7 +16,8 @@ def tiny_vgg(norm: str, seed: int = 0):
 
 
 def probed_step(model, batch, lr: float, step: int = 0, weight_decay: float = 0.0, every: int = 1):
-    """One SGD step as the training loop takes it, with the probe around it; returns the rows as {(layer, metric): v}."""
+    """One SGD step as the training loop takes it, with the probe around it; returns the rows as
+    {(layer, metric): v}."""
     probe = WeightsProbe(every)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
     ctx = StepContext(step, model, batch, F.cross_entropy, lr, None)

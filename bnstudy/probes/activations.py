@@ -10,10 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnstudy.analysis import DENSITY, PERCENTILES  # the row schema, which figures read back (torch-free)
 from bnstudy.probes.callback import Probe
 
-PERCENTILES = {"p05": 0.05, "p15": 0.15, "p50": 0.50, "p85": 0.85, "p95": 0.95}
-DENSITY = {f"q{i:02d}": i / 100 for i in range(1, 100)}  # at `density_at` steps: the quantile function, 1% a bin
 
 
 def choose_units(width: int, count: int, seed: int, layer: int) -> list[int]:

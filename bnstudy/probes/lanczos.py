@@ -29,7 +29,7 @@ BREAKDOWN = 1e-10  # beta_j / ||H q_j|| below this: the Krylov space is invarian
 
 @dataclass
 class Tridiagonal:
-    """The Lanczos relation H Q = Q T + beta_m q_{m+1} e_m^T: T's coefficients, the basis Q (rows), and the last beta."""
+    """The Lanczos relation H Q = Q T + beta_m q_{m+1} e_m^T: T's coefficients, the basis Q (rows), the last beta."""
 
     alpha: torch.Tensor  # (m,) float64: T's diagonal
     beta: torch.Tensor  # (m - 1,) float64: T's off-diagonal

@@ -52,7 +52,9 @@ def probe_direction(direction: str, g: dict, params: dict, generator: torch.Gene
     """d for one of DIRECTIONS at weights `params` with gradient `g`."""
     if direction == "gradient":
         return g
-    return filter_normalized(g, params) if direction == "filter-gradient" else filter_normalized_direction(params, generator)
+    if direction == "filter-gradient":
+        return filter_normalized(g, params)
+    return filter_normalized_direction(params, generator)
 
 
 def along_gradient(model: nn.Module, loss_fn, batch, etas, *, bn_mode: str | None = "train",
@@ -76,7 +78,7 @@ def along_gradient(model: nn.Module, loss_fn, batch, etas, *, bn_mode: str | Non
             loss, grad = evaluator.loss_and_grad(moved(evaluator.params, d, float(eta)))
             measured.append((float(eta), loss, difference_norm(grad, g)))
         # one host transfer for all numbers of the probe
-        values = torch.stack([loss0, g_norm, d_norm] + [v for _, l, gd in measured for v in (l, gd)]).tolist()
+        values = torch.stack([loss0, g_norm, d_norm] + [v for _, loss, gd in measured for v in (loss, gd)]).tolist()
     loss0_v, g_norm_v, d_norm_v = values[:3]
     return [{"eta": eta, "loss": values[3 + 2 * i], "grad_diff": values[4 + 2 * i], "grad_norm": g_norm_v,
              "step_norm": eta * d_norm_v, "loss0": loss0_v} for i, (eta, _, _) in enumerate(measured)]
@@ -97,7 +99,8 @@ def summarize(rows: list[dict]) -> dict:
 def eta_grid(lr: float, low: float, high: float, points: int, spacing: str) -> list[float]:
     """`points` step sizes from low x lr to high x lr, linearly or logarithmically spaced."""
     if spacing == "log":
-        grid = torch.logspace(torch.log10(torch.tensor(low)), torch.log10(torch.tensor(high)), points, dtype=torch.float64)
+        grid = torch.logspace(torch.log10(torch.tensor(low)), torch.log10(torch.tensor(high)), points,
+                              dtype=torch.float64)
     else:
         grid = torch.linspace(low, high, points, dtype=torch.float64)
     return [lr * float(v) for v in grid]

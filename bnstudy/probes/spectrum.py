@@ -15,13 +15,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bnstudy.analysis import GRID_POINTS, SIGMA, smoothed_density  # the smoothing figures use too (torch-free)
 from bnstudy.probes.callback import Probe, step_seed
 from bnstudy.probes.curvature import HessianOperator, rademacher
 from bnstudy.probes.functional import untouched
 from bnstudy.probes.lanczos import lanczos
 
-GRID_POINTS = 1_000
-SIGMA = 0.01  # the Gaussian kernel's width, as a fraction of the range the Ritz values span
 
 
 def spectral_density(model: nn.Module, loss_fn, batch, *, n_v: int = 3, m: int = 30, bn_mode: str | None = "train",
@@ -43,21 +42,6 @@ def spectral_density(model: nn.Module, loss_fn, batch, *, n_v: int = 3, m: int =
     grid, density = smoothed_density(ritz, weights, sigma, grid_points)
     return {"ritz": ritz, "weights": weights, "grid": grid, "density": density, "size": operator.size,
             "hvps": operator.calls}
-
-
-def smoothed_density(ritz: list[list[float]], weights: list[list[float]], sigma: float = SIGMA,
-                     grid_points: int = GRID_POINTS) -> tuple[list[float], list[float]]:
-    """The average over start vectors of sum_i tau_i N(t; theta_i, s^2), s = sigma x the Ritz values' range, on a
-    grid padded by 5 s on each side; normalized to integrate to 1 on the grid (the tails cut off are < 1e-6)."""
-    theta = torch.tensor([t for row in ritz for t in row], dtype=torch.float64)
-    tau = torch.tensor([w for row in weights for w in row], dtype=torch.float64) / len(ritz)
-    width = sigma * max(float(theta.max() - theta.min()), 1e-12)
-    grid = torch.linspace(float(theta.min()) - 5 * width, float(theta.max()) + 5 * width, grid_points,
-                          dtype=torch.float64)
-    kernel = torch.exp(-0.5 * ((grid[:, None] - theta[None, :]) / width) ** 2) / (width * (2 * torch.pi) ** 0.5)
-    density = kernel @ tau
-    density = density / torch.trapezoid(density, grid)
-    return grid.tolist(), density.tolist()
 
 
 def gradient_share(model: nn.Module, loss_fn, batch, *, k: int = 10, bn_mode: str | None = "train", seed: int = 0,

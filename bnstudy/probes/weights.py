@@ -33,7 +33,8 @@ def layer_weights(model: nn.Module) -> list[torch.Tensor]:
     return [m.weight for m in weight_layers(model)]
 
 
-def step_records(before: list[torch.Tensor], after: list[torch.Tensor], grads: list[torch.Tensor | None]) -> torch.Tensor:
+def step_records(before: list[torch.Tensor], after: list[torch.Tensor],
+                 grads: list[torch.Tensor | None]) -> torch.Tensor:
     """(layers, 4): per layer ||W_t||, ||g_t||, <g_t, W_t>, ||W_{t+1}||^2 - ||W_t||^2 (as (W'-W).(W'+W): the
     difference of two nearly equal squares, taken directly, keeps its digits)."""
     rows = []
