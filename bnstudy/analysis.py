@@ -265,46 +265,98 @@ def moment_changes(acts: pd.DataFrame) -> pd.DataFrame:
         ["d_mean", "d_var", "drift_mean", "drift_var"]].mean()
 
 
+KEYS = ["arm", "seed"]
+
+
+def _landscape_columns(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
+    """early_/late_ medians of the landscape band and beta_eff, and beta_eff's median over the run."""
+    probes = tables["probes"]
+    if not (probes.probe == PLAIN).any():
+        return []
+    land = landscape_summary(probes)
+    return [phase_medians(land, ["grad_diff_max", "beta_eff", "loss_ratio", "overshoot"]),
+            land.groupby(KEYS).beta_eff.median().rename("beta_eff_median").reset_index()]
+
+
+def _filter_columns(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
+    """filter_<phase>_<column>: the same along the filter-normalized gradient."""
+    probes = tables["probes"]
+    if not (probes.probe == FILTER).any():
+        return []
+    medians = phase_medians(landscape_summary(probes, FILTER), ["loss_ratio", "rel_grad_diff_max", "beta_rel"])
+    return [medians.rename(columns=lambda c: c if c in KEYS else f"filter_{c}")]
+
+
+def _reach_columns(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
+    return [reached_at(tables["metrics"])] if (tables["metrics"].metric == "acc").any() else []
+
+
+def _ics_columns(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
+    """ics_<metric>_median_L<layer>."""
+    ics_rows = tables["probes"][tables["probes"].probe == "ics"]
+    if ics_rows.empty:
+        return []
+    ics = ics_rows.groupby(["arm", "seed", "layer", "metric"]).value.median().unstack(["metric", "layer"])
+    ics.columns = [f"ics_{metric}_median_L{layer}" for metric, layer in ics.columns]
+    return [ics.reset_index()]
+
+
+def _curvature_columns(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
+    if not (tables["probes"].probe == "curvature").any():
+        return []
+    curv = curvature_summary(tables["probes"], meta).assign(eta_lambda=lambda d: d.lr * d.lambda_max)
+    return [phase_medians(curv, ["lambda_max", "eta_lambda"])]
+
+
+def _weights_columns(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
+    """early_/late_eff_step, identity_error_median, and the step each run left chance at."""
+    if not (tables["probes"].probe == "weights").any():
+        return []
+    per_step = weights_per_step(weights_summary(tables["probes"], meta))
+    identity = per_step.groupby(KEYS).identity_error.median().rename("identity_error_median")
+    return [phase_medians(per_step, ["eff_step"]).merge(identity.reset_index(), on=KEYS),
+            left_chance_at(tables["metrics"])]
+
+
+def _spectrum_columns(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
+    """mid_<column>_<mode> at mid-training."""
+    probes = tables["probes"]
+    if not probes.probe.str.startswith("spectrum-").any():
+        return []
+    mid = at_mid_training(spectrum_summary(probes), meta).pivot_table(
+        index=KEYS, columns="mode", values=["outliers", "share", "lambda_max", "bulk_edge"])
+    mid.columns = [f"mid_{column}_{mode}" for column, mode in mid.columns]
+    return [mid.reset_index()]
+
+
+def _moment_columns(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
+    """d_mean_L<layer>, d_var_L<layer>: mean step-to-step moment changes."""
+    if not len(tables["activations"]):
+        return []
+    changes = moment_changes(tables["activations"]).groupby(["arm", "seed", "layer"])[["d_mean", "d_var"]].mean()
+    changes = changes.unstack("layer")
+    changes.columns = [f"{metric}_L{layer}" for metric, layer in changes.columns]
+    return [changes.reset_index()]
+
+
+# What a run's summary holds beyond its meta.json: each entry reads the tables and returns frames keyed by
+# (arm, seed), merged in this order (so summary.csv's columns keep it). register_summary adds one of your own.
+SUMMARIES: list = [_landscape_columns, _filter_columns, _reach_columns, _ics_columns, _curvature_columns,
+                   _weights_columns, _spectrum_columns, _moment_columns]
+
+
+def register_summary(summarize) -> None:
+    """summarize(meta, tables) -> [frames keyed by arm and seed]: its columns join every run summary from now on."""
+    if summarize not in SUMMARIES:
+        SUMMARIES.append(summarize)
+
+
 def run_summary(meta: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per arm x seed with the numbers the claims use."""
     keep = ["arm", "seed", "norm", "init", "lr", "steps", "preset", "dataset", "status", "diverged_at", "steps_done",
-            "wall_time_s",
-            "final_train_acc_last100", "final_test_acc", "final_test_acc_recal", "final_train_loss"]
+            "wall_time_s", "final_train_acc_last100", "final_test_acc", "final_test_acc_recal", "final_train_loss"]
     summary = meta[[c for c in keep if c in meta]].copy()
-    probes, acts = tables["probes"], tables["activations"]
-    if (probes.probe == PLAIN).any():
-        land = landscape_summary(probes)
-        summary = summary.merge(phase_medians(land, ["grad_diff_max", "beta_eff", "loss_ratio", "overshoot"]),
-                                on=["arm", "seed"], how="left")
-        summary = summary.merge(land.groupby(["arm", "seed"]).beta_eff.median().rename("beta_eff_median").reset_index(),
-                                on=["arm", "seed"], how="left")
-    if (probes.probe == FILTER).any():  # columns 'filter_<phase>_<column>'
-        medians = phase_medians(landscape_summary(probes, FILTER), ["loss_ratio", "rel_grad_diff_max", "beta_rel"])
-        summary = summary.merge(medians.rename(columns=lambda c: c if c in ("arm", "seed") else f"filter_{c}"),
-                                on=["arm", "seed"], how="left")
-    if (tables["metrics"].metric == "acc").any():
-        summary = summary.merge(reached_at(tables["metrics"]), on=["arm", "seed"], how="left")
-    if (probes.probe == "ics").any():
-        ics_rows = probes[probes.probe == "ics"]
-        ics = ics_rows.groupby(["arm", "seed", "layer", "metric"]).value.median().unstack(["metric", "layer"])
-        ics.columns = [f"ics_{metric}_median_L{layer}" for metric, layer in ics.columns]
-        summary = summary.merge(ics.reset_index(), on=["arm", "seed"], how="left")
-    if (probes.probe == "curvature").any():
-        curv = curvature_summary(probes, meta).assign(eta_lambda=lambda d: d.lr * d.lambda_max)
-        summary = summary.merge(phase_medians(curv, ["lambda_max", "eta_lambda"]), on=["arm", "seed"], how="left")
-    if (probes.probe == "weights").any():
-        per_step = weights_per_step(weights_summary(probes, meta))
-        identity = per_step.groupby(["arm", "seed"]).identity_error.median().rename("identity_error_median")
-        summary = summary.merge(phase_medians(per_step, ["eff_step"]).merge(identity.reset_index(), on=["arm", "seed"]),
-                                on=["arm", "seed"], how="left")
-        summary = summary.merge(left_chance_at(tables["metrics"]), on=["arm", "seed"], how="left")
-    if probes.probe.str.startswith("spectrum-").any():
-        mid = at_mid_training(spectrum_summary(probes), meta).pivot_table(
-            index=["arm", "seed"], columns="mode", values=["outliers", "share", "lambda_max", "bulk_edge"])
-        mid.columns = [f"mid_{column}_{mode}" for column, mode in mid.columns]
-        summary = summary.merge(mid.reset_index(), on=["arm", "seed"], how="left")
-    if len(acts):
-        changes = moment_changes(acts).groupby(["arm", "seed", "layer"])[["d_mean", "d_var"]].mean().unstack("layer")
-        changes.columns = [f"{metric}_L{layer}" for metric, layer in changes.columns]
-        summary = summary.merge(changes.reset_index(), on=["arm", "seed"], how="left")
+    for summarize in SUMMARIES:
+        for frame in summarize(meta, tables):
+            summary = summary.merge(frame, on=KEYS, how="left")
     return summary.sort_values(["arm", "seed"]).reset_index(drop=True)

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -27,13 +28,8 @@ from bnstudy.backends import backend_policy, memory_format
 from bnstudy.config import RunConfig
 from bnstudy.data import CLASSIFICATION, BatchOrder, Dataset, Task, data_kind, summed_squared_error  # noqa: F401
 from bnstudy.models import build_model, has_noise, set_noise
-from bnstudy.probes.activations import ActivationRecorder
+from bnstudy.probes import activations, curvature, ics, landscape, spectrum, weights
 from bnstudy.probes.callback import Callback, Probe, StepContext, step_seed  # noqa: F401  (the callback protocol)
-from bnstudy.probes.curvature import CurvatureProbe
-from bnstudy.probes.ics import ICSProbe
-from bnstudy.probes.landscape import LandscapeProbe, eta_grid
-from bnstudy.probes.spectrum import SpectrumProbe
-from bnstudy.probes.weights import WeightsProbe
 from bnstudy.recording import RunDir, fault_point, final_numbers, previous, read_table, removed_on_failure
 
 
@@ -91,29 +87,23 @@ def recalibrated(model: nn.Module, dataset: Dataset, batch_size: int, batches: i
     return clone
 
 
-def probe_callbacks(config: RunConfig, model: nn.Module) -> list:
-    """The probes a run's configuration asks for, as training callbacks."""
-    a, ls = config.activations, config.landscape
-    callbacks = []
-    if ls.every:
-        etas = eta_grid(config.train.lr, ls.eta_min, ls.eta_max, ls.points, ls.spacing)
-        callbacks.append(LandscapeProbe(etas, ls.every, ls.bn_mode, ls.direction, config.seed))
-    if ls.filter_every:  # eta: fractions of each filter's norm, the same grid whatever the LR
-        etas = eta_grid(1.0, ls.filter_eta_min, ls.filter_eta_max, ls.points, ls.spacing)
-        callbacks.append(LandscapeProbe(etas, ls.filter_every, ls.bn_mode, "filter-gradient", config.seed))
-    if config.ics.every:
-        callbacks.append(ICSProbe(config.ics.layers, config.ics.every, config.ics.bn_mode))
-    c = config.curvature
-    if c.every:
-        callbacks.append(CurvatureProbe(c.every, c.k, c.bn_mode, c.tol, c.max_hvps, config.seed))
-    sp = config.spectrum
-    if sp.at:
-        callbacks.append(SpectrumProbe(sp.at, sp.bn_modes, sp.n_v, sp.m, sp.k, sp.tol, sp.max_hvps, config.seed))
-    # last: their hooks go on after the probes' forward passes, so they record the training forward alone
-    if config.weights.every:
-        callbacks.append(WeightsProbe(config.weights.every))
-    return callbacks + [ActivationRecorder({k: model.preactivation(k) for k in a.layers}, a.units, a.every, config.seed,
-                                           a.density_at)]
+# The probes a run can carry: each entry builds, from the run's configuration and model, the callbacks its section
+# asks for (none where it is off). They see a step in this order. LAST_PROBES come after every other: their hooks must
+# see the training forward alone, after the probes' own passes. register_probe adds one of your own.
+PROBES: list[Callable[[RunConfig, nn.Module], list[Callback]]] = [
+    landscape.from_config, ics.from_config, curvature.from_config, spectrum.from_config]
+LAST_PROBES: list[Callable[[RunConfig, nn.Module], list[Callback]]] = [weights.from_config, activations.from_config]
+
+
+def register_probe(build: Callable[[RunConfig, nn.Module], list[Callback]]) -> None:
+    """Every run from now on carries the callbacks `build(config, model)` returns (before LAST_PROBES)."""
+    if build not in PROBES:
+        PROBES.append(build)
+
+
+def probe_callbacks(config: RunConfig, model: nn.Module) -> list[Callback]:
+    """The probes a run's configuration asks for, as training callbacks, in the registries' order."""
+    return [callback for build in PROBES + LAST_PROBES for callback in build(config, model)]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -84,3 +84,11 @@ class ActivationRecorder(Probe):
                 self.rows += [{"step": step, "layer": layer, "unit": u, "stat": stat, "value": v}
                               for u, v in zip(units, values.tolist())]
         return record
+
+
+def from_config(config, model: nn.Module) -> list[Probe]:
+    """The run's activation recorder (bnstudy.train.LAST_PROBES), at `activations.layers` of the model (its
+    `preactivation(k)`: the module whose output is layer k's input to the nonlinearity)."""
+    a = config.activations
+    modules = {k: model.preactivation(k) for k in a.layers}
+    return [ActivationRecorder(modules, a.units, a.every, config.seed, a.density_at)]

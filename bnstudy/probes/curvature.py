@@ -135,3 +135,9 @@ class CurvatureProbe(Probe):
         rows.append({"step": ctx.step, "probe": "curvature", "layer": 0, "eta": None, "metric": "hvps",
                      "value": result["hvps"]})
         return {"probes": rows}
+
+
+def from_config(config, model: nn.Module) -> list[Probe]:
+    """The run's curvature probe (bnstudy.train.PROBES), where `curvature.every` turns it on."""
+    c = config.curvature
+    return [CurvatureProbe(c.every, c.k, c.bn_mode, c.tol, c.max_hvps, config.seed)] if c.every else []

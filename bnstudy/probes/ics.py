@@ -66,3 +66,9 @@ class ICSProbe(Probe):
         # eta is the landscape probe's step size alone: empty here (the shift's LR is the run's, in meta.json)
         return {"probes": [{"step": ctx.step, "probe": "ics", "layer": r["layer"], "eta": None, "metric": m,
                             "value": r[m]} for r in rows for m in ("l2", "cosine", "rel_l2")]}
+
+
+def from_config(config, model: nn.Module) -> list[Probe]:
+    """The run's ICS probe (bnstudy.train.PROBES), where `ics.every` turns it on."""
+    ics = config.ics
+    return [ICSProbe(ics.layers, ics.every, ics.bn_mode)] if ics.every else []

@@ -129,3 +129,17 @@ class LandscapeProbe(Probe):
         rows = along_gradient(ctx.model, ctx.loss_fn, ctx.batch, self.etas, bn_mode=self.bn_mode,
                               direction=self.direction, generator=generator)
         return {"probes": landscape_records(ctx.step, rows, PROBE_NAMES[self.direction])}
+
+
+def from_config(config, model: nn.Module) -> list[Probe]:
+    """The run's landscape probes (bnstudy.train.PROBES): along its direction every `landscape.every` steps, eta a
+    grid of multiples of the LR; along the filter-normalized gradient every `filter_every`, eta fractions of each
+    filter's norm, the same grid whatever the LR."""
+    ls, probes = config.landscape, []
+    if ls.every:
+        etas = eta_grid(config.train.lr, ls.eta_min, ls.eta_max, ls.points, ls.spacing)
+        probes.append(LandscapeProbe(etas, ls.every, ls.bn_mode, ls.direction, config.seed))
+    if ls.filter_every:
+        etas = eta_grid(1.0, ls.filter_eta_min, ls.filter_eta_max, ls.points, ls.spacing)
+        probes.append(LandscapeProbe(etas, ls.filter_every, ls.bn_mode, "filter-gradient", config.seed))
+    return probes

@@ -102,3 +102,9 @@ def spectrum_records(step: int, probe: str, density: dict, top: dict, k: int) ->
     rows += [record(0, f"share_top{k}", top["share"]), record(0, "converged", float(top["converged"])),
              record(0, "hvps", density["hvps"] + top["hvps"])]
     return rows
+
+
+def from_config(config, model: nn.Module) -> list[Probe]:
+    """The run's spectrum probe (bnstudy.train.PROBES), at the steps `spectrum.at` lists."""
+    sp = config.spectrum
+    return [SpectrumProbe(sp.at, sp.bn_modes, sp.n_v, sp.m, sp.k, sp.tol, sp.max_hvps, config.seed)] if sp.at else []

@@ -85,3 +85,8 @@ class WeightsProbe(Probe):
         rows.append({"step": ctx.step, "probe": "weights", "layer": 0, "eta": None, "metric": "logit_std",
                      "value": values[-1]})
         return {"probes": rows}
+
+
+def from_config(config, model: nn.Module) -> list[Probe]:
+    """The run's weights probe (bnstudy.train.LAST_PROBES), where `weights.every` turns it on."""
+    return [WeightsProbe(config.weights.every)] if config.weights.every else []

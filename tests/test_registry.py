@@ -1,0 +1,70 @@
+"""A measurement of one's own, added without editing bnstudy: a probe and its summary, each one registry line.
+
+The probe below is defined here, outside the package: the norm of the gradient on the step's batch, every other
+step, by the shared functional helper (so it leaves no trace). `train.register_probe` puts it in every run, and
+`analysis.register_summary` adds its column to every run summary. It rides a smoke run of `bnstudy run` and must
+change nothing else the run records.
+"""
+import json
+
+import pandas as pd
+import pytest
+
+from bnstudy import analysis, train
+from bnstudy.cli import main
+from bnstudy.probes.callback import Probe
+from bnstudy.probes.functional import Evaluator, flat_norm, untouched
+from bnstudy.reading import Results
+
+
+class GradientNormProbe(Probe):
+    every = 2
+
+    def measure(self, ctx) -> dict[str, list[dict]]:
+        with untouched(ctx.model):
+            evaluator = Evaluator(ctx.model, ctx.loss_fn, ctx.batch)
+            _, grads = evaluator.loss_and_grad(evaluator.params)
+        return {"probes": [{"step": ctx.step, "probe": "gradient-norm", "layer": 0, "eta": None, "metric": "norm",
+                            "value": float(flat_norm(grads))}]}
+
+
+def gradient_norm_probe(config, model) -> list[Probe]:
+    return [GradientNormProbe()]
+
+
+def gradient_norm_summary(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
+    rows = tables["probes"][tables["probes"].probe == "gradient-norm"]
+    if rows.empty:
+        return []
+    return [rows.groupby(["arm", "seed"]).value.median().rename("gradient_norm_median").reset_index()]
+
+
+def smoke_run(results) -> None:
+    assert main(["run", "noisy-bn", "--preset", "smoke", "--arms", "batchnorm", "--results-dir", str(results),
+                 "--no-progress", "--set", "data.dataset=synthetic", "--set", "train.steps=6"]) == 0
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    monkeypatch.setattr(train, "PROBES", list(train.PROBES))  # the registries as they were, after the test
+    monkeypatch.setattr(analysis, "SUMMARIES", list(analysis.SUMMARIES))
+    train.register_probe(gradient_norm_probe)
+    analysis.register_summary(gradient_norm_summary)
+
+
+def test_a_probe_from_outside_the_package_runs_is_summarized_and_changes_nothing_else(tmp_path, registered):
+    smoke_run(tmp_path / "with")
+    results = Results(tmp_path / "with", "noisy-bn")
+    rows = results.tables["probes"][results.tables["probes"].probe == "gradient-norm"]
+    assert sorted(rows.step) == [0, 2, 4] and (rows.value > 0).all()
+    summary = analysis.run_summary(results.meta, results.tables)
+    assert summary.gradient_norm_median.iloc[0] == pytest.approx(rows.value.median())
+
+    train.PROBES.remove(gradient_norm_probe)
+    smoke_run(tmp_path / "without")
+    run = "noisy-bn/batchnorm/seed-0"
+    for table in ("metrics.csv.xz", "activations.csv.xz"):  # the same training, to the bit
+        assert (tmp_path / "with" / run / table).read_bytes() == (tmp_path / "without" / run / table).read_bytes()
+    finals = [json.loads((tmp_path / side / run / "meta.json").read_text())["final_train_loss"]
+              for side in ("with", "without")]
+    assert finals[0] == finals[1]
