@@ -23,6 +23,7 @@ from bnstudy.analysis import (  # noqa: E402
     CHANCE, DENSITY, FILTER, PLAIN, TRAINS_MARGIN, best_lr, curvature_summary, landscape_summary, largest_trainable_lr,
     moment_changes, run_summary, smoothed_density, spectrum_quadrature, spectrum_summary, sweep_table, weights_per_step,
     weights_summary)
+from bnstudy import config  # noqa: E402  (FIGURE_KINDS, which register_figure extends)
 from bnstudy.config import load_experiment  # noqa: E402
 from bnstudy.recording import atomic_write_bytes  # noqa: E402
 from bnstudy.reading import Results  # noqa: E402
@@ -543,6 +544,20 @@ NEEDS = {"activation_distributions": ("activations", "p"), "moments": ("activati
          "test_curves": ("metrics", "test"), "controls_smoothness": ("probes", PLAIN),
          "controls_sharpness": ("probes", "curvature"), "controls_weights": ("probes", "weights"),
          "controls_init": ("probes", "weights"), "spectrum": ("probes", "spectrum-")}
+
+
+def register_figure(kind: str, draw, needs: tuple[str, str] | None = None) -> None:
+    """A figure kind of one's own: `draw(results, arms, **options)` returns a matplotlib figure (finish it with
+    `finish`); `needs` = (table, prefix of its rows' probe or stat) skips it, saying why, where its rows are missing.
+    Experiment files may name the kind from then on (in `figures` or a `[plots.NAME]` table)."""
+    FIGURES[kind] = draw
+    if needs is not None:
+        NEEDS[draw.__name__] = needs
+    if kind not in config.FIGURE_KINDS:
+        config.FIGURE_KINDS = config.FIGURE_KINDS + (kind,)
+
+
+finish = _finish  # title, caption and layout, as every figure of bnstudy has them
 
 
 def plot_experiment(experiment: str, results_dir: str = "results", unfinished: bool = False) -> list[Path]:

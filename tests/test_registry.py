@@ -1,16 +1,17 @@
-"""A measurement of one's own, added without editing bnstudy: a probe and its summary, each one registry line.
+"""A measurement of one's own, added without editing bnstudy: a probe, its summary and its figure, a registry line each.
 
 The probe below is defined here, outside the package: the norm of the gradient on the step's batch, every other
-step, by the shared functional helper (so it leaves no trace). `train.register_probe` puts it in every run, and
-`analysis.register_summary` adds its column to every run summary. It rides a smoke run of `bnstudy run` and must
-change nothing else the run records.
+step, by the shared functional helper (so it leaves no trace). `train.register_probe` puts it in every run,
+`analysis.register_summary` adds its column to every run summary and `plots.register_figure` lets an experiment file
+name its figure. It rides a smoke run of `bnstudy run` and must change nothing else the run records.
 """
 import json
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from bnstudy import analysis, train
+from bnstudy import analysis, config, plots, train
 from bnstudy.cli import main
 from bnstudy.probes.callback import Probe
 from bnstudy.probes.functional import Evaluator, flat_norm, untouched
@@ -39,6 +40,16 @@ def gradient_norm_summary(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame
     return [rows.groupby(["arm", "seed"]).value.median().rename("gradient_norm_median").reset_index()]
 
 
+def gradient_norm_figure(results: Results, arms, **options):
+    rows = results.tables["probes"][results.tables["probes"].probe == "gradient-norm"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for arm, group in rows.groupby("arm"):
+        ax.plot(group.step, group.value, label=arm)
+    ax.set(xlabel="training step", ylabel="‖∇L‖ on the step's batch", yscale="log")
+    ax.legend()
+    return plots.finish(fig, f"{results.experiment}: gradient norm", results.caption())
+
+
 def smoke_run(results) -> None:
     assert main(["run", "noisy-bn", "--preset", "smoke", "--arms", "batchnorm", "--results-dir", str(results),
                  "--no-progress", "--set", "data.dataset=synthetic", "--set", "train.steps=6"]) == 0
@@ -48,8 +59,12 @@ def smoke_run(results) -> None:
 def registered(monkeypatch):
     monkeypatch.setattr(train, "PROBES", list(train.PROBES))  # the registries as they were, after the test
     monkeypatch.setattr(analysis, "SUMMARIES", list(analysis.SUMMARIES))
+    monkeypatch.setattr(plots, "FIGURES", dict(plots.FIGURES))
+    monkeypatch.setattr(plots, "NEEDS", dict(plots.NEEDS))
+    monkeypatch.setattr(config, "FIGURE_KINDS", config.FIGURE_KINDS)
     train.register_probe(gradient_norm_probe)
     analysis.register_summary(gradient_norm_summary)
+    plots.register_figure("gradient_norm", gradient_norm_figure, needs=("probes", "gradient-norm"))
 
 
 def test_a_probe_from_outside_the_package_runs_is_summarized_and_changes_nothing_else(tmp_path, registered):
@@ -59,6 +74,12 @@ def test_a_probe_from_outside_the_package_runs_is_summarized_and_changes_nothing
     assert sorted(rows.step) == [0, 2, 4] and (rows.value > 0).all()
     summary = analysis.run_summary(results.meta, results.tables)
     assert summary.gradient_norm_median.iloc[0] == pytest.approx(rows.value.median())
+    own = tmp_path / "own.toml"  # an experiment file of one's own that names the new figure
+    own.write_text((config.EXPERIMENTS_DIR / "noisy_bn.toml").read_text(encoding="utf-8").replace(
+        'figures = ["training", "activations", "moments"]', 'figures = ["training", "gradient_norm"]'),
+        encoding="utf-8")
+    paths = plots.draw_figures(results, config.load_experiment(str(own)))
+    assert [p.name for p in paths] == ["training.png", "gradient_norm.png"] and all(p.stat().st_size for p in paths)
 
     train.PROBES.remove(gradient_norm_probe)
     smoke_run(tmp_path / "without")
