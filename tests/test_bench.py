@@ -29,7 +29,7 @@ def test_tf32_peak_by_gpu_name(name, peak):
 
 def test_device_rows_run_and_give_finite_ratios(monkeypatch):
     """Their code path on the CPU (the bench shows them on CUDA alone); torch.compile is left out here."""
-    monkeypatch.setattr(bench, "compile_row", lambda *args: bench.Row("compile", 1.0, "ratio"))
+    monkeypatch.setattr(bench.device, "compile_row", lambda *args: bench.Row("compile", 1.0, "ratio"))
     rows = bench.device_rows(torch.device("cpu"), Path("/nonexistent"), 0.0625, 8, 0.01)  # the synthetic set
     names = [r.benchmark for r in rows]
     assert "training step, deterministic mode / policy" in names and "training images/s, VGG-16 width 0.0625" in names
@@ -42,9 +42,9 @@ def test_bench_times_the_loops_own_step(monkeypatch):
     from bnstudy import train
     from bnstudy.data import BatchOrder
 
-    assert bench.run_step is train.run_step
+    assert bench.common.run_step is train.run_step
     calls = []
-    monkeypatch.setattr(bench, "run_step", lambda *args, **kw: calls.append(args) or train.run_step(*args, **kw))
+    monkeypatch.setattr(bench.common, "run_step", lambda *args, **kw: calls.append(args) or train.run_step(*args, **kw))
     dataset, model, data = bench.bench_setup(torch.device("cpu"), Path("/nonexistent"), 0.0625)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     state = train.RunState(model, optimizer, BatchOrder(dataset.train_size, 8, seed=0))
@@ -92,7 +92,7 @@ def test_peer_rows_compare_lambda_max_with_pyhessian_or_say_it_is_missing(monkey
     import math
     import sys
 
-    monkeypatch.setattr(bench, "PEER", {"width": 0.0625, "steps": 2, "batch": 16, "tol": 1e-3})
+    monkeypatch.setattr(bench.peers, "PEER", {"width": 0.0625, "steps": 2, "batch": 16, "tol": 1e-3})
     monkeypatch.setitem(sys.modules, "pyhessian", None)  # as where the bench extra is not installed
     (missing,) = bench.peer_rows(torch.device("cpu"), Path("/nonexistent"), 0.01)
     assert math.isnan(missing.value) and "not installed" in missing.note
