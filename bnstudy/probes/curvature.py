@@ -20,6 +20,7 @@ top) and sends every product to the host as float64 NumPy: README "Benchmarks" h
 from __future__ import annotations
 
 import math
+import statistics
 
 import torch
 from torch import nn
@@ -110,9 +111,8 @@ def hessian_trace(model: nn.Module, loss_fn, batch, samples: int = 32, *, bn_mod
         for start in range(0, samples, chunk):
             vectors = rademacher((min(chunk, samples - start), operator.size), generator, operator.leaves[0])
             values += (vectors * operator.matmat(vectors)).sum(dim=1).tolist()
-    mean = sum(values) / samples
-    variance = sum((v - mean) ** 2 for v in values) / (samples - 1)
-    return {"trace": mean, "stderr": math.sqrt(variance / samples), "samples": values, "hvps": operator.calls}
+    return {"trace": statistics.fmean(values), "stderr": statistics.stdev(values) / math.sqrt(samples),
+            "samples": values, "hvps": operator.calls}
 
 
 class CurvatureProbe(Probe):

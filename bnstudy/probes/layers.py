@@ -36,12 +36,11 @@ class WeightLayer:
 
 def weight_modules(model: nn.Module) -> dict[nn.Module, tuple[str, str]]:
     """module -> (module name, weight name) for every module owning a weight of two or more dimensions."""
-    names = {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
     first = {id(p): name for name, p in model.named_parameters()}  # the name a shared weight goes by
     found = {}
     for module_name, module in model.named_modules():
         weight = module._parameters.get("weight")  # the module's own weight, not a child's
-        if isinstance(weight, torch.Tensor) and weight.dim() >= 2 and id(weight) in names:
+        if isinstance(weight, torch.Tensor) and weight.dim() >= 2 and id(weight) in first:
             found[module] = (module_name, first[id(weight)])
     return found
 
