@@ -25,6 +25,7 @@ from bnstudy.analysis import (  # noqa: E402
     weights_summary)
 from bnstudy import config  # noqa: E402  (FIGURE_KINDS, which register_figure extends)
 from bnstudy.config import load_experiment  # noqa: E402
+from bnstudy.manifest import experiment_manifest  # noqa: E402
 from bnstudy.recording import atomic_write_bytes  # noqa: E402
 from bnstudy.reading import Results  # noqa: E402
 
@@ -561,14 +562,16 @@ finish = _finish  # title, caption and layout, as every figure of bnstudy has th
 
 
 def plot_experiment(experiment: str, results_dir: str = "results", unfinished: bool = False) -> list[Path]:
-    """Draw every figure the experiment file lists (with `unfinished`, runs still training too); return the paths."""
-    exp = load_experiment(experiment)  # a name, or a .toml file of one's own (its figures are that file's)
-    return draw_figures(Results(Path(results_dir), exp.name, unfinished), exp)
+    """Draw every figure the experiment's results folder lists in its manifest (with `unfinished`, runs still
+    training too); return the paths. `experiment` is a results folder's name, or a .toml file of one's own."""
+    name = load_experiment(experiment).name if experiment.endswith(".toml") else experiment
+    return draw_figures(Results(Path(results_dir), name, unfinished))
 
 
 def draw_figures(results: Results, exp=None) -> list[Path]:
-    """plot_experiment on results already read (the report has read them for its summaries)."""
-    exp = exp or load_experiment(results.experiment)
+    """plot_experiment on results already read (the report has read them for its summaries). `exp` (a Manifest or
+    an Experiment) overrides the description stored with the results."""
+    exp = exp or experiment_manifest(results.root.parent, results.experiment)
     out_dir = results.root / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
     order = tuple(exp.arms)

@@ -1,7 +1,8 @@
 """Recording a run: its folder, which this module alone lays out, writes, and reads file by file (bnstudy.reading
 reads an experiment's runs back through it). config.json, meta.json, tidy CSVs, checkpoint; schemas declared
-once; atomic writes.
+once; every write atomic (bnstudy.files).
 
+    <results>/<experiment>/experiment.json   what the experiment is: title, arms, figures (bnstudy.manifest)
     <results>/<experiment>/<arm>/seed-<n>/
         config.json      the RunConfig, as resolved
         meta.json        status (running | complete | diverged), git SHA, versions, device, preset,
@@ -21,20 +22,13 @@ where both forms are present.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import fcntl
 import hashlib
-import io
 import json
 import lzma
 import math
-import os
-import platform
 import re
-import signal
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +36,8 @@ import pandas as pd
 
 from bnstudy.config import RunConfig, build, config_differences
 from bnstudy.errors import RecordError
+from bnstudy.files import (  # noqa: F401  (FAULT_ENV, ResultsLock: importers take a run's file tools from here)
+    FAULT_ENV, CsvLog, ResultsLock, atomic_write_bytes, atomic_write_text, fault_point, json_safe, read_json)
 
 # Every CSV's columns, declared once. A writer refuses rows with other columns.
 SCHEMAS: dict[str, tuple[str, ...]] = {
@@ -57,53 +53,6 @@ FINISHED = ("complete", "diverged")  # statuses of a run that will write nothing
 # Every column's dtype, for every schema. Nullable integers: a probe row without a layer leaves it empty.
 DTYPES = {"step": "int64", "arm": "str", "seed": "int64", "split": "str", "metric": "str", "value": "float64",
           "layer": "Int64", "unit": "Int64", "stat": "str", "probe": "str", "eta": "float64"}
-
-
-FAULT_ENV = "BNSTUDY_FAULT"  # tests only: "point@n" kills this process with SIGKILL at the n-th pass of `point`
-_fault_counts: dict[str, int] = {}
-
-
-def fault_point(name: str) -> None:
-    """Where the kill-and-resume tests pull the plug (SIGKILL, nothing cleaned up); a no-op otherwise."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec or not spec.startswith(name + "@"):
-        return
-    _fault_counts[name] = _fault_counts.get(name, 0) + 1
-    if _fault_counts[name] == int(spec.split("@")[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name and rename: a reader never sees half a file, a crash leaves the old one.
-    The temporary name is the writer's own (pid), so two processes writing one file never mix their bytes."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with removed_on_failure(tmp):
-        with open(tmp, "wb") as f:
-            f.write(data[: len(data) // 2])
-            fault_point("atomic-write")  # a kill here leaves a half-written temporary file, never a torn `path`
-            f.write(data[len(data) // 2:])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-
-@contextmanager
-def removed_on_failure(tmp: Path):
-    """A write that fails (a full disk: OSError 28) leaves no temporary file behind; a kill's are removed by the
-    next run in the folder (RunDir.remove_stale_temporaries)."""
-    try:
-        yield
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def previous(path: Path) -> Path:
-    return path.with_name(path.name + ".prev")
 
 
 PACKED_SUFFIX = ".xz"  # pandas infers the compression from it
@@ -141,80 +90,6 @@ def table_bytes(folder: Path, name: str) -> bytes:
         raise FileNotFoundError(f"{folder}: no {name}.csv or {name}.csv{PACKED_SUFFIX}")
     data = path.read_bytes()
     return lzma.decompress(data) if path.suffix == PACKED_SUFFIX else data
-
-
-def read_json(path: Path, hint: str = "") -> dict:
-    """A JSON object from `path`, or RecordError naming the file (torn, empty, null, a list, unreadable)."""
-    try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RecordError(f"{path}: unreadable ({type(err).__name__}: {err}){'; ' + hint if hint else ''}") from None
-    if not isinstance(value, dict):
-        raise RecordError(f"{path}: holds {type(value).__name__}, not a JSON object{'; ' + hint if hint else ''}")
-    return value
-
-
-def _compact(value):
-    """Floats with 7 significant digits (float32's precision): a third of the size of repr, same numbers."""
-    return format(value, ".7g") if isinstance(value, float) else value
-
-
-def json_safe(value):
-    """`value` with every non-finite float (NaN, inf) replaced by None, in nested dicts and lists too."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    return [json_safe(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-class CsvLog:
-    """Append-only tidy CSV with a fixed schema; rows are buffered and flushed (fsynced) on demand.
-
-    `size()` after a flush is a resume point: `truncate(size)` drops whatever was written after it.
-    """
-
-    def __init__(self, path: Path, columns: tuple[str, ...]):
-        self.path, self.columns = path, columns
-        self.buffer: list[dict] = []
-        if not path.exists() or path.stat().st_size == 0:
-            atomic_write_text(path, ",".join(columns) + "\n")
-
-    def append(self, rows: list[dict]) -> None:
-        for row in rows:
-            if set(row) != set(self.columns):
-                extra, missing = set(row) - set(self.columns), set(self.columns) - set(row)
-                raise ValueError(f"{self.path.name}: row columns differ from the schema "
-                                 f"(unknown: {sorted(extra)}, missing: {sorted(missing)})")
-        self.buffer.extend(rows)
-
-    def flush(self) -> None:
-        if not self.buffer:
-            return
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=self.columns, lineterminator="\n")
-        writer.writerows({k: _compact(v) for k, v in row.items()} for row in self.buffer)
-        data = text.getvalue()
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(data[: len(data) // 2])
-            f.flush()
-            fault_point("csv-append")  # a kill here leaves a torn tail; resume truncates to the checkpoint's size
-            f.write(data[len(data) // 2:])
-            f.flush()
-            os.fsync(f.fileno())
-        self.buffer.clear()
-
-    def size(self) -> int:
-        return self.path.stat().st_size
-
-    def clear(self) -> None:
-        """Back to the header alone (a fresh start of the run)."""
-        self.truncate(len(",".join(self.columns)) + 1)
-
-    def truncate(self, size: int) -> None:
-        self.buffer.clear()
-        with open(self.path, "rb+") as f:  # bytes: truncation counts bytes, and no text encoding is involved
-            f.truncate(size)
 
 
 SEED_FOLDER = re.compile(r"seed-(0|[1-9][0-9]*)")  # the one name a seed's folder has: 'seed-00', 'seed-0.bak' are not
@@ -502,42 +377,3 @@ class RunDir:
     def open_logs(self) -> dict[str, CsvLog]:
         self.path.mkdir(parents=True, exist_ok=True)
         return {name: CsvLog(self.csv(name), columns) for name, columns in SCHEMAS.items()}
-
-
-class ResultsLock:
-    """One bnstudy process per experiment folder: an exclusive lock (flock) on `<folder>/.lock`.
-
-    The kernel holds the lock for the process and drops it when the process ends, however it ends:
-    SIGKILL included, and a killed process that its parent has not reaped yet (a zombie, as Docker without
-    an init leaves it) holds no files. So no lock outlives its process, and no pid is trusted. The file
-    itself only tells a refused process who holds it (host and pid); it stays in place when released.
-    """
-
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / ".lock"
-        self.owner = f"{platform.node()} {os.getpid()}"
-        self.fd: int | None = None
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:  # O_NOFOLLOW: a .lock that is a link would have its target truncated below
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as err:
-            raise RecordError(f"{self.path} is not a plain file ({err.strerror}); remove it, and rerun") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise FileExistsError(f"{self.path.parent} is in use by another bnstudy run (lock file {self.path}, "
-                                  f"held by host and pid {holder}); wait for it to finish, or use another "
-                                  f"--results-dir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (self.owner + "\n").encode(), 0)
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        os.ftruncate(self.fd, 0)  # no owner named once released
-        os.close(self.fd)  # closing the last descriptor releases the flock
-        self.fd = None

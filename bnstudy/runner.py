@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bnstudy.config import ConfigError, RunConfig, config_differences, load_experiment, run_config
+from bnstudy.config import ConfigError, Experiment, RunConfig, config_differences, load_experiment, run_config
 from bnstudy.data import Dataset, data_kind
+from bnstudy.manifest import write_manifest
 from bnstudy.recording import RecordError, ResultsLock, RunDir, pooling_differences
 from bnstudy.train import train_run
 
@@ -85,10 +86,9 @@ def stored_differences(run: RunDir, config: RunConfig) -> list[str]:
         return [str(error)]
 
 
-def plan(experiment: str, preset: str, seeds: list[int], arms: list[str] | None,
+def plan(exp: Experiment, preset: str, seeds: list[int], arms: list[str] | None,
          overrides: list[str]) -> list[RunConfig]:
     """Every run of the experiment as a validated RunConfig, arms-major so paired seeds sit together."""
-    exp = load_experiment(experiment)
     arms, seeds = dict.fromkeys(arms or exp.arms_for(preset)), dict.fromkeys(seeds)  # `3 3`: one run, order kept
     return [run_config(exp, arm, seed, preset, overrides) for arm in arms for seed in seeds]
 
@@ -99,7 +99,8 @@ def run_experiment(experiment: str, preset: str, seeds: list[int], arms: list[st
     """Every run of the experiment: finished ones skipped, the rest trained by the chosen launcher."""
     if launcher not in LAUNCHERS:
         raise ConfigError(f"unknown launcher '{launcher}'; known: {', '.join(LAUNCHERS)}")
-    configs = plan(experiment, preset, seeds, arms, list(overrides))
+    exp = load_experiment(experiment)
+    configs = plan(exp, preset, seeds, arms, list(overrides))
     dev = resolve_device(device)
     runs = [(config, RunDir(results_dir, config.experiment, config.arm, config.seed)) for config in configs]
     for config, run in runs:  # all checks before the first step of training
@@ -108,6 +109,7 @@ def run_experiment(experiment: str, preset: str, seeds: list[int], arms: list[st
     with ResultsLock(folder):  # one process per experiment folder: rows never interleave
         for config, run in runs:  # checked again under the lock: the folder may have changed meanwhile
             check_run(run, config)
+        write_manifest(folder, exp)  # what the experiment is, for plot and report (bnstudy.manifest)
         pending = []
         for config, run in runs:
             run.remove_stale_temporaries()

@@ -30,7 +30,8 @@ from bnstudy.data import CLASSIFICATION, BatchOrder, Dataset, Task, data_kind, s
 from bnstudy.models import build_model, has_noise, set_noise
 from bnstudy.probes import activations, curvature, ics, landscape, spectrum, weights
 from bnstudy.probes.callback import Callback, Probe, StepContext, step_seed  # noqa: F401  (the callback protocol)
-from bnstudy.recording import RunDir, fault_point, final_numbers, previous, read_table, removed_on_failure
+from bnstudy.files import fault_point, previous, removed_on_failure
+from bnstudy.recording import RunDir, final_numbers, read_table
 
 
 @dataclass

@@ -204,7 +204,8 @@ def test_sweep_arm_names_keep_their_dots(tmp_path):
 def test_repeated_seeds_and_arms_run_once():
     from bnstudy.runner import plan
 
-    configs = plan("noisy-bn", "smoke", [3, 3, 1, 3], ["standard", "batchnorm", "standard"], ["data.dataset=synthetic"])
+    configs = plan(load_experiment("noisy-bn"), "smoke", [3, 3, 1, 3], ["standard", "batchnorm", "standard"],
+                   ["data.dataset=synthetic"])
     assert [(c.arm, c.seed) for c in configs] == [("standard", 3), ("standard", 1), ("batchnorm", 3), ("batchnorm", 1)]
 
 

@@ -236,7 +236,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypa
     import errno as errno_
     import torch
 
-    from bnstudy import recording
+    from bnstudy import files
 
     def full(*args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
@@ -250,9 +250,9 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypa
 
     def no_space(fd):
         raise OSError(errno_.ENOSPC, "No space left on device")
-    monkeypatch.setattr(recording.os, "fsync", no_space)
+    monkeypatch.setattr(files.os, "fsync", no_space)
     with pytest.raises(OSError):
-        recording.atomic_write_text(tmp_path / "x.json", "{}")
+        files.atomic_write_text(tmp_path / "x.json", "{}")
     assert not list(tmp_path.glob(".x.json.*.tmp"))
 
 
@@ -404,11 +404,11 @@ def test_a_run_folder_moved_under_another_experiment_is_left_out(results, capsys
 def test_a_read_only_results_folder_is_one_line_for_plot_and_report(results, monkeypatch, capsys):
     import errno as errno_
 
-    from bnstudy import recording
+    from bnstudy import files
 
     def read_only(source, target):
         raise OSError(errno_.EROFS, "Read-only file system", str(target))
-    monkeypatch.setattr(recording.os, "replace", read_only)  # every atomic write ends with its rename
+    monkeypatch.setattr(files.os, "replace", read_only)  # every atomic write ends with its rename
     for command in (["plot", "noisy-bn"], ["report", "--no-figures"]):
         assert main([*command, "--results-dir", str(results)]) == 2
         err = capsys.readouterr().err
