@@ -99,7 +99,7 @@ test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m cuda -rs tests/test_cuda.py
 endif
 
-# The peer cross-check (bnstudy/crosscheck.py, tests/test_peers.py) in a venv of its own: the peers never enter .venv.
+# The peer cross-check (bnstudy/crosscheck/, tests/test_peers.py) in a venv of its own: the peers never enter .venv.
 # curvlinops-for-pytorch and backpack-for-pytorch require torchvision, and torchvision breaks transformers' imports
 # beside this torch: they go in --no-deps, then what they really import (torchvision is not among it).
 PEERS_VENV  := .venv-peers

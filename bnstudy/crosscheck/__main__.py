@@ -1,0 +1,4 @@
+"""python -m bnstudy.crosscheck"""
+from bnstudy.crosscheck import main
+
+raise SystemExit(main())
