@@ -37,8 +37,9 @@ BN's running statistics at every product: it gets a deep copy (the note says by 
 PyHessian: forces model.eval() and leaves a graph in .grad: a deep copy too. Its `density` calls torch.eig, which
 torch 2 removed: `comparison._torch_eig` stands in for it during that call alone (PyHessian only calls it on its
 symmetric tridiagonal T, where torch.linalg.eigh is exact). transformers' default attention (SDPA) has no double
-backward nor forward-mode AD in its fused CPU kernel: ours runs on the default-attention model (our probes take their products
-under the math kernel), the peers and the reference on a copy built with attn_implementation="eager", same weights.
+backward nor forward-mode AD in its fused CPU kernel: ours runs on the default-attention model (our probes take their
+products under the math kernel), the peers and the reference on a copy built with attn_implementation="eager", same
+weights.
 
 The peers are imported inside functions only, and nothing else in the package imports this package: the main
 environment has none of them (.venv-peers has, see the Makefile's `crosscheck`).
