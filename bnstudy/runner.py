@@ -121,7 +121,21 @@ def run_experiment(experiment: str, preset: str, seeds: list[int], arms: list[st
                 pending.append((config, run))
         if pending:
             LAUNCHERS[launcher](pending, dev, data_dir, progress)
+    print(what_was_done(configs, len(runs) - len(pending), Path(results_dir)), flush=True)
     return [run.read_meta() for _, run in runs]
+
+
+def what_was_done(configs: list[RunConfig], skipped: int, results_dir: Path) -> str:
+    """The closing line of `bnstudy run`: what was already there, what trained, and how to train another seed
+    (on a fresh clone the committed seed 0 is already there, and `make noisy-bn` only redraws its figures)."""
+    first = configs[0]
+    seeds = sorted({c.seed for c in configs})
+    line = (f"{first.experiment} (preset {first.preset}, seed{'s' if len(seeds) > 1 else ''} "
+            f"{', '.join(map(str, seeds))}): {len(configs) - skipped} run(s) trained, {skipped} already there "
+            f"and skipped; results in {results_dir / first.experiment}")
+    if skipped == len(configs):
+        line += f". A new seed trains with --seeds {max(seeds) + 1} (make {first.experiment} SEED={max(seeds) + 1})"
+    return line
 
 
 def check_writable(folder: Path) -> Path:

@@ -27,7 +27,9 @@ def test_smoke_run_on_real_cifar_writes_every_declared_file(tmp_path, cifar_dir,
     before = table_bytes(tmp_path / "noisy-bn" / "batchnorm" / "seed-0", "metrics")
     capsys.readouterr()
     assert main(smoke_args(tmp_path, "--data-dir", str(cifar_dir))) == 0
-    assert capsys.readouterr().out.count("skipped") == 3
+    out = capsys.readouterr().out  # each run's line, then what was done and how to train another seed
+    assert out.count("already complete, skipped") == 3
+    assert "0 run(s) trained, 3 already there and skipped" in out and "--seeds 1 (make noisy-bn SEED=1)" in out
     assert table_bytes(tmp_path / "noisy-bn" / "batchnorm" / "seed-0", "metrics") == before
     assert main(["plot", "noisy-bn", "--results-dir", str(tmp_path)]) == 0
     assert {p.name for p in (tmp_path / "noisy-bn" / "figures").iterdir()} == {
