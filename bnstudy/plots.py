@@ -25,7 +25,6 @@ from bnstudy.analysis import (  # noqa: E402
     weights_summary)
 from bnstudy import config  # noqa: E402  (FIGURE_KINDS, which register_figure extends)
 from bnstudy.config import load_experiment  # noqa: E402
-from bnstudy.manifest import experiment_manifest  # noqa: E402
 from bnstudy.recording import atomic_write_bytes  # noqa: E402
 from bnstudy.reading import Results  # noqa: E402
 
@@ -571,7 +570,7 @@ def plot_experiment(experiment: str, results_dir: str = "results", unfinished: b
 def draw_figures(results: Results, exp=None) -> list[Path]:
     """plot_experiment on results already read (the report has read them for its summaries). `exp` (a Manifest or
     an Experiment) overrides the description stored with the results."""
-    exp = exp or experiment_manifest(results.root.parent, results.experiment)
+    exp = exp or results.manifest
     out_dir = results.root / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
     order = tuple(exp.arms)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pandas as pd
 
 from bnstudy.analysis import matches
 from bnstudy.config import ConfigError
+from bnstudy.manifest import Manifest, experiment_manifest
 from bnstudy.recording import SCHEMAS, RecordError, Run, RunDir, pooling_differences
 
 
@@ -97,6 +99,11 @@ class Results:
         subset.tables = {name: table[table.arm.isin(arms)] for name, table in self.tables.items()}
         subset.order, subset.missing = tuple(arms), missing
         return subset
+
+    @functools.cached_property
+    def manifest(self) -> Manifest:
+        """What the experiment is, as its results folder says (bnstudy.manifest): title, arms, figures, presets."""
+        return experiment_manifest(self.root.parent, self.experiment)
 
     def arms(self, order: tuple[str, ...] = ()) -> list[str]:
         present = list(dict.fromkeys(self.meta.arm))

@@ -5,7 +5,6 @@ Experiments without results are listed as not run, and the claims that need them
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -14,7 +13,8 @@ from tqdm import tqdm
 
 from bnstudy.analysis import FILTER, PLAIN, landscape_summary, run_summary
 from bnstudy.claims import CLAIMS, FILTER_STEPS, STEPS, evaluate
-from bnstudy.config import PRESETS, ConfigError, Experiment, list_experiments, load_experiment, run_config
+from bnstudy.config import PRESETS, ConfigError, list_experiments, load_experiment
+from bnstudy.manifest import describe
 from bnstudy.recording import RunDir, atomic_write_text
 from bnstudy.reading import Results
 
@@ -28,10 +28,7 @@ def collect(results_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Resul
     An experiment without runs is skipped (listed as not run); a malformed experiment file, like any other
     error, stops the report with its one line: it is never taken for "not run yet"."""
     summaries, found = {}, {}
-    for name in list_experiments():
-        experiment = load_experiment(name).name
-        if not has_runs(results_dir, experiment):
-            continue
+    for experiment in experiments_with_runs(results_dir):
         results = Results(results_dir, experiment)
         summary = run_summary(results.meta, results.tables)
         atomic_write_text(results.root / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
@@ -44,26 +41,20 @@ def collect(results_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Resul
     return summaries, found
 
 
-def same_runs(experiment: Experiment, a: str, b: str) -> bool:
-    """Whether presets a and b give every arm of the experiment one configuration (the DLN's quick, long and paper
-    are its paper protocol): its runs then count at both."""
-    def configs(preset):
-        return [dataclasses.replace(run_config(experiment, arm, 0, preset), preset="") for arm in experiment.arms]
-    return a == b or configs(a) == configs(b)
-
-
-def by_preset(summaries: dict[str, pd.DataFrame]) -> dict[str, dict[str, pd.DataFrame]]:
-    """preset -> the summaries of the runs that count at it: made at it, or at a preset of the same configuration.
-    Claims are judged per preset, never across scales."""
+def by_preset(summaries: dict[str, pd.DataFrame], manifests: dict | None = None) -> dict[str, dict[str, pd.DataFrame]]:
+    """preset -> the summaries of the runs that count at it: made at it, or at a preset that gives every arm the
+    same configuration (Manifest.same_runs; `manifests` by experiment, else today's experiment files). Claims are
+    judged per preset, never across scales."""
     present = {p for table in summaries.values() for p in table.get("preset", ())}
-    experiments = {name: load_experiment(name) for name in summaries if ":" not in name}
+    experiments = {name: (manifests or {}).get(name) or describe(load_experiment(name))
+                   for name in summaries if ":" not in name}
     split = {}
     for preset in [p for p in PRESETS if p in present]:
         chosen = {}
         for name, table in summaries.items():
             experiment = experiments.get(name.split(":")[0])
             same = [p for p in set(table.preset) if experiment is None and p == preset
-                    or experiment is not None and same_runs(experiment, p, preset)]
+                    or experiment is not None and experiment.same_runs(p, preset)]
             if len(rows := table[table.preset.isin(same)]):
                 chosen[name] = rows
         split[preset] = chosen
@@ -75,10 +66,17 @@ def has_runs(results_dir: Path, experiment: str) -> bool:
     return any(run.is_finished() for run in RunDir.of_experiment(results_dir, experiment))
 
 
-def verdicts(summaries: dict[str, pd.DataFrame]) -> dict[str, list]:
+def experiments_with_runs(results_dir: Path) -> list[str]:
+    """The results folders holding a finished run, in name order: what the report covers, whether or not an
+    experiment file of that name exists today (each folder describes itself: bnstudy.manifest)."""
+    folders = sorted(p.name for p in Path(results_dir).glob("*/") if p.is_dir())
+    return [name for name in folders if has_runs(results_dir, name)]
+
+
+def verdicts(summaries: dict[str, pd.DataFrame], manifests: dict | None = None) -> dict[str, list]:
     """preset -> [(claim, verdict)] for every claim, on the runs that count at that preset (at least one column,
     so that a report with no results still lists every claim)."""
-    split = by_preset(summaries) or {"quick": {}}
+    split = by_preset(summaries, manifests) or {"quick": {}}
     return {preset: [(claim, evaluate(claim, chosen, preset)) for claim in CLAIMS] for preset, chosen in split.items()}
 
 
@@ -181,10 +179,10 @@ def write_report(results_dir: str | Path = "results", readme: Path | None = None
              "",
              "## The paper's claims",
              "",
-             claims_table(judged := verdicts(summaries)),
+             claims_table(judged := verdicts(summaries, {name: r.manifest for name, r in found.items()})),
              ""]
     for name, results in found.items():
-        title = load_experiment(name).title
+        title = results.manifest.title
         parts += [f"## {name}: {title}", "", results.caption(), "", runs_table(results), ""]
         parts += [f"- ⚠️ {note}" for note in [*results.left_out.values(), *results.non_finite]]
         for figure in sorted((results.root / "figures").glob("*.png")):

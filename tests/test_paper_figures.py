@@ -2,7 +2,8 @@
 import pytest
 
 from bnstudy.config import PRESETS, list_experiments, load_experiment, run_config
-from bnstudy.report import by_preset, same_runs
+from bnstudy.manifest import describe
+from bnstudy.report import by_preset
 
 
 def configuration(config) -> tuple:
@@ -44,8 +45,9 @@ def test_every_run_carries_every_probe_a_figure_or_claim_needs():
 
 
 def test_the_dlns_presets_are_one_protocol_and_vggs_are_not():
-    assert same_runs(load_experiment("dln"), "quick", "long") and same_runs(load_experiment("dln"), "quick", "paper")
-    assert not same_runs(load_experiment("landscape"), "quick", "long")
+    dln = describe(load_experiment("dln"))
+    assert dln.same_runs("quick", "long") and dln.same_runs("quick", "paper")
+    assert not describe(load_experiment("landscape")).same_runs("quick", "long")
 
 
 def test_runs_count_only_at_the_presets_of_their_configuration():

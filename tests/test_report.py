@@ -1,18 +1,32 @@
-"""`bnstudy report` over the experiment files: one without runs is "not run yet"; a malformed one is an error."""
+"""`bnstudy report` reads the results tree alone: each folder describes itself (experiment.json); experiment files
+without runs are listed as not run yet, and a folder that cannot say what it is stops the report with one line."""
 from bnstudy import config as config_module
 from bnstudy.cli import main
+from bnstudy.manifest import MANIFEST
 from bnstudy.report import collect
 
 
-def test_a_malformed_experiment_file_stops_the_report_with_one_line(tmp_path, monkeypatch, capsys):
-    """collect caught every ConfigError around load_experiment: a broken file read as 'not run yet'."""
+def smoke(results) -> None:
+    assert main(["run", "noisy-bn", "--preset", "smoke", "--arms", "batchnorm", "--results-dir", str(results),
+                 "--no-progress", "--set", "data.dataset=synthetic", "--set", "train.steps=4"]) == 0
+
+
+def test_the_report_reads_the_folders_manifest_not_the_experiment_files(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results"
+    smoke(results)
     experiments = tmp_path / "experiments"
     experiments.mkdir()
-    (experiments / "broken.toml").write_text("name = 'broken'\n[arms\n")
+    (experiments / "noisy_bn.toml").write_text("name = 'noisy-bn'\n[arms\n")  # the file breaks after the run
     monkeypatch.setattr(config_module, "EXPERIMENTS_DIR", experiments)
-    assert main(["report", "--results-dir", str(tmp_path / "results"), "--no-figures"]) == 2
+    assert main(["report", "--results-dir", str(results), "--no-figures"]) == 0
+    report = (results / "REPORT.md").read_text(encoding="utf-8")
+    assert "## noisy-bn: Noisy BatchNorm" in report  # the title the run was made with
+
+    (results / "noisy-bn" / MANIFEST).unlink()  # a folder from before manifests: today's file must describe it
+    capsys.readouterr()
+    assert main(["report", "--results-dir", str(results), "--no-figures"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "broken.toml: malformed TOML" in err[0]
+    assert "noisy_bn.toml: malformed TOML" in err[-1] and "Traceback" not in "".join(err)
 
 
 def test_an_experiment_without_runs_is_skipped(tmp_path):
