@@ -20,9 +20,9 @@ from PIL import Image  # noqa: E402  (matplotlib's own dependency)
 from scipy import stats  # noqa: E402
 
 from bnstudy.analysis import (  # noqa: E402
-    CHANCE, DENSITY, FILTER, PLAIN, TRAINS_MARGIN, best_lr, curvature_summary, landscape_summary, largest_trainable_lr,
-    moment_changes, run_summary, smoothed_density, spectrum_quadrature, spectrum_summary, sweep_table, weights_per_step,
-    weights_summary)
+    CHANCE, DENSITY, FILTER, PLAIN, SMOOTH_STEPS, TRAINS_MARGIN, controls_runs, controls_summary, curvature_summary,
+    landscape_summary, largest_trainable_lr, moment_changes, smoothed_density, smoothed_training, spectrum_quadrature,
+    spectrum_summary, sweep_table, weights_per_step, weights_summary)
 from bnstudy import config  # noqa: E402  (FIGURE_KINDS, which register_figure extends)
 from bnstudy.config import load_experiment  # noqa: E402
 from bnstudy.recording import atomic_write_bytes  # noqa: E402
@@ -46,8 +46,6 @@ def bootstrap_band(values) -> tuple[float, float]:
 
 
 ERRORBAR = bootstrap_band  # seaborn draws mean line + this band for every x position
-SMOOTH_STEPS = 50  # rolling window for per-step training curves (one batch is a noisy estimate)
-MAX_POINTS = 300  # x positions per curve after smoothing: enough for the eye, cheap to bootstrap
 
 
 def _finish(fig, title: str, caption: str, right: float = 1.0):
@@ -78,16 +76,6 @@ def arm_labels(results: Results) -> dict[str, str]:
             parts.append(f"diverged in {(meta.status == 'diverged').sum()}/{len(meta)} seeds")
         labels[arm] = f"{arm} ({', '.join(parts)})" if parts else arm
     return labels
-
-
-def smoothed_training(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Per run, a rolling mean over SMOOTH_STEPS steps of the per-step training metrics."""
-    train = metrics[metrics.split == "train"].sort_values("step")
-    rolling = train.groupby(["arm", "seed", "metric"]).value.transform(
-        lambda v: v.rolling(SMOOTH_STEPS, min_periods=1).mean())
-    smoothed = train.assign(value=rolling)
-    stride = max(1, int(smoothed.step.max()) // MAX_POINTS)  # the band is bootstrapped per x: keep ~MAX_POINTS of them
-    return smoothed[smoothed.step % stride == 0]
 
 
 TRAIN_LABELS = {"acc": "training accuracy (%d-step mean)" % SMOOTH_STEPS,
@@ -376,14 +364,6 @@ def curvature(results: Results, order: tuple[str, ...] = ()):
 # ----------------------------------------------------------------------------------------------
 # The controls experiment: kinds (norm, init), each at its own grid of LRs
 # ----------------------------------------------------------------------------------------------
-def controls_runs(results: Results) -> pd.DataFrame:
-    """One row per run: kind, init, lr, whether it trains, whether its LR is its kind's best, and its LR over the
-    kind's largest LR that trains (eta / eta_max; NaN where the kind never trains)."""
-    table = sweep_table(results.meta)
-    best, largest = best_lr(table), largest_trainable_lr(table)
-    return table.assign(best=table.lr == table.kind.map(best), eta_ratio=table.lr / table.kind.map(largest))
-
-
 def _kind_palette(kinds) -> dict:
     names = sorted(set(kinds))
     return dict(zip(names, sns.color_palette("colorblind", len(names))))
@@ -391,7 +371,7 @@ def _kind_palette(kinds) -> dict:
 
 def controls_training(results: Results, order: tuple[str, ...] = ()):
     """Training accuracy and loss of each kind at its own best LR, one column per init."""
-    runs = controls_runs(results)
+    runs = controls_runs(results.meta)
     best = runs[runs.best].assign(label=lambda d: d.norm + " (best LR " + d.lr.map("{:g}".format) + ")")
     data = smoothed_training(results.tables["metrics"]).merge(best[["arm", "seed", "init", "label"]],
                                                               on=["arm", "seed"])
@@ -410,9 +390,7 @@ def controls_training(results: Results, order: tuple[str, ...] = ()):
 
 def controls_smoothness(results: Results, order: tuple[str, ...] = ()):
     """beta_eff (run median) and early gradient change against eta / eta_max, one line per kind."""
-    runs = controls_runs(results)
-    summary = run_summary(results.meta, results.tables).merge(runs[["arm", "seed", "kind", "eta_ratio"]],
-                                                              on=["arm", "seed"])
+    summary = controls_summary(results.meta, results.tables)
     shown = summary[summary.eta_ratio.notna()]
     never = sorted(set(summary.kind) - set(shown.kind))
     palette = _kind_palette(summary.kind)
@@ -433,7 +411,7 @@ def controls_smoothness(results: Results, order: tuple[str, ...] = ()):
 
 def controls_sharpness(results: Results, order: tuple[str, ...] = ()):
     """eta * lambda_max over training against the stability line at 2, one panel per kind, one line per LR."""
-    runs = controls_runs(results)
+    runs = controls_runs(results.meta)
     table = curvature_summary(results.tables["probes"], results.meta).merge(runs[["arm", "seed", "kind"]],
                                                                            on=["arm", "seed"])
     table = table.assign(eta_lambda=table.lr * table.lambda_max, LR=table.lr.map("{:g}".format))
@@ -454,7 +432,7 @@ def controls_sharpness(results: Results, order: tuple[str, ...] = ()):
 
 def controls_weights(results: Results, order: tuple[str, ...] = ()):
     """Effective step and total weight norm over training, each kind at its best LR."""
-    runs = controls_runs(results)
+    runs = controls_runs(results.meta)
     best = runs[runs.best].assign(label=lambda d: d.kind + " (LR " + d.lr.map("{:g}".format) + ")")
     per_step = weights_per_step(weights_summary(results.tables["probes"], results.meta)).merge(
         best[["arm", "seed", "label"]], on=["arm", "seed"])
@@ -471,7 +449,7 @@ def controls_weights(results: Results, order: tuple[str, ...] = ()):
 
 def controls_init(results: Results, order: tuple[str, ...] = ()):
     """Per-layer gradient norms at step 0 (the same for every LR of a kind and seed), and the logits' scale."""
-    runs = controls_runs(results)
+    runs = controls_runs(results.meta)
     first = runs[runs.best][["arm", "seed", "kind"]]
     probes = results.tables["probes"].query("probe == 'weights' and step == 0")
     grads = weights_summary(probes, results.meta).merge(first, on=["arm", "seed"])

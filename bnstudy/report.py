@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from bnstudy.analysis import FILTER, PLAIN, landscape_summary, run_summary
-from bnstudy.claims import CLAIMS, FILTER_STEPS, STEPS, evaluate
+from bnstudy.analysis import StepTable, experiment_of, run_summary, step_tables
+from bnstudy.claims import CLAIMS, evaluate
 from bnstudy.config import PRESETS, ConfigError, list_experiments, load_experiment
 from bnstudy.manifest import describe
 from bnstudy.recording import RunDir, atomic_write_text
@@ -33,11 +33,8 @@ def collect(results_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Resul
         summary = run_summary(results.meta, results.tables)
         atomic_write_text(results.root / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
         summaries[results.experiment], found[results.experiment] = summary, results
-        for probe, suffix in ((PLAIN, STEPS), (FILTER, FILTER_STEPS)):  # per-probe rows (claims 8, 13c)
-            if (results.tables["probes"].probe == probe).any():
-                steps = landscape_summary(results.tables["probes"], probe)
-                summaries[results.experiment + suffix] = steps.merge(summary[["arm", "seed", "preset"]],
-                                                                     on=["arm", "seed"])
+        for table, steps in step_tables(results.tables["probes"], summary).items():  # per-probe rows (claims 8, 13c)
+            summaries[StepTable(results.experiment, table)] = steps
     return summaries, found
 
 
@@ -47,12 +44,12 @@ def by_preset(summaries: dict[str, pd.DataFrame], manifests: dict | None = None)
     judged per preset, never across scales."""
     present = {p for table in summaries.values() for p in table.get("preset", ())}
     experiments = {name: (manifests or {}).get(name) or describe(load_experiment(name))
-                   for name in summaries if ":" not in name}
+                   for name in summaries if not isinstance(name, StepTable)}
     split = {}
     for preset in [p for p in PRESETS if p in present]:
         chosen = {}
         for name, table in summaries.items():
-            experiment = experiments.get(name.split(":")[0])
+            experiment = experiments.get(experiment_of(name))
             same = [p for p in set(table.preset) if experiment is None and p == preset
                     or experiment is not None and experiment.same_runs(p, preset)]
             if len(rows := table[table.preset.isin(same)]):

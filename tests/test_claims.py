@@ -1,6 +1,8 @@
 """Every claim's rule on hand-made summaries: one case where it holds, one where it does not."""
 import pandas as pd
 
+from bnstudy.analysis import StepTable
+from bnstudy.analysis.landscape import FILTER_STEPS, STEPS
 from bnstudy.claims import CLAIMS, FAILS, HOLDS, NOT_MEASURED, TIE, evaluate, evaluate_claims
 
 
@@ -117,7 +119,7 @@ def test_claim_8():
                   "beta_eff": (1.0 if (arm == "batchnorm") == (s < bn_below) else 2.0)}
                  for arm in ("standard", "batchnorm") for s in range(8)]
         return {"landscape": frame({"standard": {}, "batchnorm": {}}, seeds=(0,)),
-                "landscape:steps": pd.DataFrame(steps)}
+                StepTable("landscape", STEPS): pd.DataFrame(steps)}
     assert check("8", runs(7)) == HOLDS  # 7 of 8 steps
     assert check("8", runs(4)) == FAILS
 
@@ -342,7 +344,7 @@ def test_claim_13c_compares_the_scale_free_beta_step_by_step():
                   "beta_rel": (1.0 if (arm == "batchnorm") == (s < bn_below) else 2.0)}
                  for arm in ("standard", "batchnorm") for s in range(8)]
         return {"landscape": frame({"standard": {}, "batchnorm": {}}, seeds=(0,)),
-                "landscape:filter-steps": pd.DataFrame(steps)}
+                StepTable("landscape", FILTER_STEPS): pd.DataFrame(steps)}
     assert check("13c (ours)", runs(7)) == HOLDS
     assert check("13c (ours)", runs(4)) == FAILS
 

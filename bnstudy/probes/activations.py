@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bnstudy.analysis import DENSITY, PERCENTILES  # the row schema, which figures read back (torch-free)
+from bnstudy.analysis.activations import DENSITY, MEAN, PERCENTILES, VAR  # the row schema, which analysis reads
 from bnstudy.probes.callback import Probe
 
 
@@ -38,8 +38,8 @@ def unit_statistics(output: torch.Tensor, units: list[int], density: bool = Fals
     x = output.detach()[:, units].transpose(0, 1).reshape(len(units), -1).float()  # (U, N*H*W)
     levels = PERCENTILES | (DENSITY if density else {})
     stats = dict(zip(levels, quantiles(x, list(levels.values()))))
-    stats["mean"] = x.mean(dim=1)
-    stats["var"] = x.var(dim=1, unbiased=False)
+    stats[MEAN] = x.mean(dim=1)
+    stats[VAR] = x.var(dim=1, unbiased=False)
     return stats
 
 

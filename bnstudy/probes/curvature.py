@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from bnstudy.analysis.common import probe_row
+from bnstudy.analysis.curvature import HVPS, PROBE, eig_metric  # the row schema, which analysis reads back
 from bnstudy.probes.callback import Probe, step_seed
 from bnstudy.probes.functional import Evaluator, untouched
 from bnstudy.probes.lanczos import lanczos
@@ -128,13 +130,14 @@ class CurvatureProbe(Probe):
         result = top_eigenvalues(ctx.model, ctx.loss_fn, ctx.batch, self.k, bn_mode=self.bn_mode, tol=self.tol,
                                  max_hvps=self.max_hvps, seed=step_seed(self.seed, ctx.step))
         values = result["eigenvalues"] if result["converged"] else []  # a Ritz value short of its tolerance: NaN
-        values = values + [float("nan")] * (self.k - len(values))
-        # eta is the landscape probe's step size alone: empty here (the run's LR is in meta.json)
-        rows = [{"step": ctx.step, "probe": "curvature", "layer": 0, "eta": None, "metric": f"eig{i + 1}",
-                 "value": value} for i, value in enumerate(values)]
-        rows.append({"step": ctx.step, "probe": "curvature", "layer": 0, "eta": None, "metric": "hvps",
-                     "value": result["hvps"]})
-        return {"probes": rows}
+        return {"probes": curvature_records(ctx.step, values + [float("nan")] * (self.k - len(values)),
+                                            result["hvps"])}
+
+
+def curvature_records(step: int, eigenvalues: list[float], hvps: int) -> list[dict]:
+    """Tidy probes.csv rows: the top eigenvalues, largest first, then the products spent."""
+    rows = [probe_row(step, PROBE, 0, eig_metric(i), value) for i, value in enumerate(eigenvalues, start=1)]
+    return rows + [probe_row(step, PROBE, 0, HVPS, hvps)]
 
 
 def from_config(config, model: nn.Module) -> list[Probe]:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bnstudy.analysis.common import probe_row
+from bnstudy.analysis.ics import COSINE, L2, METRICS, PROBE, REL_L2  # the row schema, which analysis reads back
 from bnstudy.probes.callback import Probe
 from bnstudy.probes.functional import Evaluator, flat_norm, untouched
 from bnstudy.probes.layers import LayerTrace, WeightLayer
@@ -51,7 +53,7 @@ def gradient_shift(model: nn.Module, loss_fn, batch, lr: float, layers, *, bn_mo
             cosine = torch.nn.functional.cosine_similarity(g.flatten(), g_shifted.flatten(), dim=0)
             measured.append(torch.stack([flat_norm({"d": g - g_shifted}), flat_norm({"g": g}), cosine]))
         values = torch.stack(measured).tolist() if measured else []  # one host transfer
-    return [{"layer": layer, "l2": l2, "cosine": cos, "rel_l2": l2 / g_norm if g_norm > 0 else float("nan")}
+    return [{"layer": layer, L2: l2, COSINE: cos, REL_L2: l2 / g_norm if g_norm > 0 else float("nan")}
             for layer, (l2, g_norm, cos) in zip(layers, values)]
 
 
@@ -63,9 +65,12 @@ class ICSProbe(Probe):
 
     def measure(self, ctx) -> dict[str, list[dict]]:
         rows = gradient_shift(ctx.model, ctx.loss_fn, ctx.batch, ctx.lr, self.layers, bn_mode=self.bn_mode)
-        # eta is the landscape probe's step size alone: empty here (the shift's LR is the run's, in meta.json)
-        return {"probes": [{"step": ctx.step, "probe": "ics", "layer": r["layer"], "eta": None, "metric": m,
-                            "value": r[m]} for r in rows for m in ("l2", "cosine", "rel_l2")]}
+        return {"probes": ics_records(ctx.step, rows)}
+
+
+def ics_records(step: int, rows: list[dict]) -> list[dict]:
+    """Tidy probes.csv rows of gradient_shift's rows: per layer, each of METRICS."""
+    return [probe_row(step, PROBE, r["layer"], metric, r[metric]) for r in rows for metric in METRICS]
 
 
 def from_config(config, model: nn.Module) -> list[Probe]:

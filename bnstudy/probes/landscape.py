@@ -16,6 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bnstudy.analysis.common import probe_row
+# the row schema, which analysis reads back
+from bnstudy.analysis.landscape import FILTER, GRAD_DIFF, GRAD_NORM, LOSS, PER_ETA, PLAIN, STEP_NORM
 from bnstudy.probes.callback import Probe, step_seed
 from bnstudy.probes.functional import Evaluator, difference_norm, flat_norm, moved, untouched
 
@@ -80,19 +83,19 @@ def along_gradient(model: nn.Module, loss_fn, batch, etas, *, bn_mode: str | Non
         # one host transfer for all numbers of the probe
         values = torch.stack([loss0, g_norm, d_norm] + [v for _, loss, gd in measured for v in (loss, gd)]).tolist()
     loss0_v, g_norm_v, d_norm_v = values[:3]
-    return [{"eta": eta, "loss": values[3 + 2 * i], "grad_diff": values[4 + 2 * i], "grad_norm": g_norm_v,
-             "step_norm": eta * d_norm_v, "loss0": loss0_v} for i, (eta, _, _) in enumerate(measured)]
+    return [{"eta": eta, LOSS: values[3 + 2 * i], GRAD_DIFF: values[4 + 2 * i], GRAD_NORM: g_norm_v,
+             STEP_NORM: eta * d_norm_v, "loss0": loss0_v} for i, (eta, _, _) in enumerate(measured)]
 
 
 def summarize(rows: list[dict]) -> dict:
     """Per probe: the band of the loss and of the gradient change over eta, and the effective beta-smoothness
     beta_eff = max over eta of ||grad L(w - eta d) - g|| / ||eta d||."""
     return {
-        "loss_min": min(r["loss"] for r in rows),
-        "loss_max": max(r["loss"] for r in rows),
-        "grad_diff_min": min(r["grad_diff"] for r in rows),
-        "grad_diff_max": max(r["grad_diff"] for r in rows),
-        "beta_eff": max(r["grad_diff"] / r["step_norm"] for r in rows if r["step_norm"] > 0),
+        "loss_min": min(r[LOSS] for r in rows),
+        "loss_max": max(r[LOSS] for r in rows),
+        "grad_diff_min": min(r[GRAD_DIFF] for r in rows),
+        "grad_diff_max": max(r[GRAD_DIFF] for r in rows),
+        "beta_eff": max(r[GRAD_DIFF] / r[STEP_NORM] for r in rows if r[STEP_NORM] > 0),
     }
 
 
@@ -106,16 +109,14 @@ def eta_grid(lr: float, low: float, high: float, points: int, spacing: str) -> l
     return [lr * float(v) for v in grid]
 
 
-PROBE_NAMES = {"gradient": "landscape", "filter-gradient": "landscape-filter", "random": "landscape"}
+PROBE_NAMES = {"gradient": PLAIN, "filter-gradient": FILTER, "random": PLAIN}
 
 
-def landscape_records(step: int, rows: list[dict], probe: str = "landscape") -> list[dict]:
+def landscape_records(step: int, rows: list[dict], probe: str = PLAIN) -> list[dict]:
     """Tidy probes.csv rows: per eta loss, grad_diff, step_norm; once (eta = 0) the loss and ||g|| at w."""
-    def record(eta, metric, value):
-        return {"step": step, "probe": probe, "layer": 0, "eta": eta, "metric": metric, "value": value}
-
-    at_w = [record(0.0, "loss", rows[0]["loss0"]), record(0.0, "grad_norm", rows[0]["grad_norm"])]
-    return at_w + [record(r["eta"], m, r[m]) for r in rows for m in ("loss", "grad_diff", "step_norm")]
+    at_w = [probe_row(step, probe, 0, LOSS, rows[0]["loss0"], eta=0.0),
+            probe_row(step, probe, 0, GRAD_NORM, rows[0][GRAD_NORM], eta=0.0)]
+    return at_w + [probe_row(step, probe, 0, metric, r[metric], eta=r["eta"]) for r in rows for metric in PER_ETA]
 
 
 class LandscapeProbe(Probe):

@@ -15,7 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bnstudy.analysis import GRID_POINTS, SIGMA, smoothed_density  # the smoothing figures use too (torch-free)
+from bnstudy.analysis.common import probe_row
+from bnstudy.analysis.spectrum import (  # the row schema, which analysis reads back, and the smoothing figures use too
+    CONVERGED, GRID_POINTS, HVPS, SIGMA, TAU, THETA, probe_name, ritz_metric, share_metric, smoothed_density,
+    top_metric)
 from bnstudy.probes.callback import Probe, step_seed
 from bnstudy.probes.curvature import HessianOperator, rademacher
 from bnstudy.probes.functional import untouched
@@ -87,20 +90,22 @@ class SpectrumProbe(Probe):
                                        seed=seed)
             top = gradient_share(ctx.model, ctx.loss_fn, ctx.batch, k=self.k, bn_mode=mode, seed=seed, tol=self.tol,
                                  max_steps=self.max_hvps)
-            rows += spectrum_records(ctx.step, f"spectrum-{mode}", density, top, self.k)
+            rows += spectrum_records(ctx.step, probe_name(mode), density, top, self.k)
         return {"probes": rows}
 
 
 def spectrum_records(step: int, probe: str, density: dict, top: dict, k: int) -> list[dict]:
+    """The probe's rows at one step in one BN mode (`probe`): per start vector (layer, from 1) theta and tau of each
+    Ritz value, node by node; then (layer 0) the top k, the gradient's share, whether they converged, the products."""
     def record(layer, metric, value):
-        return {"step": step, "probe": probe, "layer": layer, "eta": None, "metric": metric, "value": value}
+        return probe_row(step, probe, layer, metric, value)
 
-    rows = [record(v + 1, f"{name}_{j:03d}", value) for v, (ritz, weights) in enumerate(zip(density["ritz"],
-                                                                                            density["weights"]))
-            for j, pair in enumerate(zip(ritz, weights)) for name, value in zip(("theta", "tau"), pair)]
-    rows += [record(0, f"top{i + 1}", value) for i, value in enumerate(top["eigenvalues"])]
-    rows += [record(0, f"share_top{k}", top["share"]), record(0, "converged", float(top["converged"])),
-             record(0, "hvps", density["hvps"] + top["hvps"])]
+    rows = [record(vector, ritz_metric(kind, node), value)
+            for vector, (ritz, weights) in enumerate(zip(density["ritz"], density["weights"]), start=1)
+            for node, pair in enumerate(zip(ritz, weights)) for kind, value in zip((THETA, TAU), pair)]
+    rows += [record(0, top_metric(i), value) for i, value in enumerate(top["eigenvalues"], start=1)]
+    rows += [record(0, share_metric(k), top["share"]), record(0, CONVERGED, float(top["converged"])),
+             record(0, HVPS, density["hvps"] + top["hvps"])]
     return rows
 
 

@@ -11,7 +11,7 @@ bnstudy.probes.layers finds by hooks, tested), at every `every`-th step:
 and once per probed step, layer 0: `logit_std`, the standard deviation of the model's outputs on the step's batch
 (taken from the training forward itself by a hook). The run's LR (meta.json) turns these into the effective step
 eta ||g|| / ||W||, the cosine of g and W, and Arora et al.'s identity ||W_{t+1}||^2 - ||W_t||^2 = eta^2 ||g_t||^2
-for scale-invariant weights (bnstudy.analysis.weights_summary). Plain SGD makes the identity exact up to rounding
+for scale-invariant weights (bnstudy.analysis.weights). Plain SGD makes the identity exact up to rounding
 when <g, W> = 0; momentum or weight decay would break it, which is why it is measured, not assumed.
 
 Costs no forward or backward pass: a copy of the weights before a probed step, a few reductions after it, and
@@ -22,10 +22,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bnstudy.analysis.common import probe_row
+from bnstudy.analysis.weights import LOGIT_STD, METRICS, PROBE  # the row schema, which analysis reads back
 from bnstudy.models import weight_layers
 from bnstudy.probes.callback import Probe
-
-METRICS = ("w_norm", "grad_norm", "grad_dot_w", "sq_norm_change")
 
 
 def layer_weights(model: nn.Module) -> list[torch.Tensor]:
@@ -80,11 +80,14 @@ class WeightsProbe(Probe):
             values = torch.cat([table.flatten(), logit.reshape(1).to(table)]).tolist()  # one host transfer
         self.before, self.handle = None, None
         per_layer = [values[i:i + len(METRICS)] for i in range(0, len(values) - 1, len(METRICS))]
-        rows = [{"step": ctx.step, "probe": "weights", "layer": k, "eta": None, "metric": metric, "value": value}
-                for k, layer_values in enumerate(per_layer, start=1) for metric, value in zip(METRICS, layer_values)]
-        rows.append({"step": ctx.step, "probe": "weights", "layer": 0, "eta": None, "metric": "logit_std",
-                     "value": values[-1]})
-        return {"probes": rows}
+        return {"probes": weights_records(ctx.step, per_layer, values[-1])}
+
+
+def weights_records(step: int, per_layer: list[list[float]], logit_std: float) -> list[dict]:
+    """Tidy probes.csv rows: per weight layer (from 1) its METRICS in order, then (layer 0) the logits' scale."""
+    rows = [probe_row(step, PROBE, k, metric, value)
+            for k, layer_values in enumerate(per_layer, start=1) for metric, value in zip(METRICS, layer_values)]
+    return rows + [probe_row(step, PROBE, 0, LOGIT_STD, logit_std)]
 
 
 def from_config(config, model: nn.Module) -> list[Probe]:

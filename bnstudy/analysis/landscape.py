@@ -1,0 +1,87 @@
+"""The landscape probe (bnstudy.probes.landscape): its rows, the bands and smoothness per probe, and per run.
+
+Rows: probe PLAIN (along the gradient) or FILTER (along the filter-normalized gradient), layer 0; at eta = 0 the
+loss and ||g|| at w (LOSS, GRAD_NORM); per eta > 0 the loss at w - eta d, ||grad L(w - eta d) - g|| and the step's
+length (PER_ETA)."""
+from __future__ import annotations
+
+import pandas as pd
+
+from bnstudy.analysis.common import KEYS, phase_medians
+
+# The row schema, which the probe writes
+PLAIN, FILTER = "landscape", "landscape-filter"  # the probe names of the two directions
+LOSS, GRAD_NORM, GRAD_DIFF, STEP_NORM = "loss", "grad_norm", "grad_diff", "step_norm"
+PER_ETA = (LOSS, GRAD_DIFF, STEP_NORM)  # per eta > 0, in this order (at eta = 0: LOSS, GRAD_NORM)
+
+# landscape_summary's columns (one row per probe) that the run summaries and the claims read
+LOSS_RATIO, OVERSHOOT, GRAD_DIFF_MAX = "loss_ratio", "overshoot", "grad_diff_max"
+BETA_EFF, BETA_REL, REL_GRAD_DIFF_MAX = "beta_eff", "beta_rel", "rel_grad_diff_max"
+
+
+def landscape_summary(probes: pd.DataFrame, probe: str = PLAIN) -> pd.DataFrame:
+    """One row per (arm, seed, step) landscape probe: loss_min/max and grad_diff_min/max over eta, grad_norm,
+    loss_at_w, beta_eff = max over eta of grad_diff / step_norm (PAPER.md Fig. 4), and the scale-free numbers:
+    overshoot = loss_max / loss_at_w, rel_grad_diff_max = grad_diff_max / grad_norm, and beta_rel = max over eta of
+    (grad_diff / grad_norm) / eta, the relative gradient change per relative step (along the filter-normalized
+    gradient eta is the step as a fraction of each filter's norm; along the plain gradient beta_rel has no such
+    meaning and is not read)."""
+    land = probes[probes.probe == probe]
+    keys = KEYS + ["step"]
+    per_eta = land[land.eta > 0].pivot_table(index=keys + ["eta"], columns="metric", values="value").reset_index()
+    at_w = land[land.eta == 0].pivot_table(index=keys, columns="metric", values="value")
+    per_eta = per_eta.merge(at_w[GRAD_NORM].rename("g").reset_index(), on=keys, how="left")
+    per_eta["beta"] = per_eta[GRAD_DIFF] / per_eta[STEP_NORM]
+    per_eta["beta_rel"] = per_eta[GRAD_DIFF] / per_eta.g / per_eta.eta
+    summary = per_eta.groupby(keys).agg(**{
+        "loss_min": (LOSS, "min"), "loss_max": (LOSS, "max"), "grad_diff_min": (GRAD_DIFF, "min"),
+        GRAD_DIFF_MAX: (GRAD_DIFF, "max"), BETA_EFF: ("beta", "max"), BETA_REL: ("beta_rel", "max")})
+    summary = summary.join(at_w.rename(columns={LOSS: "loss_at_w"})).reset_index()
+    return summary.assign(**{OVERSHOOT: summary.loss_max / summary.loss_at_w,
+                             "rel_grad_diff_min": summary.grad_diff_min / summary[GRAD_NORM],
+                             REL_GRAD_DIFF_MAX: summary[GRAD_DIFF_MAX] / summary[GRAD_NORM],
+                             LOSS_RATIO: summary.loss_max / summary.loss_min})
+
+
+# The run summary's columns: phase_column(phase, column) of PHASED, BETA_EFF_MEDIAN, and filter_column(phase_column(
+# phase, column)) of FILTER_PHASED
+PHASED = [GRAD_DIFF_MAX, BETA_EFF, LOSS_RATIO, OVERSHOOT]
+FILTER_PHASED = [LOSS_RATIO, REL_GRAD_DIFF_MAX, BETA_REL]
+BETA_EFF_MEDIAN = "beta_eff_median"
+FILTER_PREFIX = "filter_"
+
+
+def filter_column(column: str) -> str:
+    """The run summary's name of a number measured along the filter-normalized gradient."""
+    return f"{FILTER_PREFIX}{column}"
+
+
+def landscape_columns(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
+    """early_/late_ medians of the landscape band and beta_eff, and beta_eff's median over the run."""
+    probes = tables["probes"]
+    if not (probes.probe == PLAIN).any():
+        return []
+    land = landscape_summary(probes)
+    return [phase_medians(land, PHASED), land.groupby(KEYS)[BETA_EFF].median().rename(BETA_EFF_MEDIAN).reset_index()]
+
+
+def filter_columns(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
+    """filter_<phase>_<column>: the same along the filter-normalized gradient."""
+    probes = tables["probes"]
+    if not (probes.probe == FILTER).any():
+        return []
+    medians = phase_medians(landscape_summary(probes, FILTER), FILTER_PHASED)
+    return [medians.rename(columns=lambda c: c if c in KEYS else filter_column(c))]
+
+
+# The tables of one row per probe (landscape_summary, with the run's preset) beside the run summaries, that claims
+# compare step by step (claims 8 and 13c): their names in a StepTable, by the probe they come from
+STEPS, FILTER_STEPS = "steps", "filter-steps"
+STEP_TABLES = {PLAIN: STEPS, FILTER: FILTER_STEPS}
+
+
+def step_tables(probes: pd.DataFrame, summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Table name (STEP_TABLES) -> landscape_summary of that probe with each run's preset, for each probe the runs
+    have."""
+    return {name: landscape_summary(probes, probe).merge(summary[KEYS + ["preset"]], on=KEYS)
+            for probe, name in STEP_TABLES.items() if (probes.probe == probe).any()}
