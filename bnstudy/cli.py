@@ -12,8 +12,9 @@ try:  # Ctrl-C while importing is one line and exit 130 too: the console script 
     import argparse
     import math
 
-    from bnstudy.config import LIMITS, PRESETS, ConfigError, experiment_path, list_experiments
+    from bnstudy.config import PRESETS, ConfigError, experiment_path, list_experiments
     from bnstudy.errors import USER_ERRORS
+    from bnstudy.schema import declared
 except KeyboardInterrupt:
     print(INTERRUPTED, file=sys.stderr)
     raise SystemExit(130) from None
@@ -135,7 +136,8 @@ def cmd_bench(args) -> int:
 
     device = resolve_device(args.device)
     width = args.width if args.width is not None else (1.0 if device.type == "cuda" else 0.25)
-    _check_positive("--width", width, LIMITS["model.width"][1], "a multiplier on VGG-16's channel counts")
+    max_width = declared()["model.width"][1]["at_most"]  # the bound a run's model.width has
+    _check_positive("--width", width, max_width, "a multiplier on VGG-16's channel counts")
     _check_positive("--min-run-time", args.min_run_time, 3600, "seconds per measurement; an hour is plenty")
     from bnstudy.bench import SYNTHETIC
     if not 2 <= args.batch <= SYNTHETIC.train_size:  # checked before minutes of timing, and named as typed

@@ -62,7 +62,8 @@ BAD = {  # name: (extra arguments, or a function of tmp_path returning them; wor
     "unknown norm": (["--set", "model.norm=bn"], "unknown model.norm 'bn'"),
     "unknown cfg": (["--set", "model.cfg=17"], "unknown model.cfg 17"),
     "unknown preset": (["--preset", "huge"], "invalid choice: 'huge'"),
-    "layer out of range": (["--set", "activations.layers=[0]"], "layer #0 out of range"),
+    "layer out of range": (["--set", "activations.layers=[40]"], "layer #40 out of range"),
+    "layer numbered 0": (["--set", "activations.layers=[0]"], "activations.layers[0] must be >= 1 (a weight-layer"),
     "--set on a missing key": (["--set", "train.momentum=0.9"], "--set train.momentum: no such key"),
     "--set without a value": (["--set", "train.lr"], "--set expects section.key=value"),
     "missing data folder": (["--data-dir", "/nonexistent/cifar"], "CIFAR-10 not found"),
@@ -73,7 +74,7 @@ BAD = {  # name: (extra arguments, or a function of tmp_path returning them; wor
     "cuda:0 without a GPU": (["--device", "cuda:0"], "--device cuda:0: no CUDA GPU"),
     "malformed cuda index": (["--device", "cuda:abc"], "unknown device 'cuda:abc'"),
     "unknown launcher": (["--launcher", "slurm"], "invalid choice: 'slurm'"),
-    # numbers: finite and in range, each checked once in config.validate, with the key and its unit
+    # numbers: finite and in range, each bound declared once in bnstudy.schema, named with its key and unit
     "LR huge": (["--set", "train.lr=1e308"], "train.lr must be a finite number at most 1000 (the SGD step size)"),
     "LR infinite": (["--set", "train.lr=inf"], "train.lr must be a finite number"),
     "LR nan": (["--set", "train.lr=nan"], "train.lr must be a finite number"),
@@ -87,7 +88,7 @@ BAD = {  # name: (extra arguments, or a function of tmp_path returning them; wor
     "noise negative infinite": (["--set", "model.noise.n_mu=-inf"], "model.noise.n_mu must be a finite number"),
     "threads huge": (["--set", "train.threads=100000"], "train.threads must be at most 1,024 (CPU threads)"),
     "steps huge": (["--set", f"train.steps={10**30}"], "train.steps must be at most 1,000,000,000 (SGD steps)"),
-    "head huge": (["--set", f"model.head=[512, {2**40}]"], "model.head must be at most 65,536 (units per"),
+    "head huge": (["--set", f"model.head=[512, {2**40}]"], "model.head[1] must be at most 65,536 (units per"),
     "DLN width huge": (["--set", "model.dln_width=100000"], "model.dln_width must be at most 4,096 (units per"),
     "train size huge": (["--set", f"data.train_size={10**12}"], "data.train_size must be at most 1,000,000 (examples)"),
     "probe grid huge": (["--set", "landscape.points=10000000"], "landscape.points must be at most 1,000 (step sizes"),
@@ -97,9 +98,11 @@ BAD = {  # name: (extra arguments, or a function of tmp_path returning them; wor
     "curvature tol nan": (["--set", "curvature.tol=nan"], "curvature.tol must be a finite number at most 1 (a"),
     "curvature k huge": (["--set", "curvature.k=100000"], "curvature.k must be at most 64 (eigenvalues)"),
     "Lanczos restarts huge": (["--set", f"curvature.max_hvps={2**40}"], "curvature.max_hvps must be at most 100,000"),
-    "seed past int64": (["--seed", "9223372036854775807"], "seed must be 0 <= seed < 2**31"),
-    "seeds past int64": (["--seeds", "0", "99999999999999999999"], "seed must be 0 <= seed < 2**31"),
-    "seed 2**31": (["--seed", str(2**31)], "seed must be 0 <= seed < 2**31"),
+    "seed past int64": (["--seed", "9223372036854775807"], "seed must be at most 2,147,483,647 (a random seed"),
+    "seeds past int64": (["--seeds", "0", "99999999999999999999"], "seed must be at most 2,147,483,647"),
+    "seed 2**31": (["--seed", str(2**31)], "seed must be at most 2,147,483,647 (a random seed; torch and numpy take "
+                                           "31 bits), got 2147483648"),
+    "seed negative": (["--seed", "-1"], "seed must be >= 0 (a random seed"),
     # names become folders: never a way out of --results-dir
     "experiment name ../": (file_with('name = "../escaped"\n' + ARM_A), "experiment name '../escaped' must be letters"),
     "experiment name absolute": (lambda t: file_with(f'name = "{t / "escaped"}"\n' + ARM_A)(t),
@@ -398,12 +401,3 @@ def test_fuzzed_real_keys_give_a_finite_config_or_a_clear_error(overrides, seed)
         assert str(err) and "\n" not in str(err)
     else:
         assert_valid(config)
-
-
-def test_every_number_in_a_config_has_a_unit_and_a_limit():
-    """A numeric field added to any section without an entry in config.LIMITS fails here (it is still checked
-    as finite meanwhile)."""
-    from bnstudy.config import LIMITS, numeric_keys
-
-    assert set(numeric_keys()) == set(LIMITS) and "model.noise.n_sigma" in LIMITS and "seed" in LIMITS
-    assert all(unit and math.isfinite(limit) for unit, limit in LIMITS.values())
