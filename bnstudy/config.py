@@ -100,7 +100,7 @@ def parse_override(text: str) -> dict:
     """'train.lr=0.5' -> {'train': {'lr': 0.5}}; the value is read as TOML, else as a bare string."""
     key_text, _, raw = text.partition("=")
     keys = [k.strip() for k in key_text.split(".")]
-    if "=" not in text or not all(re.fullmatch(r"\w+", k, re.ASCII) for k in keys):  # words: one line, no '\n'
+    if "=" not in text or not all(re.fullmatch(r"[\w-]+", k, re.ASCII) for k in keys):  # words: one line, no '\n'
         raise ConfigError(f"--set expects section.key=value, got {text!r}")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]

@@ -41,11 +41,11 @@ class Manifest:
 
 def alike_presets(experiment: Experiment) -> tuple[tuple[str, ...], ...]:
     """PRESETS grouped by the configurations they give every arm (seed 0, the preset's own name left out)."""
-    groups: dict[tuple, list[str]] = {}
+    groups: dict[str, list[str]] = {}
     for preset in PRESETS:
-        configs = tuple(dataclasses.replace(run_config(experiment, arm, 0, preset), preset="")
-                        for arm in experiment.arms)
-        groups.setdefault(configs, []).append(preset)
+        configs = [dataclasses.asdict(dataclasses.replace(run_config(experiment, arm, 0, preset), preset=""))
+                   for arm in experiment.arms]
+        groups.setdefault(json.dumps(configs, sort_keys=True), []).append(preset)  # a dict field: not hashable
     return tuple(tuple(group) for group in groups.values() if len(group) > 1)
 
 

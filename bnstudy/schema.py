@@ -229,10 +229,40 @@ class RunConfig:
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     spectrum: SpectrumConfig = field(default_factory=SpectrumConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    # the settings of probes registered from outside the package, by name: [base.probes.<name>] tables, checked
+    # against the options each registered (register_options) when a run is configured; {} = every one's defaults
+    probes: dict[str, dict] = field(default_factory=dict)
 
     @property
     def run_name(self) -> str:
         return f"{self.arm}/seed-{self.seed}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections of one's own: a probe defined outside the package declares its settings as a frozen dataclass of
+# setting() fields (train.register_probe(build, options=(name, cls))); they are bounded and stored like the above
+# ----------------------------------------------------------------------------------------------
+PROBE_OPTIONS: dict[str, type] = {}
+
+
+def register_options(name: str, options: type) -> None:
+    """Experiment files and --set may set `probes.<name>.<field>` from now on, checked against `options`."""
+    if not dataclasses.is_dataclass(options):
+        raise TypeError(f"the options of probe '{name}' must be a dataclass, got {options!r}")
+    PROBE_OPTIONS[name] = options
+
+
+def probe_options(config: RunConfig, name: str):
+    """The options of probe `name` in this run: its declared defaults, overridden by config.probes[name]."""
+    return build(PROBE_OPTIONS[name], config.probes.get(name, {}), dotted("probes", name))
+
+
+def check_probe_options(config: RunConfig) -> None:
+    """Each probes.<name> table names a registered probe, and holds its options within their bounds."""
+    for name in config.probes:
+        require(name in PROBE_OPTIONS, f"probes.{name}: no probe registered options of that name (registered: "
+                                       f"{', '.join(sorted(PROBE_OPTIONS)) or 'none'})")
+        check_fields(probe_options(config, name), dotted("probes", name))
 
 
 @functools.cache
@@ -304,6 +334,7 @@ def _number(bound, value) -> str:
 def validate(config: RunConfig) -> None:
     """Every field within its declared bounds, then every rule that ties one field to another."""
     check_fields(config)
+    check_probe_options(config)
     m, t, d, a, ls, sp = config.model, config.train, config.data, config.activations, config.landscape, config.spectrum
     require(t.batch_size > 1 or m.norm not in BATCH_STATISTICS, f"train.batch_size 1 cannot train model.norm "
             f"'{m.norm}': it normalizes over the batch, and one example has no spread (use 2 or more)")
@@ -371,6 +402,9 @@ def _coerce(value, typ, where: str):
     elif dataclasses.is_dataclass(typ):
         if isinstance(value, dict):
             return build(typ, value, where)
+    elif origin is dict:  # probes: a table of tables, each checked against its probe's options by validate
+        if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()):
+            return {k: dict(v) for k, v in value.items()}
     else:  # pragma: no cover - a field type this loader does not know is a programming error
         raise TypeError(f"unsupported config type {typ!r} at {where}")
     raise ConfigError(f"{where} must be {_type_words(typ)}, got {value!r} ({type(value).__name__})")
@@ -379,6 +413,6 @@ def _coerce(value, typ, where: str):
 def _type_words(typ) -> str:
     if typing.get_origin(typ) is tuple:
         return f"a list of {_type_words(typing.get_args(typ)[0])}"
-    if dataclasses.is_dataclass(typ):
-        return "a table"
+    if dataclasses.is_dataclass(typ) or typing.get_origin(typ) is dict:
+        return "a table" if dataclasses.is_dataclass(typ) else "a table of tables"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(typ, str(typ))

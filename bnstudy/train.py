@@ -31,6 +31,7 @@ from bnstudy.models import build_model, has_noise, set_noise
 from bnstudy.probes import activations, curvature, ics, landscape, spectrum, weights
 from bnstudy.probes.callback import Callback, Probe, StepContext, step_seed  # noqa: F401  (the callback protocol)
 from bnstudy.files import fault_point, previous, removed_on_failure
+from bnstudy.schema import register_options
 from bnstudy.recording import RunDir, final_numbers, read_table
 
 
@@ -96,8 +97,13 @@ PROBES: list[Callable[[RunConfig, nn.Module], list[Callback]]] = [
 LAST_PROBES: list[Callable[[RunConfig, nn.Module], list[Callback]]] = [weights.from_config, activations.from_config]
 
 
-def register_probe(build: Callable[[RunConfig, nn.Module], list[Callback]]) -> None:
-    """Every run from now on carries the callbacks `build(config, model)` returns (before LAST_PROBES)."""
+def register_probe(build: Callable[[RunConfig, nn.Module], list[Callback]],
+                   options: tuple[str, type] | None = None) -> None:
+    """Every run from now on carries the callbacks `build(config, model)` returns (before LAST_PROBES). `options`
+    = (name, a frozen dataclass of schema.setting fields): experiment files set them in a [base.probes.<name>]
+    table (--set probes.<name>.<field>=...), and `build` reads them with schema.probe_options(config, name)."""
+    if options is not None:
+        register_options(*options)
     if build not in PROBES:
         PROBES.append(build)
 

@@ -6,20 +6,30 @@ step, by the shared functional helper (so it leaves no trace). `train.register_p
 name its figure. It rides a smoke run of `bnstudy run` and must change nothing else the run records.
 """
 import json
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from bnstudy import analysis, config, plots, train
+from bnstudy import analysis, config, plots, schema, train
 from bnstudy.cli import main
 from bnstudy.probes.callback import Probe
 from bnstudy.probes.functional import Evaluator, flat_norm, untouched
 from bnstudy.reading import Results
+from bnstudy.schema import probe_options, setting
+
+
+@dataclass(frozen=True)
+class GradientNormOptions:
+    """The probe's own settings, bounded as every section of bnstudy's is: [base.probes.gradient-norm] every = 3."""
+
+    every: int = setting(2, "steps between probes", at_least=1, at_most=10**9)
 
 
 class GradientNormProbe(Probe):
-    every = 2
+    def __init__(self, every: int):
+        self.every = every
 
     def measure(self, ctx) -> dict[str, list[dict]]:
         with untouched(ctx.model):
@@ -30,7 +40,7 @@ class GradientNormProbe(Probe):
 
 
 def gradient_norm_probe(config, model) -> list[Probe]:
-    return [GradientNormProbe()]
+    return [GradientNormProbe(probe_options(config, "gradient-norm").every)]
 
 
 def gradient_norm_summary(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
@@ -62,7 +72,8 @@ def registered(monkeypatch):
     monkeypatch.setattr(plots, "FIGURES", dict(plots.FIGURES))
     monkeypatch.setattr(plots, "NEEDS", dict(plots.NEEDS))
     monkeypatch.setattr(config, "FIGURE_KINDS", config.FIGURE_KINDS)
-    train.register_probe(gradient_norm_probe)
+    monkeypatch.setattr(schema, "PROBE_OPTIONS", dict(schema.PROBE_OPTIONS))
+    train.register_probe(gradient_norm_probe, options=("gradient-norm", GradientNormOptions))
     analysis.register_summary(gradient_norm_summary)
     plots.register_figure("gradient_norm", gradient_norm_figure, needs=("probes", "gradient-norm"))
 
@@ -89,3 +100,23 @@ def test_a_probe_from_outside_the_package_runs_is_summarized_and_changes_nothing
     finals = [json.loads((tmp_path / side / run / "meta.json").read_text())["final_train_loss"]
               for side in ("with", "without")]
     assert finals[0] == finals[1]
+
+
+def test_an_own_probes_options_are_set_by_set_checked_and_stored_with_the_run(tmp_path, registered, capsys):
+    results = tmp_path / "results"
+    args = ["run", "noisy-bn", "--preset", "smoke", "--arms", "batchnorm", "--results-dir", str(results),
+            "--no-progress", "--set", "data.dataset=synthetic", "--set", "train.steps=6"]
+    assert main([*args, "--set", "probes.gradient-norm.every=3"]) == 0
+    rows = Results(results, "noisy-bn").tables["probes"]
+    assert sorted(rows[rows.probe == "gradient-norm"].step) == [0, 3]
+    stored = json.loads((results / "noisy-bn" / "batchnorm" / "seed-0" / "config.json").read_text())
+    assert stored["probes"] == {"gradient-norm": {"every": 3}}
+
+    capsys.readouterr()
+    for bad, said in (("probes.gradient-norm.every=0", "probes.gradient-norm.every must be >= 1 (steps between"),
+                      ("probes.gradient-norm.often=2", "unknown key 'probes.gradient-norm.often'"),
+                      ("probes.unknown.every=2", "probes.unknown: no probe registered options of that name")):
+        assert main([*args, "--results-dir", str(tmp_path / "bad"), "--set", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and said in err[0], err
+    assert not (tmp_path / "bad").exists()

@@ -9,6 +9,7 @@ from bnstudy.errors import ConfigError
 from bnstudy.schema import RunConfig, check_fields, declared, validate
 
 OPEN_NAMES = {"experiment", "arm"}  # folder names: the loader checks them against its name patterns
+OWN_SECTIONS = {"probes"}  # tables checked against the options each outside probe registers (tests/test_registry.py)
 BOUNDED = {key: entry for key, entry in declared().items() if entry[1]}
 
 
@@ -29,7 +30,7 @@ def test_every_number_and_every_closed_word_declares_its_unit_and_bounds(key):
     a string its choices; only switches (bool) and the run's folder names are open."""
     typ, rules = declared()[key]
     kind = element_type(typ)
-    if kind is bool or key in OPEN_NAMES:
+    if kind is bool or key in OPEN_NAMES | OWN_SECTIONS:
         assert not rules, f"{key} is open, yet declares {rules}"
         return
     assert kind in (int, float, str), f"{key}: a field of type {typ} the generic check does not know"
