@@ -47,7 +47,8 @@ def test_run_and_plot_import_only_what_a_gpu_image_ships(tmp_path):
 def test_the_read_side_imports_no_torch():
     """reading, analysis, claims, plots and report draw and judge a results tree copied from a GPU machine on a
     laptop without torch: importing them loads none."""
-    code = ("import sys\nimport bnstudy.reading, bnstudy.analysis, bnstudy.claims, bnstudy.plots, bnstudy.report\n"
+    code = ("import sys\nimport bnstudy.reading, bnstudy.analysis, bnstudy.claims, bnstudy.plots, bnstudy.report, "
+            "bnstudy.manifest\n"
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", check=True)
     assert out.stdout.strip() == "[]"
