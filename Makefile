@@ -15,7 +15,8 @@ LAUNCHER ?= local
 ARMS    ?=
 # Folder holding cifar-10-batches-py/: $BNSTUDY_DATA if set, else data/
 DATA    ?= $(if $(BNSTUDY_DATA),$(BNSTUDY_DATA),data)
-SHARED_CIFAR ?= ../shared/data/cifar10
+# A folder holding a local copy of the CIFAR-10 archive and its unpack.sh, where your site has one: $BNSTUDY_CIFAR_COPY
+CIFAR_COPY ?= $(BNSTUDY_CIFAR_COPY)
 
 BIN      := $(VENV)/bin
 BNSTUDY  := $(BIN)/bnstudy
@@ -50,9 +51,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# CIFAR-10: unpack the project's local copy where it exists, else download the official archive.
+# CIFAR-10: unpack the local copy where CIFAR_COPY names one, else download the official archive.
 $(DATA)/cifar-10-batches-py/batches.meta: | $(STAMP)
-	@if [ -x $(SHARED_CIFAR)/unpack.sh ]; then $(SHARED_CIFAR)/unpack.sh $(DATA); \
+	@if [ -n "$(CIFAR_COPY)" ] && [ -x "$(CIFAR_COPY)/unpack.sh" ]; then "$(CIFAR_COPY)/unpack.sh" $(DATA); \
 	else $(BNSTUDY) data download --data-dir $(DATA); fi
 
 data: $(DATA)/cifar-10-batches-py/batches.meta

@@ -44,7 +44,7 @@ CIFAR_CHECKSUMS = {  # copy name -> file -> md5
         "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
         "test_batch": "40351d587109b95175f43aff81a1287e",
     },
-    "local JPEG-decoded copy": {  # ../shared/data/cifar10: pixels close to, not equal to, the official ones
+    "local JPEG-decoded copy": {  # a copy decoded from JPEG: pixels close to, not equal to, the official ones
         "batches.meta": "7dddfda267884953c50a801cce85580c",
         "data_batch_1": "d37e3e038d65aaffaa561cef196a740b",
         "data_batch_2": "1caeb35ca32cb7bf41293a1f2ba19618",
@@ -220,7 +220,8 @@ def image_dataset(name: str, arrays: tuple, cfg: DataConfig, device: torch.devic
 
 
 def gaussian_regression(cfg: DataConfig, width: int, seed: int, device: torch.device) -> Dataset:
-    """The DLN task of PAPER.md: x ~ N(0, I), y = A x with A_ij ~ N(0, 1); 1,000 samples by default.
+    """The DLN task (docs/protocol.md, "The deep linear network"): x ~ N(0, I), y = A x with A_ij ~ N(0, 1);
+    1,000 samples by default.
 
     A and the samples are a function of the run seed (paired seeds: every arm sees the same data).
     The test split is a fresh draw of x with the same A.

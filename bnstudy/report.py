@@ -6,6 +6,7 @@ Experiments without results are listed as not run, and the claims that need them
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -96,12 +97,42 @@ def claims_table(judged: dict[str, list]) -> str:
     return "\n".join(lines)
 
 
+README_MARK = {"holds": "✅", "does not hold": "❌", "tie": "🟰", "not measured": "➖"}
+# The clause of a rule's measured text (clauses joined by "; ") that holds the number deciding the claim, where it is
+# not the first: the README shows that clause alone, REPORT.md every number.
+DECIDING_CLAUSE = {"12a (ours)": 1, "12b (ours)": 1, "12c (ours)": 1, "12e (ours)": 1}
+
+
+def _without_asides(text: str) -> str:
+    """The text without its parenthesized asides (spreads over seeds, figure numbers); L(w) keeps its brackets."""
+    while (shorter := re.sub(r" \([^()]*\)", "", text)) != text:
+        text = shorter
+    return text
+
+
+def deciding_number(claim, verdict) -> str:
+    """The number that decides the claim at one preset, named by the last words before it
+    ("standard / batchnorm: 0.624x"); empty where the claim is not measured."""
+    if verdict.verdict == "not measured":
+        return ""
+    clauses = verdict.measured.split("; ")
+    clause = _without_asides(clauses[min(DECIDING_CLAUSE.get(claim.number, 0), len(clauses) - 1)])
+    label, colon, value = clause.rpartition(": ")
+    return label.split(": ")[-1].split(", ")[-1] + colon + value if colon else clause
+
+
 def verdicts_table(judged: dict[str, list]) -> str:
-    """The README's compact table: per claim, its verdict at each preset (the numbers are in REPORT.md)."""
+    """The README's compact table: per claim, at each preset its verdict and the number that decided it (the rules,
+    every number with its spread and the runs behind them are in REPORT.md)."""
     presets = list(judged)
     lines = [_cells(["#", "claim"] + presets), _cells(["---"] * (2 + len(presets)))]
     for i, claim in enumerate(CLAIMS):
-        lines.append(_cells([claim.number, claim.statement] + [VERDICT_MARK[judged[p][i][1].verdict] for p in presets]))
+        statement = _without_asides(claim.statement).split("; ")[0].rstrip(".")
+        cells = [claim.number.replace(", beyond the paper", ""), statement]
+        for preset in presets:
+            verdict = judged[preset][i][1]
+            cells.append(" ".join(filter(None, [README_MARK[verdict.verdict], deciding_number(claim, verdict)])))
+        lines.append(_cells(cells))
     return "\n".join(lines)
 
 
@@ -140,8 +171,9 @@ def update_readme(readme: Path, results_dir: Path, table: str) -> None:
         raise ConfigError(f"{readme} has no {README_START} ... {README_END} block to fill")
     prefix = Path(os.path.relpath(results_dir, readme.parent)).as_posix()
     figures = [f"![{f}]({prefix}/{f})" for f in KEY_FIGURES if (results_dir / f).exists()]
-    block = "\n\n".join([f"**What the committed results say**, per preset (written by `make report` from the CSVs; "
-                          f"the rules, the numbers that decided each verdict and the runs behind them are in "
+    block = "\n\n".join([f"**What the committed results say**, per preset with runs (written by `make report` from the "
+                          f"CSVs; ✅ holds, ❌ does not hold, 🟰 tie, ➖ not measured, beside the number that decided "
+                          f"it; the rules, every number with its spread and the runs behind them are in "
                           f"[`{prefix}/REPORT.md`]({prefix}/REPORT.md)):",
                           table, *figures])
     head, rest = text.split(README_START, 1)

@@ -127,7 +127,7 @@ class ActivationsConfig:
 
 @dataclass(frozen=True)
 class LandscapeConfig:
-    """Loss landscape along the gradient (PAPER.md Fig. 4, 10-13): probe on the step's own batch."""
+    """Loss landscape along the gradient (docs/protocol.md, Fig. 4, 10-13): probe on the step's own batch."""
 
     every: int = in_steps(0)  # steps between probes; 0 = off
     # smallest and largest step size, as multiples of train.lr (paper, VGG: 1/2 and 4; DLN: 1/100 and 30)
@@ -151,7 +151,7 @@ class LandscapeConfig:
 
 @dataclass(frozen=True)
 class ICSConfig:
-    """Internal covariate shift by Definition 2.1 (PAPER.md Fig. 3): ||G - G'|| and cos(G, G')."""
+    """Internal covariate shift by Definition 2.1 (docs/protocol.md, Fig. 3): ||G - G'|| and cos(G, G')."""
 
     every: int = in_steps(0)  # steps between probes; 0 = off
     # weight-layer numbers (paper: VGG #5, #10; DLN #9, #17)

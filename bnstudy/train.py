@@ -73,7 +73,7 @@ def recalibrated(model: nn.Module, dataset: Dataset, batch_size: int, batches: i
     """A copy of `model` whose BN running statistics are recomputed on training batches with the noise off.
 
     The running statistics of a noisy network were gathered while earlier layers were noisy; a noise-free
-    evaluation meets inputs they never saw (PAPER.md, "Evaluating the noisy network").
+    evaluation meets inputs they never saw (docs/protocol.md, "Evaluating the noisy network").
     """
     clone = copy.deepcopy(model)
     set_noise(clone, False)

@@ -1,4 +1,4 @@
-"""The ICS probe (bnstudy.probes.ics, PAPER.md Definition 2.1): its rows and their per-run medians.
+"""The ICS probe (bnstudy.probes.ics, docs/protocol.md, Definition 2.1): its rows and their per-run medians.
 
 Rows: probe PROBE, layer = the weight layer (from 1), one row per metric of METRICS."""
 from __future__ import annotations

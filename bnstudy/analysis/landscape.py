@@ -21,7 +21,7 @@ BETA_EFF, BETA_REL, REL_GRAD_DIFF_MAX = "beta_eff", "beta_rel", "rel_grad_diff_m
 
 def landscape_summary(probes: pd.DataFrame, probe: str = PLAIN) -> pd.DataFrame:
     """One row per (arm, seed, step) landscape probe: loss_min/max and grad_diff_min/max over eta, grad_norm,
-    loss_at_w, beta_eff = max over eta of grad_diff / step_norm (PAPER.md Fig. 4), and the scale-free numbers:
+    loss_at_w, beta_eff = max over eta of grad_diff / step_norm (docs/protocol.md, Fig. 4), and the scale-free numbers:
     overshoot = loss_max / loss_at_w, rel_grad_diff_max = grad_diff_max / grad_norm, and beta_rel = max over eta of
     (grad_diff / grad_norm) / eta, the relative gradient change per relative step (along the filter-normalized
     gradient eta is the step as a fraction of each filter's norm; along the plain gradient beta_rel has no such

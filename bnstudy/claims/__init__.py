@@ -1,4 +1,4 @@
-"""The paper's claims (PAPER.md, "The paper's claims"), each with a written rule that decides its verdict.
+"""The paper's claims (docs/protocol.md, "The paper's claims"), each with a written rule that decides its verdict.
 
 A rule reads the per-run summaries (analysis.run_summary) of the experiments it needs, by the column names the
 analysis modules declare, and returns a Verdict: holds | does not hold | not measured (with why). Rules live in this

@@ -90,6 +90,6 @@ def main(argv=None) -> int:
     atomic_write_text(out / "crosscheck.md", markdown(rows, args.threads, seconds))
     atomic_write_text(out / "summary.md", summary_markdown(table_csv(rows, args.threads)))
     print(f"wrote {out / 'crosscheck.md'}, crosscheck.csv and summary.md ({len(rows)} rows, {seconds:.0f} s): "
-          "the README's cross-check table is summary.md")
+          "the cross-check table of docs/probes.md is summary.md")
     return 0
 

@@ -1,4 +1,4 @@
-"""The rows as CSV and Markdown, and the README's summary table."""
+"""The rows as CSV and Markdown, and the summary table of docs/probes.md."""
 from __future__ import annotations
 
 import csv
@@ -76,8 +76,8 @@ SUMMARY_QUANTITY = {"eig": "top 3 eigenvalues", "trace": "trace, same 60 vectors
 
 
 def summary_markdown(table: str) -> str:
-    """The README's table from crosscheck.csv's text: per model, peer and algorithm, the largest relative differences
-    of the comparisons free of sampling error (same vectors both sides), with times and products."""
+    """docs/probes.md's table from crosscheck.csv's text: per model, peer and algorithm, the largest relative
+    differences of the comparisons free of sampling error (same vectors both sides), with times and products."""
     groups: dict[tuple, list[dict]] = {}
     for row in csv.DictReader(io.StringIO(table)):
         if row["quantity"] in SAME_DRAWS[1:] and row["ours"] not in ("", "nan"):

@@ -1,4 +1,4 @@
-"""The deep linear network of PAPER.md: 25 square linear layers, no bias, no nonlinearity.
+"""The deep linear network of the paper (docs/protocol.md): 25 square linear layers, no bias, no nonlinearity.
 
 Each layer but the last is followed by make_norm(...) (nothing else: the network stays linear in
 its weights apart from the normalization). Layer numbering as for VGG: #1 at the input.

@@ -50,7 +50,7 @@ class BatchNoise(nn.Module):
 
 
 class LpBatchNorm(nn.Module):
-    """BN with the standard deviation replaced by an average l_p norm (PAPER.md, "l_p normalization").
+    """BN with the standard deviation replaced by an average l_p norm (docs/protocol.md, "ℓp normalization").
 
     Per unit j over the batch (conv: batch x height x width), in training mode:
         y = (x - mean(x)) / ( mean(|x|^p) )^(1/p)        p = 1, 2

@@ -1,4 +1,4 @@
-"""VGG for CIFAR-10 with a pluggable normalization, numbered as in PAPER.md.
+"""VGG for CIFAR-10 with a pluggable normalization, numbered as in the paper (docs/protocol.md).
 
 Weight layers (conv and linear) are numbered from the input, starting at 1: VGG-16 has #1..#13
 convolutions and #14..#16 linear layers. Each weight layer but the last is followed by

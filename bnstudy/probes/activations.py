@@ -1,6 +1,6 @@
 """Distributions of chosen units at chosen layers, recorded from the training forward pass itself.
 
-The recorded quantity is the input to the nonlinearity, after normalization and noise (PAPER.md,
+The recorded quantity is the input to the nonlinearity, after normalization and noise (docs/protocol.md,
 "Activation distributions"). Forward hooks read the training step's own activations, so recording
 costs no extra pass and changes nothing: no RNG draw, no BN statistic, no weight.
 """

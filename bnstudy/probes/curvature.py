@@ -15,7 +15,7 @@ would fail there.
 
 It replaced ARPACK (scipy's eigsh), which builds a Krylov basis of at least 20 vectors before it can
 stop (21 products per probe at any tolerance, where Lanczos stops after about 7 on a well-separated
-top) and sends every product to the host as float64 NumPy: README "Benchmarks" has the numbers.
+top) and sends every product to the host as float64 NumPy: docs/benchmarks.md has the numbers.
 """
 from __future__ import annotations
 

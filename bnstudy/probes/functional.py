@@ -5,7 +5,7 @@ editing or deep-copying the model. Within `untouched(model)`, the model's parame
 `requires_grad`, its buffers (BN running statistics, num_batches_tracked), every module's train/eval mode
 and the global RNG states (CPU and CUDA) are exactly as before when the block ends.
 
-What a probe measures, on any model (docs: README "The probes, on your own models"):
+What a probe measures, on any model (docs/probes.md):
 - the trainable parameters alone (`requires_grad=True`): a frozen weight is a constant of the loss, left out of
   the gradient, the Hessian and the step w - eta g, as curvlinops and hessian-eigenthings leave it out;
 - `bn_mode` switches the normalization layers alone (`switched_by_bn_mode`); dropout and every other module keep

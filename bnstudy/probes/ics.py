@@ -1,4 +1,4 @@
-"""Internal covariate shift measured by gradients (PAPER.md Definition 2.1, Fig. 3), on any model.
+"""Internal covariate shift measured by gradients (docs/protocol.md, Fig. 3: Definition 2.1), on any model.
 
 For weight layer i at the current step, on the step's batch:
     G  = grad of the loss w.r.t. W_i at the current weights;

@@ -1,6 +1,6 @@
 """Loss landscape along the gradient, gradient predictiveness and effective beta-smoothness.
 
-PAPER.md, "Loss landscape along the gradient" (Fig. 4, 10-13): at weights w, on batch B, with
+docs/protocol.md, "the loss landscape along the gradient" (Fig. 4, 10-13): at weights w, on batch B, with
 g = grad L(w), for each step size eta evaluate L(w - eta d) and grad L(w - eta d), d = g (the paper), the
 filter-normalized gradient (each filter's step scaled to that filter's weight norm: scale-free under BN) or
 a filter-normalized random direction. Works on any PyTorch model:
