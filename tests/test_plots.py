@@ -1,10 +1,20 @@
-"""The seed band: our vectorized bootstrap against seaborn's own ("ci", 95) aggregation."""
+"""The seed band: our vectorized bootstrap against seaborn's own ("ci", 95) aggregation. One name and one colour
+per normalization in every figure, read back from the matplotlib artists."""
+import colorsys
+import re
+
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 from seaborn._statistics import EstimateAggregator
 
-from bnstudy.plots import N_BOOT, bootstrap_band
+from matplotlib.colors import to_rgb
+
+from bnstudy import plots
+from bnstudy.architectures import NORM_KINDS
+from bnstudy.plots import N_BOOT, NORM_STYLES, bootstrap_band, kind_styles, shades
+from bnstudy.reading import Results
 
 
 @pytest.mark.parametrize("n", [3, 5, 20])
@@ -52,9 +62,128 @@ def test_caption_names_the_gpu_of_cuda_runs(tmp_path):
     assert caption.endswith("| GPU: NVIDIA H100 80GB HBM3 (1 of 2 runs on a CPU)")
 
 
-def test_kind_palette_has_a_colour_for_every_kind_however_often_it_repeats():
-    from bnstudy.plots import _kind_palette
+# ----------------------------------------------------------------------------------------------
+# One name and one colour per normalization
+# ----------------------------------------------------------------------------------------------
+def synthetic_results(arms: dict[str, tuple[str, float]], seeds=(0, 1)) -> Results:
+    """A Results of made-up runs, arm -> (norm, lr), with what the training, test, ics and lr_sweep figures read:
+    training and test curves, one ICS probe and the final numbers. Arm names are not norm names, as a user's."""
+    meta, metrics, probes = [], [], []
+    rng = np.random.default_rng(0)
+    for arm, (norm, lr) in arms.items():
+        for seed in seeds:
+            meta.append({"arm": arm, "seed": seed, "norm": norm, "lr": lr, "init": "glorot", "status": "complete",
+                         "diverged_at": np.nan, "final_test_acc": 0.5, "final_train_acc_last100": rng.uniform(0.3, 0.9),
+                         "preset": "smoke", "dataset": "synthetic"})
+            metrics += [{"arm": arm, "seed": seed, "step": step, "split": "train", "metric": metric,
+                         "value": rng.uniform(0.1, 1)} for step in range(20) for metric in ("acc", "loss")]
+            metrics += [{"arm": arm, "seed": seed, "step": step, "split": "test", "metric": "acc",
+                         "value": rng.uniform(0.1, 1)} for step in (9, 19)]
+            probes += [{"arm": arm, "seed": seed, "step": step, "probe": "ics", "layer": 5, "eta": np.nan,
+                        "metric": metric, "value": rng.uniform(0.1, 1)}
+                       for step in (0, 4, 8) for metric in ("l2", "cosine")]
+    results = Results.__new__(Results)  # no run folders: the tables themselves
+    results.experiment, results.meta = "synthetic", pd.DataFrame(meta)
+    results.tables = {"metrics": pd.DataFrame(metrics), "probes": pd.DataFrame(probes),
+                      "activations": pd.DataFrame(columns=["arm", "seed", "step", "layer", "unit", "stat", "value"])}
+    return results
 
-    palette = _kind_palette(["none, glorot"] * 5 + ["batch, kaiming", "none, kaiming", "batch, kaiming"])
-    assert set(palette) == {"none, glorot", "batch, kaiming", "none, kaiming"}
-    assert len(set(palette.values())) == 3
+
+# not in NORM_KINDS' order: a colour taken from an arm's place in the figure would differ from its norm's
+ONE_ARM_PER_NORM = {"vgg-bn": ("batch", 0.1), "vgg-l1": ("l1", 0.1), "vgg-plain": ("none", 0.1)}
+
+
+def legend_entries(fig) -> list[tuple[str, tuple]]:
+    """(text, colour) of every legend entry of the figure, each the colour of a line its axes draw."""
+    entries = []
+    for ax in fig.axes:
+        if legend := ax.get_legend():
+            lines = {to_rgb(line.get_color()) for line in ax.lines}
+            entries += [(text.get_text(), to_rgb(handle.get_color())) for handle, text in
+                        zip(legend.legend_handles, legend.texts)]
+            assert {color for _, color in entries[-len(legend.texts):]} <= lines
+    return entries
+
+
+def norm_of_entry(text: str, results: Results) -> str | None:
+    """The norm a legend entry stands for: its arm's (arm-labelled figures) or the norm its name in words is
+    (norm- and kind-labelled figures); None for reference lines."""
+    for arm, norm in zip(results.meta.arm, results.meta.norm):
+        if text == arm or text.startswith(arm + " ("):
+            return norm
+    return next((norm for norm, style in NORM_STYLES.items() if re.match(re.escape(style.name) + r"($|,| \()", text)),
+                None)
+
+
+def drawn(kind: str, results: Results):
+    fig = plots.FIGURES[kind](results, tuple(results.meta.arm.unique()))
+    plt.close(fig)
+    return fig
+
+
+def test_every_normalization_has_one_name_and_one_colour():
+    assert list(NORM_STYLES) == list(NORM_KINDS)
+    assert len({style.name for style in NORM_STYLES.values()}) == len(NORM_KINDS)
+    assert len({tuple(style.color) for style in NORM_STYLES.values()}) == len(NORM_KINDS)
+    assert not {style.name for style in NORM_STYLES.values()} & set(NORM_KINDS)  # the words, never the raw value
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_shades_keep_the_hue_differ_from_each_other_and_from_every_other_norms_colour(n):
+    for norm, style in NORM_STYLES.items():
+        colors = shades(style.color, n)
+        assert len(colors) == n and (n > 1 or colors == [tuple(style.color)])
+        hue, saturation, _ = colorsys.rgb_to_hsv(*style.color)
+        for color in colors:
+            if saturation:  # the grey's shades are greys
+                assert colorsys.rgb_to_hsv(*color)[0] == pytest.approx(hue, abs=1e-6)
+            others = [other.color for other_norm, other in NORM_STYLES.items() if other_norm != norm]
+            assert min(np.linalg.norm(np.subtract(color, other)) for other in others) > 0.1
+        distances = [np.linalg.norm(np.subtract(a, b)) for i, a in enumerate(colors) for b in colors[i + 1:]]
+        assert not distances or min(distances) > 0.1
+        assert [sum(color) for color in colors] == sorted(sum(color) for color in colors)  # dark to light
+
+
+def test_a_norm_has_its_colour_in_every_figure_kind():
+    results = synthetic_results(ONE_ARM_PER_NORM)
+    seen = {}  # norm -> {figure kind: colours}
+    for kind in ("training", "test", "ics", "lr_sweep"):
+        entries = [(norm_of_entry(text, results), color) for text, color in legend_entries(drawn(kind, results))]
+        for norm, color in entries:
+            if norm is not None:
+                seen.setdefault(norm, {}).setdefault(kind, set()).add(color)
+        assert {norm for norm, _ in entries} - {None} == {"none", "batch", "l1"}, kind
+    for norm, by_kind in seen.items():
+        assert set().union(*by_kind.values()) == {to_rgb(NORM_STYLES[norm].color)}, norm
+
+
+def test_arms_that_share_a_norm_get_its_shades_darker_for_the_smaller_lr():
+    results = synthetic_results({"vgg-plain": ("none", 0.1), "vgg-bn": ("batch", 0.1), "vgg-plain-fast": ("none", 0.5),
+                                 "vgg-bn-fast": ("batch", 0.5)})
+    colors = {text.split(" (")[0]: color for text, color in legend_entries(drawn("training", results))}
+    for norm, slow, fast in (("none", "vgg-plain", "vgg-plain-fast"), ("batch", "vgg-bn", "vgg-bn-fast")):
+        assert [colors[slow], colors[fast]] == [to_rgb(c) for c in shades(NORM_STYLES[norm].color, 2)]
+        assert sum(colors[slow]) < sum(colors[fast])
+    assert len(set(colors.values())) == 4
+
+
+def test_no_legend_or_title_shows_a_raw_norm_value():
+    results = synthetic_results(ONE_ARM_PER_NORM | {"vgg-kaiming": ("none", 0.1)})
+    results.meta.loc[results.meta.arm == "vgg-kaiming", "init"] = "kaiming"  # a kind 'none, kaiming' in lr_sweep
+    for kind in ("training", "test", "ics", "lr_sweep"):
+        fig = drawn(kind, results)
+        texts = [text for text, _ in legend_entries(fig)] + [ax.get_title() for ax in fig.axes]
+        texts += [ax.get_legend().get_title().get_text() for ax in fig.axes if ax.get_legend()]
+        for text in texts:
+            assert not set(part.strip() for part in re.split(r"[,()]", text)) & set(NORM_KINDS), (kind, text)
+
+
+def test_a_kind_is_named_in_words_and_its_inits_are_shades_of_its_norm():
+    runs = pd.DataFrame({"kind": ["none, glorot"] * 5 + ["batch, kaiming", "none, kaiming", "batch, kaiming"],
+                         "norm": ["none"] * 5 + ["batch", "none", "batch"],
+                         "init": ["glorot"] * 5 + ["kaiming", "kaiming", "kaiming"]})
+    styles = kind_styles(runs)
+    assert list(styles.index) == ["batch, kaiming", "none, glorot", "none, kaiming"]
+    assert list(styles.name) == ["batchnorm, kaiming init", "standard, glorot init", "standard, kaiming init"]
+    assert styles.color["batch, kaiming"] == tuple(NORM_STYLES["batch"].color)  # its norm's only kind
+    assert [styles.color["none, glorot"], styles.color["none, kaiming"]] == shades(NORM_STYLES["none"].color, 2)

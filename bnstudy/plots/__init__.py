@@ -1,0 +1,141 @@
+"""CSVs -> figures. Reads only tidy files and meta.json; never trains, never touches a model.
+
+Every figure aggregates over all seeds present (mean line, 95% bootstrap band: `bootstrap_band`), carries a caption
+naming the experiment, preset, dataset and seeds, and draws each normalization in its one name and colour
+(style.NORM_STYLES). One module per family of figures (training, activations, landscape, curvature, controls), what
+they share in style; here the registry of figure kinds (FIGURES, NEEDS, register_figure) and the drawing of an
+experiment's figures into its results folder.
+"""
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed. Before any pyplot import, which every module below makes
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+from PIL import Image  # noqa: E402  (matplotlib's own dependency)
+
+from bnstudy import config  # noqa: E402  (FIGURE_KINDS, which register_figure extends)
+from bnstudy.analysis import FILTER, PLAIN  # noqa: E402
+from bnstudy.config import load_experiment  # noqa: E402
+from bnstudy.plots.activations import activation_distributions, densities, moments  # noqa: E402
+from bnstudy.plots.controls import (controls_init, controls_sharpness, controls_smoothness,  # noqa: E402
+                                    controls_training, controls_weights)
+from bnstudy.plots.curvature import curvature, spectrum  # noqa: E402
+from bnstudy.plots.landscape import grad_diff_vs_eta, ics, landscape, landscape_filter  # noqa: E402
+from bnstudy.plots.style import (ERRORBAR, N_BOOT, NORM_STYLES, TRAIN_LABELS, arm_colors, arm_labels,  # noqa: E402
+                                 bootstrap_band, finish, kind_styles, norm_colors, norm_name, shades)
+from bnstudy.plots.training import lr_sweep, test_curves, training_curves  # noqa: E402
+from bnstudy.recording import atomic_write_bytes  # noqa: E402
+from bnstudy.reading import Results  # noqa: E402
+
+__all__ = [
+    "FIGURES", "NEEDS", "register_figure", "plot_experiment", "draw_figures", "missing_rows", "png_bytes",
+    # what figures of one's own use (style)
+    "ERRORBAR", "N_BOOT", "NORM_STYLES", "TRAIN_LABELS", "arm_colors", "arm_labels", "bootstrap_band", "finish",
+    "kind_styles", "norm_colors", "norm_name", "shades",
+    # the figure kinds
+    "activation_distributions", "controls_init", "controls_sharpness", "controls_smoothness", "controls_training",
+    "controls_weights", "curvature", "densities", "grad_diff_vs_eta", "ics", "landscape", "landscape_filter",
+    "lr_sweep", "moments", "spectrum", "test_curves", "training_curves",
+]
+
+# Figure kind (the name experiment files use) -> draw(results, arms, **options), returning a matplotlib figure
+FIGURES = {"training": training_curves, "activations": activation_distributions, "moments": moments,
+           "landscape": landscape, "landscape_filter": landscape_filter, "densities": densities,
+           "grad_vs_eta": grad_diff_vs_eta, "ics": ics, "test": test_curves,
+           "lr_sweep": lr_sweep, "curvature": curvature, "controls_training": controls_training,
+           "controls_smoothness": controls_smoothness, "controls_sharpness": controls_sharpness,
+           "controls_weights": controls_weights, "controls_init": controls_init, "spectrum": spectrum}
+
+
+# What each figure kind reads: (table, the prefix of its rows' probe, stat or split); kinds not listed read training
+# metrics, which every run has
+NEEDS = {"activation_distributions": ("activations", "p"), "moments": ("activations", "mean"),
+         "densities": ("activations", "q"), "landscape": ("probes", PLAIN), "landscape_filter": ("probes", FILTER),
+         "grad_diff_vs_eta": ("probes", PLAIN), "ics": ("probes", "ics"), "curvature": ("probes", "curvature"),
+         "test_curves": ("metrics", "test"), "controls_smoothness": ("probes", PLAIN),
+         "controls_sharpness": ("probes", "curvature"), "controls_weights": ("probes", "weights"),
+         "controls_init": ("probes", "weights"), "spectrum": ("probes", "spectrum-")}
+
+
+def register_figure(kind: str, draw, needs: tuple[str, str] | None = None) -> None:
+    """A figure kind of one's own: `draw(results, arms, **options)` returns a matplotlib figure (finish it with
+    `finish`); `needs` = (table, prefix of its rows' probe or stat) skips it, saying why, where its rows are missing.
+    Experiment files may name the kind from then on (in `figures` or a `[plots.NAME]` table)."""
+    FIGURES[kind] = draw
+    if needs is not None:
+        NEEDS[draw.__name__] = needs
+    if kind not in config.FIGURE_KINDS:
+        config.FIGURE_KINDS = config.FIGURE_KINDS + (kind,)
+
+
+def plot_experiment(experiment: str, results_dir: str = "results", unfinished: bool = False) -> list[Path]:
+    """Draw every figure the experiment's results folder lists in its manifest (with `unfinished`, runs still
+    training too); return the paths. `experiment` is a results folder's name, or a .toml file of one's own."""
+    name = load_experiment(experiment).name if experiment.endswith(".toml") else experiment
+    return draw_figures(Results(Path(results_dir), name, unfinished))
+
+
+def draw_figures(results: Results, exp=None) -> list[Path]:
+    """plot_experiment on results already read (the report has read them for its summaries). `exp` (a Manifest or
+    an Experiment) overrides the description stored with the results."""
+    exp = exp or results.manifest
+    out_dir = results.root / "figures"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    order = tuple(exp.arms)
+    paths = []
+    sns.set_theme(style="whitegrid", context="notebook")
+    figures = [(name, FIGURES[name], results, order, {}) for name in exp.figures]
+    figures += [(name, *_view(exp, name, spec, results)) for name, spec in exp.plots.items()]
+    for name, draw, shown, arms, options in figures:
+        if why := missing_rows(draw, shown):
+            print(f"bnstudy: warning: {results.experiment}: figure {name} not drawn: {why}", file=sys.stderr)
+            continue
+        fig = draw(shown, arms, **options)
+        path = out_dir / f"{name}.png"
+        atomic_write_bytes(path, png_bytes(fig))  # a kill while drawing leaves the previous figure, never half of one
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def missing_rows(draw, results: Results) -> str | None:
+    """Why a figure kind has nothing to draw from these runs (its probe did not run, e.g. `--set
+    activations.layers=[]`), or None."""
+    table, prefix = NEEDS.get(draw.__name__, (None, ""))
+    if results.meta.empty:
+        return "none of its runs is there yet"
+    if table is None:
+        return None
+    rows = results.tables[table]
+    column = {"probes": "probe", "activations": "stat", "metrics": "split"}[table]
+    return None if rows[column].astype(str).str.startswith(prefix).any() else f"no {prefix or table} rows in its runs"
+
+
+def _view(exp, name: str, spec: dict, results: Results) -> tuple:
+    """A [plots.NAME] figure: (its kind's function, the runs it shows found by configuration, their order, options).
+    `layers` keeps the activation rows of those layers alone."""
+    shown = results.matching(spec["runs"])
+    if shown.missing:  # a configuration not trained yet: the figure shows the others, and says so
+        print(f"bnstudy: warning: {results.experiment}: figure {name} without the runs of "
+              f"{'; '.join(shown.missing)} (none yet)", file=sys.stderr)
+    if "layers" in spec:
+        acts = shown.tables["activations"]
+        shown.tables = shown.tables | {"activations": acts[acts.layer.isin(spec["layers"])]}
+    return FIGURES[spec["kind"]], shown, shown.order, spec.get("options", {})
+
+
+def png_bytes(fig, dpi: int = 110) -> bytes:
+    """The figure as a 256-colour palette PNG: line plots use far fewer colours, and the file is a third of
+    matplotlib's RGBA one (5.2 -> 1.7 MB for the committed figures), which keeps the repository small."""
+    rgba = io.BytesIO()
+    fig.savefig(rgba, dpi=dpi, format="png")
+    image = Image.open(rgba).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    out = io.BytesIO()
+    image.save(out, format="png", optimize=True)
+    return out.getvalue()

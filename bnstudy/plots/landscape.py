@@ -1,0 +1,116 @@
+"""The loss landscape along the gradient (Fig. 4, 12; filter-normalized: claims 13a-c), gradient change against step
+size (Fig. 11), and internal covariate shift by Definition 2.1 (Fig. 3)."""
+from __future__ import annotations
+
+import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from bnstudy.analysis import FILTER, PLAIN, landscape_summary, smoothed_training
+from bnstudy.architectures import NORM_KINDS
+from bnstudy.plots.style import ERRORBAR, NORM_STYLES, TRAIN_LABELS, arm_colors, finish, norm_name
+from bnstudy.reading import Results
+
+
+def _band_over_seeds(ax, frame: pd.DataFrame, low: str, high: str, color, label: str) -> None:
+    """The [min over eta, max over eta] band, averaged over seeds, with its edges drawn as lines."""
+    mean = frame.groupby("step")[[low, high]].mean()
+    ax.fill_between(mean.index, mean[low], mean[high], color=color, alpha=0.3, lw=0, label=label)
+    ax.plot(mean.index, mean[low], color=color, lw=0.8)
+    ax.plot(mean.index, mean[high], color=color, lw=0.8)
+
+
+LANDSCAPE_PANELS = {  # probe -> (band or line columns, y label) of panels (a), (b), (c)
+    PLAIN: ((("loss_min", "loss_max"), "L(w − η g): range over η"),
+            (("grad_diff_min", "grad_diff_max"), "‖∇L(w − η g) − g‖₂: range over η"),
+            ("beta_eff", "max over η of ‖∇L(w − η g) − g‖ / ‖η g‖")),
+    FILTER: ((("loss_min", "loss_max"), "L(w − η d): range over η"),
+             (("rel_grad_diff_min", "rel_grad_diff_max"), "‖∇L(w − η d) − g‖ / ‖g‖: range over η"),
+             ("beta_rel", "max over η of (‖∇L(w − η d) − g‖ / ‖g‖) / η")),
+}
+
+
+def landscape(results: Results, order: tuple[str, ...] = (), yscales=("log", "log", "log"), probe: str = PLAIN):
+    """Fig. 4: (a) loss along the gradient, (b) gradient predictiveness, (c) effective beta-smoothness. With
+    probe=FILTER the same along the filter-normalized gradient d, in scale-free terms (claims 13a-c)."""
+    arms = results.arms(order)
+    summary = landscape_summary(results.tables["probes"], probe)
+    colors = arm_colors(results, arms)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    (band_a, label_a), (band_b, label_b), (line_c, label_c) = LANDSCAPE_PANELS[probe]
+    for arm in arms:
+        frame = summary[summary.arm == arm]
+        _band_over_seeds(axes[0], frame, *band_a, colors[arm], arm)
+        _band_over_seeds(axes[1], frame, *band_b, colors[arm], arm)
+    sns.lineplot(summary, x="step", y=line_c, hue="arm", hue_order=arms, palette=colors, errorbar=ERRORBAR, ax=axes[2])
+    titles = ("(a) loss landscape", "(b) gradient predictiveness", "(c) effective β-smoothness")
+    for ax, title, ylabel, yscale in zip(axes, titles, (label_a, label_b, label_c), yscales):
+        ax.set(title=title, xlabel="training step", ylabel=ylabel + (" (log)" if yscale == "log" else ""),
+               yscale=yscale)
+        ax.legend(fontsize=8, title=None)
+    etas = sorted(results.tables["probes"].query("probe == @probe and eta > 0").eta.unique())
+    unit = " of each filter's norm" if probe == FILTER else ""
+    caption = results.caption() + (f" | η from {etas[0]:.3g} to {etas[-1]:.3g}{unit} ({len(etas)} points) | band: mean "
+                                   f"over seeds of min and max over η")
+    direction = "the filter-normalized gradient d" if probe == FILTER else "the gradient (Fig. 4)"
+    return finish(fig, f"{results.experiment}: the loss landscape along {direction}", caption)
+
+
+def landscape_filter(results: Results, order: tuple[str, ...] = (), yscales=("log", "log", "log")):
+    """Fig. 4 along the filter-normalized gradient: what is left of the smoothing without BN's free scale."""
+    return landscape(results, order, yscales, probe=FILTER)
+
+
+def grad_diff_vs_eta(results: Results, order: tuple[str, ...] = (), xscale: str = "linear"):
+    """Fig. 11: gradient change against step size, one panel per arm, one line per probed step, coloured by step."""
+    arms = results.arms(order)
+    land = results.tables["probes"].query("probe == 'landscape' and metric == 'grad_diff' and eta > 0")
+    seed = int(land.seed.min())
+    land = land[land.seed == seed]
+    fig, axes = plt.subplots(1, len(arms), figsize=(5 * len(arms), 4.2), squeeze=False, sharey=True)
+    norm = matplotlib.colors.Normalize(land.step.min(), land.step.max())
+    for ax, arm in zip(axes[0], arms):
+        for step, g in land[land.arm == arm].groupby("step"):
+            ax.plot(g.eta, g.value, color=plt.cm.viridis(norm(step)), lw=1, alpha=0.8)
+        ax.set(title=arm, xlabel="step size η" + (" (log)" if xscale == "log" else ""), xscale=xscale, yscale="log")
+    axes[0][0].set_ylabel("‖∇L(w − η g) − g‖₂")
+    finish(fig, f"{results.experiment}: gradient change against step size (Fig. 11)",
+           results.caption() + f" | seed {seed}", right=0.92)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), cax=fig.add_axes((0.935, 0.2, 0.012, 0.65)),
+                 label="training step")
+    return fig
+
+
+def with_arm_facts(frame: pd.DataFrame, results: Results) -> pd.DataFrame:
+    """Add each arm's norm (and its name in words, `normalization`) and learning rate (meta.json) to a tidy frame."""
+    facts = results.meta.drop_duplicates("arm")[["arm", "norm", "lr"]]
+    return frame.merge(facts.assign(normalization=facts.norm.map(norm_name)), on="arm")
+
+
+def ics(results: Results, order: tuple[str, ...] = ()):
+    """Fig. 3: per learning rate, training progress, ||G - G'|| and cos(G, G') at each probed layer, per norm."""
+    probes = with_arm_facts(results.tables["probes"].query("probe == 'ics'"), results)
+    train = with_arm_facts(smoothed_training(results.tables["metrics"]), results)
+    train_metric = "acc" if (train.metric == "acc").any() else "loss"
+    lrs = sorted(probes.lr.unique(), reverse=True)
+    layers = sorted(probes.layer.unique())
+    panels = [("train", None)] + [("l2", layer) for layer in layers] + [("cosine", layer) for layer in layers]
+    norms = [norm for norm in NORM_KINDS if (probes.norm == norm).any()]  # standard first, as the paper draws it
+    palette = {NORM_STYLES[norm].name: NORM_STYLES[norm].color for norm in norms}
+    fig, axes = plt.subplots(len(panels), len(lrs), figsize=(5.5 * len(lrs), 2.6 * len(panels)), squeeze=False,
+                             sharex=True)
+    for j, lr in enumerate(lrs):
+        for i, (metric, layer) in enumerate(panels):
+            ax = axes[i][j]
+            if metric == "train":
+                data, ylabel = train[(train.lr == lr) & (train.metric == train_metric)], TRAIN_LABELS[train_metric]
+            else:
+                data = probes[(probes.lr == lr) & (probes.metric == metric) & (probes.layer == layer)]
+                ylabel = f"‖G − G′‖₂, layer #{layer}" if metric == "l2" else f"cos(G, G′), layer #{layer}"
+            sns.lineplot(data, x="step", y="value", hue="normalization", hue_order=list(palette), palette=palette,
+                         errorbar=ERRORBAR, ax=ax, legend=(i == 0))
+            log = metric == "l2" or (metric == "train" and train_metric == "loss")
+            ax.set(ylabel=ylabel, yscale="log" if log else "linear", title=f"LR {lr:g}" if i == 0 else None,
+                   xlabel="training step" if i == len(panels) - 1 else None)
+    return finish(fig, f"{results.experiment}: internal covariate shift, Definition 2.1 (Fig. 3)", results.caption())
