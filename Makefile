@@ -15,8 +15,9 @@ LAUNCHER ?= local
 ARMS    ?=
 # Folder holding cifar-10-batches-py/: $BNSTUDY_DATA if set, else data/
 DATA    ?= $(if $(BNSTUDY_DATA),$(BNSTUDY_DATA),data)
-# A folder holding a local copy of the CIFAR-10 archive and its unpack.sh, where your site has one: $BNSTUDY_CIFAR_COPY
-CIFAR_COPY ?= $(BNSTUDY_CIFAR_COPY)
+# A folder holding a local copy of the CIFAR-10 archive and its unpack.sh, where your site has one: $BNSTUDY_CIFAR_COPY,
+# else the one this project's machines keep beside the checkout (no network there); else the official download
+CIFAR_COPY ?= $(or $(BNSTUDY_CIFAR_COPY),$(wildcard ../shared/data/cifar10))
 
 BIN      := $(VENV)/bin
 BNSTUDY  := $(BIN)/bnstudy
