@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"experiment name or path to a .toml file; known: {', '.join(list_experiments())}")
     run.add_argument("--preset", default="quick", choices=PRESETS,
                      help="smoke: seconds, for tests; quick: minutes on a laptop CPU; long: the paper's 15,000-step "
-                          "schedule at quick's width (an hour a run on a CPU); paper: the paper's protocol")
+                          "schedule at quick's width (hours a run on a CPU: docs/long.md); paper: the paper's protocol")
     seeds = run.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, help="one seed (default 0)")
     seeds.add_argument("--seeds", type=int, nargs="+", metavar="N", help="several seeds")
