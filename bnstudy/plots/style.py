@@ -76,7 +76,7 @@ def kind_name(norm: str, init: str) -> str:
     return f"{norm_name(norm)}, {init} init"
 
 
-DARKEST, LIGHTEST = 0.22, 0.78  # the lightness (HLS) of the darkest and the lightest shade
+DARKEST, LIGHTEST = 0.28, 0.76  # the lightness (HLS) of the darkest and the lightest shade
 
 
 def shades(color, n: int) -> list[tuple]:
