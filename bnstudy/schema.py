@@ -5,6 +5,9 @@ the field's metadata. `check_fields` walks every field (sections, and tuples ele
 so adding a field means declaring it here and nowhere else; `validate` adds only the rules that span fields. `build`
 makes a RunConfig from nested dicts (TOML tables, a run's config.json) with type checks. Imports neither torch nor
 model code: names and layer counts come from bnstudy.architectures. bnstudy.config loads experiments into these.
+
+About 400 lines, kept in one module on purpose: it is the one place a field is declared, with its comment, unit and
+bounds; spread over files, a section's rules would sit apart from the fields they bound.
 """
 from __future__ import annotations
 

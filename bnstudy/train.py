@@ -5,6 +5,9 @@ then callbacks see the result (after_step). Per-step loss and accuracy stay on t
 written at `log_every` intervals (no host sync per step). Test accuracy at `eval_every` and at the
 end; checkpoints at `checkpoint_every`; a run resumes from its last checkpoint and ends with the
 numbers an uninterrupted run would have (bit for bit on the CPU).
+
+About 400 lines, kept in one module on purpose: the loop, its checkpoint and the environment record are what a
+resume must agree on, and reading them side by side is how one checks that it does.
 """
 from __future__ import annotations
 
