@@ -9,6 +9,8 @@ import seaborn as sns
 
 from bnstudy.analysis import (controls_runs, controls_summary, curvature_summary, smoothed_training, weights_per_step,
                               weights_summary)
+from bnstudy.analysis import landscape, weights
+from bnstudy.analysis.common import EARLY_PHASE, phase_column
 from bnstudy.plots.style import ERRORBAR, TRAIN_LABELS, finish, kind_styles, norm_colors, norm_name
 from bnstudy.reading import Results
 
@@ -47,8 +49,9 @@ def controls_smoothness(results: Results, order: tuple[str, ...] = ()):
     shown = summary[summary.eta_ratio.notna()].assign(label=lambda d: d.kind.map(styles.name))
     never = [styles.name[kind] for kind in sorted(set(summary.kind) - set(shown.kind))]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    for ax, column, ylabel in ((axes[0], "beta_eff_median", "β_eff, median over the run's probes"),
-                               (axes[1], "early_grad_diff_max", "‖∇L(w−ηg)−g‖, early median of max over η")):
+    for ax, column, ylabel in ((axes[0], landscape.BETA_EFF_MEDIAN, "β_eff, median over the run's probes"),
+                               (axes[1], phase_column(EARLY_PHASE, landscape.GRAD_DIFF_MAX),
+                                "‖∇L(w−ηg)−g‖, early median of max over η")):
         if shown.empty:
             ax.text(0.5, 0.5, "no arm trains at any of its LRs", ha="center", va="center", transform=ax.transAxes)
         else:
@@ -111,9 +114,9 @@ def controls_init(results: Results, order: tuple[str, ...] = ()):
     runs = controls_runs(results.meta)
     styles = kind_styles(runs)
     first = runs[runs.best][["arm", "seed", "kind"]]
-    probes = results.tables["probes"].query("probe == 'weights' and step == 0")
+    probes = results.tables["probes"].query("probe == @weights.PROBE and step == 0")
     grads = weights_summary(probes, results.meta).merge(first, on=["arm", "seed"])
-    logits = probes[probes.metric == "logit_std"].merge(first, on=["arm", "seed"]).groupby("kind").value.mean()
+    logits = probes[probes.metric == weights.LOGIT_STD].merge(first, on=["arm", "seed"]).groupby("kind").value.mean()
     grads["label"] = grads.kind.map(lambda k: f"{styles.name[k]} (logit std {logits.get(k, np.nan):.3g})")
     palette = _label_palette(grads, styles)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
