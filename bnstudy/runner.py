@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 import torch
@@ -12,7 +13,7 @@ from bnstudy.config import ConfigError, Experiment, RunConfig, config_difference
 from bnstudy.data import Dataset, data_kind
 from bnstudy.manifest import write_manifest
 from bnstudy.recording import RecordError, ResultsLock, RunDir, pooling_differences
-from bnstudy.train import train_run
+from bnstudy.train import Registrations, own_registrations, train_run
 
 
 def resolve_device(name: str) -> torch.device:
@@ -161,8 +162,11 @@ def run_local(pending: list[tuple[RunConfig, RunDir]], device: torch.device, dat
         print(summary_line(train_run(config, run, datasets[key], device, progress=progress)), flush=True)
 
 
-def train_one(config: RunConfig, results_dir: str, device_name: str, data_dir: str | None, threads: int) -> dict:
-    """One run in a worker process (a Ray task): its own data, its own threads; returns meta.json."""
+def train_one(config: RunConfig, results_dir: str, device_name: str, data_dir: str | None, threads: int,
+              registrations: Registrations = Registrations()) -> dict:
+    """One run in a worker process (a Ray task): its own data, its own threads, the driver's own probes; returns
+    meta.json."""
+    registrations.restore()
     torch.set_num_threads(config.train.threads or threads)
     device = torch.device(device_name)
     run = RunDir(results_dir, config.experiment, config.arm, config.seed)
@@ -191,7 +195,9 @@ def run_ray(pending: list[tuple[RunConfig, RunDir]], device: torch.device, data_
     task = ray.remote(max_retries=1, retry_exceptions=True, **resources)(train_one)
     results_dir = str(pending[0][1].results_dir.resolve())
     data = str(resolve_data_dir(data_dir).resolve())
-    futures = {task.remote(config, results_dir, "cuda" if device.type == "cuda" else "cpu", data, cpus_per_run): config
+    registrations = shipped_by_value(own_registrations(), ray.cloudpickle)
+    futures = {task.remote(config, results_dir, "cuda" if device.type == "cuda" else "cpu", data, cpus_per_run,
+                           registrations): config
                for config, _ in pending}
     failed = 0
     with tqdm(total=len(futures), desc="runs", disable=not progress, dynamic_ncols=True) as bar:
@@ -208,6 +214,16 @@ def run_ray(pending: list[tuple[RunConfig, RunDir]], device: torch.device, data_
             bar.update(1)
     if failed:
         raise ConfigError(f"{failed} of {len(futures)} runs failed on Ray (each retried once); rerun to resume them")
+
+
+def shipped_by_value(registrations: Registrations, cloudpickle) -> Registrations:
+    """The modules that define one's own probes travel with the tasks, so a cluster's nodes need not have them
+    installed (bnstudy itself must be; __main__ is pickled by value anyway)."""
+    for thing in [*registrations.probes, *(options for _, options in registrations.options)]:
+        module = sys.modules.get(thing.__module__)
+        if module is not None and module.__name__.partition(".")[0] not in ("__main__", "bnstudy"):
+            cloudpickle.register_pickle_by_value(module)
+    return registrations
 
 
 RAY_CONNECT_TIMEOUT = 10  # seconds: ray.init waits on an address nothing answers at for more than 5 minutes

@@ -34,6 +34,7 @@ from bnstudy.models import build_model, has_noise, set_noise
 from bnstudy.probes import activations, curvature, ics, landscape, spectrum, weights
 from bnstudy.probes.callback import Callback, Probe, StepContext, step_seed  # noqa: F401  (the callback protocol)
 from bnstudy.files import fault_point, previous, removed_on_failure
+from bnstudy import schema
 from bnstudy.schema import register_options
 from bnstudy.recording import RunDir, final_numbers, read_table
 
@@ -109,6 +110,29 @@ def register_probe(build: Callable[[RunConfig, nn.Module], list[Callback]],
         register_options(*options)
     if build not in PROBES:
         PROBES.append(build)
+
+
+BUILT_IN_PROBES = tuple(PROBES)
+
+
+@dataclass(frozen=True)
+class Registrations:
+    """The probes (and their options) registered in this process beyond the built-in ones. A worker process (a Ray
+    task) starts from a fresh import of bnstudy: the launcher ships these and the worker registers them again."""
+
+    probes: tuple = ()
+    options: tuple = ()  # (name, dataclass) pairs
+
+    def restore(self) -> None:
+        for name, options in self.options:
+            register_options(name, options)
+        for build in self.probes:
+            register_probe(build)
+
+
+def own_registrations() -> Registrations:
+    return Registrations(tuple(build for build in PROBES if build not in BUILT_IN_PROBES),
+                         tuple(schema.PROBE_OPTIONS.items()))
 
 
 def probe_callbacks(config: RunConfig, model: nn.Module) -> list[Callback]:
