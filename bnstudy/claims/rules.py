@@ -146,8 +146,10 @@ def needs(summaries: dict, name: str | StepTable) -> pd.DataFrame:
         table = summaries[name].assign(experiment=experiment)
     elif experiment in BY_CONFIGURATION and len(table := pooled(summaries, table_of(name))):
         pass
+    elif isinstance(name, StepTable) and experiment in summaries:
+        raise Missing(f"experiment '{experiment}' has no '{name.table}' table (its runs did not record that probe)")
     else:
-        raise Missing(f"experiment '{name}' has no results")
+        raise Missing(f"experiment '{experiment}' has no results")
     if isinstance(summaries, Sources) and "preset" in table:
         summaries.presets |= set(table.preset)
     return table
