@@ -574,6 +574,110 @@ def _noisy(arm, split):
     return pct(of(summary("noisy-bn"), "noisy-batch" if arm == "noisy" else "batch")[column].mean())
 
 
+# --- paper-figures at the long preset: why claims 6-8, 11, 13a and 13c do not hold there
+LONG_ARMS = {"standard": "none", "batch": "batch"}  # the fact keys' words, and the norm of each
+
+
+def long_runs(norm: str | None = None) -> pd.DataFrame:
+    runs = summary("paper-figures")
+    runs = runs[(runs.preset == "long") & np.isclose(runs.lr, 0.1) & runs.norm.isin(list(LONG_ARMS.values()))]
+    return runs if norm is None else runs[runs.norm == norm]
+
+
+@functools.cache
+def long_per_eta(probe: str) -> pd.DataFrame:
+    """Every (run, step, eta) of the long standard and batchnorm runs at LR 0.1 along `probe` (analysis.landscape's
+    per_eta_table), with its phase, whether eta is the grid's smallest, and whether beta is the probe's max there."""
+    from bnstudy.analysis.common import phase
+    from bnstudy.analysis.landscape import per_eta_table
+    frames = [per_eta_table(pd.read_csv(RESULTS / "paper-figures" / row.arm / f"seed-{row.seed}" / "probes.csv.xz"),
+                            probe).assign(norm=row.norm) for row in long_runs().itertuples()]
+    table = pd.concat(frames, ignore_index=True)
+    by_probe = table.groupby(["arm", "seed", "step"])
+    return table.assign(phase=phase(table), at_min=table.eta == table.eta.min(),
+                        is_max=table.beta_rel == by_probe.beta_rel.transform("max"))
+
+
+def long_probe(probe: str) -> str:
+    from bnstudy.analysis.landscape import FILTER, PLAIN
+    return {"plain": PLAIN, "filter": FILTER}[probe]
+
+
+@fact("long-seeds")
+def _long_seeds():
+    return seeds(long_runs())
+
+
+@fact("long-inv-eta-min-(plain|filter)")
+def _long_inv_eta_min(probe):
+    return g(1 / long_per_eta(long_probe(probe)).eta.min())
+
+
+@fact("long-(early|late)-fit-(plain|filter)-(standard|batch|both)")
+def _long_fit(phase, probe, arm):
+    """Per run, the median of L(w - eta_min d) / L(w) over the phase's probes."""
+    rows = long_per_eta(long_probe(probe))
+    rows = rows[rows.at_min & (rows.phase == phase) & (rows.norm.isin([LONG_ARMS[arm]]) if arm != "both" else True)]
+    return pct_span(rows.assign(fit=rows.loss / rows.loss_at_w).groupby(["arm", "seed"]).fit.median())
+
+
+@fact("long-late-rel-at-min")
+def _long_late_rel_at_min():
+    """Per run and direction, the late median of ||grad L(w - eta_min d) - g|| / ||g||."""
+    rows = pd.concat([long_per_eta(long_probe(p)) for p in ("plain", "filter")], keys=["plain", "filter"],
+                     names=["probe"]).reset_index(level=0)
+    rows = rows[rows.at_min & (rows.phase == "late")]
+    return span((rows.grad_diff / rows.grad_norm).groupby([rows.probe, rows.arm, rows.seed]).median(),
+                lambda x: f"{x:.2f}")
+
+
+@fact("long-late-max-at-min")
+def _long_late_max_at_min():
+    """Per run and direction, the share of late probes whose beta peaks at the grid's smallest step."""
+    shares = [rows[rows.is_max & (rows.phase == "late")].groupby(["arm", "seed"]).at_min.mean()
+              for rows in (long_per_eta(long_probe(p)) for p in ("plain", "filter"))]
+    return pct_span(pd.concat(shares))
+
+
+@fact("long-(standard|batch)-(early_beta_eff|late_beta_eff|filter_late_beta_rel|early_overshoot|early_loss_ratio|"
+      "filter_early_loss_ratio|early_lambda_max|late_lambda_max)")
+def _long_column(arm, column):
+    return span(long_runs(LONG_ARMS[arm])[column])
+
+
+@fact("long-grad-change-ratio-(early|late)")
+def _long_grad_change_ratio(phase):
+    a, b = paired(long_runs("none"), long_runs("batch"), f"{phase}_grad_diff_max")
+    return span(a / b, lambda x: f"{x:.2g}")
+
+
+@functools.cache
+def long_lambda() -> pd.DataFrame:
+    """lambda_max per probed step (rows) and run (columns: norm, seed) of the long runs at LR 0.1."""
+    from bnstudy.analysis.curvature import PROBE, eig_metric
+    frames = {}
+    for row in long_runs().itertuples():
+        probes = pd.read_csv(RESULTS / "paper-figures" / row.arm / f"seed-{row.seed}" / "probes.csv.xz")
+        frames[(row.norm, row.seed)] = probes[(probes.probe == PROBE) & (probes.metric == eig_metric(1))].set_index(
+            "step").value
+    return pd.DataFrame(frames)
+
+
+@fact("long-lambda-init-batch")
+def _long_lambda_init_batch():
+    return span(long_lambda()["batch"].iloc[0], lambda x: f"{x:,.0f}")
+
+
+@fact("long-lambda-batch-above")
+def _long_lambda_batch_above():
+    """The first quarter's probed steps at which BN's lambda_max is above standard's in every seed."""
+    from bnstudy.analysis.common import EARLY
+    table = long_lambda()
+    early = table[table.index <= table.index.min() + EARLY * (table.index.max() - table.index.min())]
+    above = (early["batch"] > early["none"]).all(axis=1)
+    return listed([steps(step) for step in above[above].index])
+
+
 # ----------------------------------------------------------------------------------------------
 # The checks
 # ----------------------------------------------------------------------------------------------

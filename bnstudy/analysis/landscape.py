@@ -26,21 +26,29 @@ def landscape_summary(probes: pd.DataFrame, probe: str = PLAIN) -> pd.DataFrame:
     (grad_diff / grad_norm) / eta, the relative gradient change per relative step (along the filter-normalized
     gradient eta is the step as a fraction of each filter's norm; along the plain gradient beta_rel has no such
     meaning and is not read)."""
-    land = probes[probes.probe == probe]
     keys = KEYS + ["step"]
-    per_eta = land[land.eta > 0].pivot_table(index=keys + ["eta"], columns="metric", values="value").reset_index()
-    at_w = land[land.eta == 0].pivot_table(index=keys, columns="metric", values="value")
-    per_eta = per_eta.merge(at_w[GRAD_NORM].rename("g").reset_index(), on=keys, how="left")
-    per_eta["beta"] = per_eta[GRAD_DIFF] / per_eta[STEP_NORM]
-    per_eta["beta_rel"] = per_eta[GRAD_DIFF] / per_eta.g / per_eta.eta
+    per_eta = per_eta_table(probes, probe)
+    at_w = per_eta.groupby(keys)[["loss_at_w", GRAD_NORM]].first()
     summary = per_eta.groupby(keys).agg(**{
         "loss_min": (LOSS, "min"), "loss_max": (LOSS, "max"), "grad_diff_min": (GRAD_DIFF, "min"),
         GRAD_DIFF_MAX: (GRAD_DIFF, "max"), BETA_EFF: ("beta", "max"), BETA_REL: ("beta_rel", "max")})
-    summary = summary.join(at_w.rename(columns={LOSS: "loss_at_w"})).reset_index()
+    summary = summary.join(at_w).reset_index()
     return summary.assign(**{OVERSHOOT: summary.loss_max / summary.loss_at_w,
                              "rel_grad_diff_min": summary.grad_diff_min / summary[GRAD_NORM],
                              REL_GRAD_DIFF_MAX: summary[GRAD_DIFF_MAX] / summary[GRAD_NORM],
                              LOSS_RATIO: summary.loss_max / summary.loss_min})
+
+
+def per_eta_table(probes: pd.DataFrame, probe: str = PLAIN) -> pd.DataFrame:
+    """One row per (arm, seed, step, eta > 0) of a landscape probe: the PER_ETA metrics, loss_at_w and grad_norm at w,
+    beta = grad_diff / step_norm and beta_rel = (grad_diff / grad_norm) / eta."""
+    land = probes[probes.probe == probe]
+    keys = KEYS + ["step"]
+    per_eta = land[land.eta > 0].pivot_table(index=keys + ["eta"], columns="metric", values="value").reset_index()
+    at_w = land[land.eta == 0].pivot_table(index=keys, columns="metric", values="value")
+    per_eta = per_eta.merge(at_w.rename(columns={LOSS: "loss_at_w"}).reset_index(), on=keys, how="left")
+    return per_eta.assign(beta=per_eta[GRAD_DIFF] / per_eta[STEP_NORM],
+                          beta_rel=per_eta[GRAD_DIFF] / per_eta[GRAD_NORM] / per_eta.eta)
 
 
 # The run summary's columns: phase_column(phase, column) of PHASED, BETA_EFF_MEDIAN, and filter_column(phase_column(
