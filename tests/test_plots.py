@@ -187,3 +187,44 @@ def test_a_kind_is_named_in_words_and_its_inits_are_shades_of_its_norm():
     assert list(styles.name) == ["batchnorm, kaiming init", "standard, glorot init", "standard, kaiming init"]
     assert styles.color["batch, kaiming"] == tuple(NORM_STYLES["batch"].color)  # its norm's only kind
     assert [styles.color["none, glorot"], styles.color["none, kaiming"]] == shades(NORM_STYLES["none"].color, 2)
+
+
+def quadratic_landscape(arms: dict[str, tuple[str, float]], curvature: dict[str, float]) -> Results:
+    """Landscape probes of a quadratic along the gradient, curvature λ per arm: ∇L(w − ηg) = (1 − λη) g, so the
+    gradient change is λη‖g‖ and β_eff is λ at every η; the grid is the paper's, [1/2, 4] × each arm's LR."""
+    results = synthetic_results(arms, seeds=(0,))
+    rows = []
+    for arm, (_, lr) in arms.items():
+        for step in (0, 5, 10):
+            rows += [{"arm": arm, "seed": 0, "step": step, "probe": "landscape", "layer": 0, "eta": 0.0,
+                      "metric": metric, "value": 1.0} for metric in ("loss", "grad_norm")]
+            for eta in lr * np.linspace(0.5, 4, 8):
+                lam = curvature[arm]
+                rows += [{"arm": arm, "seed": 0, "step": step, "probe": "landscape", "layer": 0, "eta": eta,
+                          "metric": metric, "value": value}
+                         for metric, value in (("loss", 1 - eta + lam * eta ** 2 / 2), ("grad_diff", lam * eta),
+                                               ("step_norm", eta))]
+    results.tables["probes"] = pd.DataFrame(rows)
+    return results
+
+
+def reference_lines(ax) -> dict[float, tuple]:
+    return {round(float(line.get_ydata()[0]), 9): to_rgb(line.get_color()) for line in ax.lines
+            if line.get_linestyle() == "--"}
+
+
+def test_panel_c_marks_where_the_smallest_step_cancels_the_gradient():
+    # a curvature of 1/η_min: the smallest step lands where ∇L = 0, and β_eff sits on the line drawn for it
+    one_lr = {"plain": ("none", 0.1), "bn": ("batch", 0.1)}
+    results = quadratic_landscape(one_lr, {"plain": 1 / 0.05, "bn": 3.0})
+    fig = drawn("landscape", results)
+    assert reference_lines(fig.axes[2]) == {20.0: to_rgb("0.35")}
+    plain = to_rgb(plots.arm_colors(results, ["plain", "bn"])["plain"])
+    beta = [line.get_ydata() for line in fig.axes[2].lines
+            if line.get_linestyle() == "-" and to_rgb(line.get_color()) == plain and len(line.get_ydata())]
+    assert len(beta) == 1 and np.allclose(beta[0], 20.0)
+    two_lrs = {"plain": ("none", 0.1), "bn-fast": ("batch", 1.0)}  # grids differ: a line per arm, in its colour
+    results = quadratic_landscape(two_lrs, {"plain": 1.0, "bn-fast": 1.0})
+    lines = reference_lines(drawn("landscape", results).axes[2])
+    colors = plots.arm_colors(results, ["plain", "bn-fast"])
+    assert lines == {20.0: to_rgb(colors["plain"]), 2.0: to_rgb(colors["bn-fast"])}

@@ -44,6 +44,7 @@ def landscape(results: Results, order: tuple[str, ...] = (), yscales=("log", "lo
         _band_over_seeds(axes[0], frame, *band_a, colors[arm], arm)
         _band_over_seeds(axes[1], frame, *band_b, colors[arm], arm)
     sns.lineplot(summary, x="step", y=line_c, hue="arm", hue_order=arms, palette=colors, errorbar=ERRORBAR, ax=axes[2])
+    _cancelled_gradient_reading(axes[2], results.tables["probes"], probe, arms, colors)
     titles = ("(a) loss landscape", "(b) gradient predictiveness", "(c) effective β-smoothness")
     for ax, title, ylabel, yscale in zip(axes, titles, (label_a, label_b, label_c), yscales):
         ax.set(title=title, xlabel="training step", ylabel=ylabel + (" (log)" if yscale == "log" else ""),
@@ -55,6 +56,19 @@ def landscape(results: Results, order: tuple[str, ...] = (), yscales=("log", "lo
                                    f"over seeds of min and max over η")
     direction = "the filter-normalized gradient d" if probe == FILTER else "the gradient (Fig. 4)"
     return finish(fig, f"{results.experiment}: the loss landscape along {direction}", caption)
+
+
+def _cancelled_gradient_reading(ax, probes: pd.DataFrame, probe: str, arms, colors) -> None:
+    """Panel (c)'s 1/eta_min line: what beta reads when the grid's smallest step cancels the gradient
+    (grad L(w - eta d) = 0, so ||grad L(w - eta d) - g|| = ||g||). On it, beta measures the grid, not the landscape:
+    late in a long run both networks sit there (docs/findings.md). One grey line, or one per arm where arms'
+    grids differ (along the gradient the grid is in multiples of each arm's LR)."""
+    eta_min = probes[(probes.probe == probe) & (probes.eta > 0) & probes.arm.isin(arms)].groupby("arm").eta.min()
+    for value, sharing in eta_min.groupby(eta_min):
+        color = "0.35" if eta_min.nunique() == 1 else colors[sharing.index[0]]
+        ax.axhline(1 / value, color=color, ls="--", lw=0.9, zorder=1,
+                   label=f"1/η_min = {1 / value:.3g}: ∇L(w − η {'d' if probe == FILTER else 'g'}) = 0 at the "
+                         f"smallest η")
 
 
 def landscape_filter(results: Results, order: tuple[str, ...] = (), yscales=("log", "log", "log")):
