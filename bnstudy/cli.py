@@ -1,4 +1,4 @@
-"""Command line: `bnstudy run|plot|data|list ...` (also `python -m bnstudy`).
+"""Command line: `bnstudy run|plot|report|reprobe|bench|data|list ...` (also `python -m bnstudy`).
 
 A user's mistake ends with one line `bnstudy: error: ...` and exit code 2, never a traceback.
 """
@@ -100,6 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also time the whole quick noisy-bn experiment in a temporary folder (about 10 minutes)")
     _add_common(bench)
 
+    reprobe = sub.add_parser("reprobe", help="the landscape along the gradient again, at finished runs' checkpoints, "
+                                             "on a wider grid of step sizes",
+                             description="Probe the last two checkpoints of each finished run of EXPERIMENT along "
+                                         "the gradient on a log grid of step sizes (multiples of each run's LR), on "
+                                         "a few training batches; write <results>/<experiment>/reprobe/landscape.csv "
+                                         "and figures/reprobe-landscape.png. Trains nothing; run folders are not "
+                                         "touched.")
+    reprobe.add_argument("experiment", help="a results folder's experiment name")
+    reprobe.add_argument("--arms", nargs="+", metavar="ARM", help="only these arms (default: every arm)")
+    reprobe.add_argument("--seeds", type=int, nargs="+", metavar="N", help="only these seeds (default: every seed)")
+    reprobe.add_argument("--eta-min", type=float, default=1e-4, help="smallest step, in multiples of the run's LR "
+                                                                    "(default 1e-4)")
+    reprobe.add_argument("--eta-max", type=float, default=4.0, help="largest step, in multiples of the run's LR "
+                                                                   "(default 4, the paper's)")
+    reprobe.add_argument("--points", type=int, default=16, help="step sizes, log-spaced (default 16)")
+    reprobe.add_argument("--batches", type=int, default=3, help="training batches probed per checkpoint (default 3)")
+    reprobe.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    reprobe.add_argument("--data-dir", metavar="PATH", help="default: $BNSTUDY_DATA, else data/")
+    reprobe.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_common(reprobe)
+
     sub.add_parser("list", help="list the experiments and their arms")
     return parser
 
@@ -175,6 +196,17 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_reprobe(args) -> int:
+    from bnstudy.reprobe import Grid, reprobe
+    from bnstudy.runner import resolve_device
+
+    grid = Grid(args.eta_min, args.eta_max, args.points, args.batches)
+    for path in reprobe(args.experiment, args.results_dir, args.arms, args.seeds, grid, args.data_dir,
+                        resolve_device(args.device), progress=not args.no_progress):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_list(args) -> int:
     from bnstudy.config import load_experiment
 
@@ -193,7 +225,7 @@ def cmd_list(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "plot": cmd_plot, "report": cmd_report, "bench": cmd_bench, "data": cmd_data,
-            "list": cmd_list}
+            "reprobe": cmd_reprobe, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

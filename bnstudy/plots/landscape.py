@@ -9,7 +9,7 @@ import seaborn as sns
 
 from bnstudy.analysis import FILTER, PLAIN, landscape_summary, smoothed_training
 from bnstudy.architectures import NORM_KINDS
-from bnstudy.plots.style import ERRORBAR, NORM_STYLES, TRAIN_LABELS, arm_colors, finish, norm_name
+from bnstudy.plots.style import ERRORBAR, NORM_STYLES, TRAIN_LABELS, arm_colors, finish, norm_colors, norm_name
 from bnstudy.reading import Results
 
 
@@ -74,6 +74,45 @@ def _cancelled_gradient_reading(ax, probes: pd.DataFrame, probe: str, arms, colo
 def landscape_filter(results: Results, order: tuple[str, ...] = (), yscales=("log", "log", "log")):
     """Fig. 4 along the filter-normalized gradient: what is left of the smoothing without BN's free scale."""
     return landscape(results, order, yscales, probe=FILTER)
+
+
+REPROBE_PANELS = (("fit", "L(w − η g) / L(w)", "(a) loss along the gradient"),
+                  ("rel", "‖∇L(w − η g) − g‖ / ‖g‖", "(b) gradient change, relative"),
+                  ("beta", "‖∇L(w − η g) − g‖ / ‖η g‖", "(c) β at each step size"))
+
+
+def reprobed_landscape(table: pd.DataFrame, runs: list, experiment: str):
+    """`bnstudy reprobe`'s figure: the landscape at a run's checkpoints against the step size, on a wider grid than
+    the run's own (shaded). Per (run, checkpoint, eta) the median over the probed batches; lines the mean over
+    seeds and checkpoints with the seed band. On the dashed line of panel (c), β = 1/η: the step cancels the
+    gradient, and β there reads the step size, not the landscape."""
+    facts = {run.dir.arm: run for run in runs}
+    arms = sorted(set(table.arm), key=lambda arm: (NORM_KINDS.index(facts[arm].config.model.norm), arm))
+    by_lr = sorted(arms, key=lambda arm: facts[arm].config.train.lr)  # shades of a norm: darker for smaller LRs
+    colors = norm_colors({arm: facts[arm].config.model.norm for arm in by_lr})
+    frame = table[table.arm.isin(arms)].assign(fit=table.loss / table.loss0, rel=table.grad_diff / table.grad_norm,
+                                              beta=table.grad_diff / table.step_norm)
+    frame = frame.groupby(["arm", "seed", "step", "eta"])[["fit", "rel", "beta"]].median().reset_index()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    for ax, (column, ylabel, title) in zip(axes, REPROBE_PANELS):
+        sns.lineplot(frame, x="eta", y=column, hue="arm", hue_order=arms, palette=colors, errorbar=ERRORBAR,
+                     marker="o", markersize=3, ax=ax)
+        for lr, grid in {facts[a].config.train.lr: facts[a].config.landscape for a in arms}.items():
+            ax.axvspan(grid.eta_min * lr, grid.eta_max * lr, color="0.85", zorder=0,
+                       label=f"the run's own grid (LR {lr:g})")
+        ax.set(title=title, xlabel="step size η (log)", ylabel=ylabel + " (log)", xscale="log", yscale="log")
+    etas = frame.eta.drop_duplicates().sort_values()
+    axes[2].plot(etas, 1 / etas, color="0.35", ls="--", lw=0.9, label="1/η: ∇L(w − η g) = 0")
+    for ax in axes:
+        ax.legend(fontsize=8, title=None)
+    meta = pd.DataFrame([run.meta for run in runs])
+    steps = ", ".join(f"{s:,}" for s in sorted(set(table.step)))
+    caption = (f"{experiment} | preset: {', '.join(sorted(set(meta.preset)))} | data: "
+               f"{', '.join(sorted(set(meta.dataset)))} | seeds: {', '.join(map(str, sorted(set(meta.seed))))} "
+               f"(n={meta.seed.nunique()}) | checkpoints at steps {steps} | {table.batch.nunique()} training batches "
+               f"each, BN in train mode | median over batches, mean and band over seeds and checkpoints")
+    return finish(fig, f"{experiment}: the landscape along the gradient at the runs' checkpoints, on a wider grid",
+                  caption)
 
 
 def grad_diff_vs_eta(results: Results, order: tuple[str, ...] = (), xscale: str = "linear"):

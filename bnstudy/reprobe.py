@@ -1,0 +1,161 @@
+"""`bnstudy reprobe`: the landscape along the gradient again, at a finished run's checkpoints, on a wider grid of
+step sizes than the run probed with.
+
+Why: β_eff = max over η of ‖∇L(w − ηg) − g‖ / ‖ηg‖ is read on a grid of η. Where the grid's smallest step already
+cancels the gradient (∇L(w − ηg) ≈ 0, so ‖∇L(w − ηg) − g‖ = ‖g‖), β_eff reads 1/η_min whatever the landscape
+beyond: late in a long run both networks sit there (docs/findings.md). The run's checkpoints keep its weights at
+its last two checkpoint steps; this probes them on a log grid reaching far below the run's, on a few training
+batches drawn by a fixed generator, with BN in train mode as the run's own probe. It trains nothing and writes
+nothing into the run folders:
+
+    <results>/<experiment>/reprobe/landscape.csv     one row per (arm, seed, step, batch, eta)
+    <results>/<experiment>/figures/reprobe-landscape.png
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from bnstudy.config import ConfigError
+from bnstudy.data import Dataset, data_kind
+from bnstudy.files import ResultsLock, atomic_write_bytes, atomic_write_text, previous
+from bnstudy.models import build_model
+from bnstudy.plots import png_bytes
+from bnstudy.plots.landscape import reprobed_landscape
+from bnstudy.probes.landscape import along_gradient, eta_grid
+from bnstudy.recording import RecordError, Run, RunDir
+from bnstudy.runner import load_dataset
+
+COLUMNS = ("arm", "seed", "step", "batch", "eta", "loss", "loss0", "grad_diff", "grad_norm", "step_norm")
+BATCH_SEED = 20_181_203  # the batches' generator, offset by the run's seed: the same batches on every rerun
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Step sizes from eta_min x LR to eta_max x LR, log-spaced, as each run's own grid is given."""
+
+    eta_min: float = 1e-4
+    eta_max: float = 4.0
+    points: int = 16
+    batches: int = 3
+
+    def check(self) -> None:
+        if not (math.isfinite(self.eta_min) and math.isfinite(self.eta_max) and 0 < self.eta_min < self.eta_max):
+            raise ConfigError(f"reprobe needs 0 < --eta-min < --eta-max (multiples of each run's LR), got "
+                              f"{self.eta_min:g} and {self.eta_max:g}")
+        if self.eta_max > 1e4:
+            raise ConfigError(f"--eta-max {self.eta_max:g}: at most 1e4 x the LR (a longer step leaves any loss "
+                              f"surface)")
+        if not 2 <= self.points <= 200:
+            raise ConfigError(f"--points {self.points}: between 2 and 200")
+        if not 1 <= self.batches <= 100:
+            raise ConfigError(f"--batches {self.batches}: between 1 and 100")
+
+
+def checkpoints(run: RunDir) -> list[Path]:
+    """The run's last checkpoint and the one before it, those present."""
+    return [path for path in (previous(run.checkpoint_path), run.checkpoint_path) if path.exists()]
+
+
+def chosen_runs(results_dir: str, experiment: str, arms: list[str] | None, seeds: list[int] | None) -> list[Run]:
+    """The finished runs asked for that still have a checkpoint; one line on stderr for each one left out."""
+    runs = [r for r in RunDir.of_experiment(Path(results_dir), experiment)
+            if (not arms or r.arm in arms) and (seeds is None or r.seed in seeds)]
+    if not runs:
+        raise ConfigError(f"{Path(results_dir) / experiment}: no run folders"
+                          + (f" for arms {', '.join(arms)}" if arms else "") + (f", seeds {seeds}" if seeds else ""))
+    chosen = []
+    for run in runs:
+        try:
+            loaded = run.load()  # finished, and believed
+        except RecordError as err:
+            print(f"bnstudy: {err}: left out")
+            continue
+        if not checkpoints(run):
+            print(f"bnstudy: {run.path}: no checkpoint.pt here (checkpoints are never committed; they stay where "
+                  f"the run trained): left out")
+            continue
+        chosen.append(loaded)
+    if not chosen:
+        raise ConfigError(f"{Path(results_dir) / experiment}: none of the chosen runs has its checkpoints here")
+    return chosen
+
+
+def probe_run(run: Run, grid: Grid, dataset: Dataset, device: torch.device) -> list[dict]:
+    """along_gradient at each of the run's checkpoints, on `grid.batches` training batches of the run's size."""
+    config = run.config
+    generator = torch.Generator().manual_seed(BATCH_SEED + config.seed)
+    picks = [torch.randperm(len(dataset.train_x), generator=generator)[:config.train.batch_size]
+             for _ in range(grid.batches)]
+    etas = eta_grid(config.train.lr, grid.eta_min, grid.eta_max, grid.points, "log")
+    rows = []
+    for path in checkpoints(run.dir):
+        state = read_weights(path, device)
+        model = build_model(config.model).to(device)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError:  # missing or misshapen tensors: not this run's model
+            raise RecordError(f"{path}: its weights are not those of the run's model; remove it") from None
+        model.train()
+        for b, pick in enumerate(picks):
+            pick = pick.to(dataset.train_x.device)
+            batch = (dataset.train_x[pick], dataset.train_y[pick])
+            rows += [{"arm": run.dir.arm, "seed": run.dir.seed, "step": state["step"], "batch": b, **row}
+                     for row in along_gradient(model, F.cross_entropy, batch, etas, bn_mode="train")]
+    return rows
+
+
+def read_weights(path: Path, device: torch.device) -> dict:
+    """A checkpoint's step and weights, or RecordError in one line (a torn or foreign file fails in many ways)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)  # our own file: optimizer, RNG states
+    except Exception as err:
+        raise RecordError(f"{path}: unreadable checkpoint ({type(err).__name__}); remove it") from None
+    if not isinstance(state, dict) or not {"model", "step"} <= set(state):
+        raise RecordError(f"{path}: not a bnstudy checkpoint (no weights or step); remove it")
+    return state
+
+
+def write_rows(out: Path, rows: list[dict], replaced: set[tuple[str, int]]) -> pd.DataFrame:
+    """The rows of this call, beside those of other runs already in `out` (a rerun replaces a run's rows)."""
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    if out.exists():
+        before = pd.read_csv(out)
+        keep = ~pd.Series(list(zip(before.arm, before.seed))).isin(replaced).to_numpy()
+        table = pd.concat([before[keep], table], ignore_index=True)
+    table = table.sort_values(["arm", "seed", "step", "batch", "eta"], kind="stable")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, table.to_csv(index=False))
+    return table
+
+
+def reprobe(experiment: str, results_dir: str = "results", arms: list[str] | None = None,
+            seeds: list[int] | None = None, grid: Grid = Grid(), data_dir: str | None = None,
+            device: torch.device = torch.device("cpu"), progress: bool = True) -> list[Path]:
+    """Probe the chosen runs' checkpoints on `grid`; write the table and its figure; return their paths."""
+    grid.check()
+    runs = chosen_runs(results_dir, experiment, arms, seeds)
+    rows, datasets = [], {}
+    for run in tqdm(runs, desc="reprobe", disable=not progress, dynamic_ncols=True):
+        key = data_kind(run.config.data.dataset).key(run.config)  # loaded once for the runs that share it
+        if key not in datasets:
+            datasets[key] = load_dataset(run.config, data_dir, device)
+        rows += probe_run(run, grid, datasets[key], device)
+    root = Path(results_dir) / experiment
+    with ResultsLock(root / "reprobe"):  # not the experiment's own lock: its runs may still be training
+        table = write_rows(root / "reprobe" / "landscape.csv", rows, {(r.dir.arm, r.dir.seed) for r in runs})
+        figure = root / "figures" / "reprobe-landscape.png"
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        shown = [RunDir(Path(results_dir), experiment, arm, seed).load()  # this call's runs and earlier calls'
+                 for arm, seed in table[["arm", "seed"]].drop_duplicates().itertuples(index=False)]
+        drawn = reprobed_landscape(table, shown, experiment)
+        atomic_write_bytes(figure, png_bytes(drawn))
+        plt.close(drawn)
+    return [root / "reprobe" / "landscape.csv", figure]

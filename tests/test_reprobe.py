@@ -1,0 +1,141 @@
+"""`bnstudy reprobe`: the landscape at finished runs' checkpoints on a wider grid. It probes the trained weights on
+the grid asked for, leaves every run folder as it was, keeps other runs' rows on a rerun, and refuses bad input
+with one line."""
+import hashlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bnstudy.cli import main
+from bnstudy.models import build_model
+from bnstudy.recording import RunDir
+from bnstudy.reprobe import BATCH_SEED, Grid, checkpoints
+from bnstudy.runner import load_dataset
+
+SMOKE = ["--preset", "smoke", "--no-progress", "--set", "data.dataset=synthetic", "--set", "train.steps=6"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    assert main(["run", "noisy-bn", "--arms", "standard", "batchnorm", "--seeds", "0", "1",
+                 "--results-dir", str(results), *SMOKE]) == 0
+    return results
+
+
+def folder_digests(results) -> dict[str, str]:
+    return {str(p.relative_to(results)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(results.glob("noisy-bn/*/seed-*/*"))}
+
+
+def reprobe(results, *extra) -> int:
+    return main(["reprobe", "noisy-bn", "--results-dir", str(results), "--device", "cpu", "--no-progress",
+                 "--points", "5", "--batches", "2", *extra])
+
+
+def test_it_probes_the_trained_weights_on_the_grid_asked_for_and_touches_no_run(trained):
+    before = folder_digests(trained)
+    assert reprobe(trained, "--eta-min", "1e-3", "--eta-max", "2") == 0
+    assert folder_digests(trained) == before
+    table = pd.read_csv(trained / "noisy-bn" / "reprobe" / "landscape.csv")
+    assert set(zip(table.arm, table.seed)) == {(a, s) for a in ("standard", "batchnorm") for s in (0, 1)}
+    run = RunDir(trained, "noisy-bn", "batchnorm", 1).load()
+    rows = table[(table.arm == "batchnorm") & (table.seed == 1)]
+    lr = run.config.train.lr
+    assert np.allclose(sorted(rows.eta.unique()), lr * np.logspace(-3, np.log10(2), 5))
+    assert np.allclose(rows.step_norm / rows.eta, rows.grad_norm)  # step_norm = eta * ||g||
+
+    # loss0 is the loss of the checkpoint's weights on the batch the generator draws: recomputed here by hand,
+    # and not the loss of the weights the run started from
+    state = torch.load(checkpoints(run.dir)[-1], weights_only=False)
+    dataset = load_dataset(run.config, None, torch.device("cpu"))
+    pick = torch.randperm(len(dataset.train_x), generator=torch.Generator().manual_seed(BATCH_SEED + 1))
+    pick = pick[:run.config.train.batch_size]
+    model = build_model(run.config.model)
+    torch.manual_seed(run.config.seed)
+    start = build_model(run.config.model).train()
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        trained_loss = F.cross_entropy(model.train()(dataset.train_x[pick]), dataset.train_y[pick]).item()
+        start_loss = F.cross_entropy(start(dataset.train_x[pick]), dataset.train_y[pick]).item()
+    first = rows[(rows.step == state["step"]) & (rows.batch == 0)]
+    assert first.loss0.iloc[0] == pytest.approx(trained_loss, rel=1e-5)
+    assert first.loss0.iloc[0] != pytest.approx(start_loss, rel=1e-5)
+
+    figure = trained / "noisy-bn" / "figures" / "reprobe-landscape.png"
+    assert figure.stat().st_size > 0
+
+
+def test_a_rerun_replaces_its_runs_rows_and_keeps_the_others(trained):
+    assert reprobe(trained) == 0
+    out = trained / "noisy-bn" / "reprobe" / "landscape.csv"
+    before = pd.read_csv(out)
+    assert reprobe(trained, "--arms", "standard", "--seeds", "0", "--points", "3") == 0
+    after = pd.read_csv(out)
+    mine = (after.arm == "standard") & (after.seed == 0)
+    assert after[mine].eta.nunique() == 3
+    others = (before.arm != "standard") | (before.seed != 0)
+    assert after[~mine].reset_index(drop=True).equals(before[others].reset_index(drop=True))
+
+
+def test_panel_c_draws_the_cancelled_gradient_line(trained, monkeypatch):
+    from bnstudy import reprobe as module
+    drawn = {}
+    real = module.reprobed_landscape
+    monkeypatch.setattr(module, "reprobed_landscape", lambda *a: drawn.setdefault("fig", real(*a)))
+    assert reprobe(trained) == 0
+    dashed = [line for line in drawn["fig"].axes[2].lines if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and np.allclose(dashed[0].get_ydata() * dashed[0].get_xdata(), 1.0)
+    plt.close(drawn["fig"])
+
+
+@pytest.mark.parametrize("extra,said", [
+    (["--eta-min", "0"], "reprobe needs 0 < --eta-min < --eta-max"),
+    (["--eta-min", "nan"], "reprobe needs 0 < --eta-min < --eta-max"),
+    (["--eta-min", "3", "--eta-max", "2"], "reprobe needs 0 < --eta-min < --eta-max"),
+    (["--eta-max", "1e9"], "--eta-max 1e+09: at most 1e4"),
+    (["--points", "1"], "--points 1: between 2 and 200"),
+    (["--batches", "0"], "--batches 0: between 1 and 100"),
+    (["--arms", "nonesuch"], "no run folders for arms nonesuch"),
+])
+def test_bad_input_is_one_line_and_exit_2_and_writes_nothing(trained, capsys, extra, said):
+    out = trained / "noisy-bn" / "reprobe" / "landscape.csv"
+    before = out.read_bytes() if out.exists() else None
+    capsys.readouterr()
+    assert reprobe(trained, *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and said in err[0], err
+    assert (out.read_bytes() if out.exists() else None) == before
+
+
+def test_runs_without_checkpoints_are_named_and_none_at_all_is_exit_2(tmp_path, capsys):
+    assert main(["run", "noisy-bn", "--arms", "standard", "--results-dir", str(tmp_path), *SMOKE]) == 0
+    for path in checkpoints(RunDir(tmp_path, "noisy-bn", "standard", 0)):
+        path.unlink()  # as in a fresh clone: checkpoints are never committed
+    capsys.readouterr()
+    assert reprobe(tmp_path) == 2
+    out, err = capsys.readouterr()
+    assert "no checkpoint.pt here" in out
+    assert err.strip() == f"bnstudy: error: {tmp_path / 'noisy-bn'}: none of the chosen runs has its checkpoints here"
+    assert not (tmp_path / "noisy-bn" / "reprobe" / "landscape.csv").exists()
+
+
+def test_the_grid_defaults_reach_far_below_the_papers_and_end_at_its_top():
+    grid = Grid()
+    assert grid.eta_min <= 1e-3 and grid.eta_max == 4.0  # the paper's grid is [1/2, 4] x LR
+    grid.check()
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b"not a checkpoint"])
+def test_a_torn_checkpoint_is_one_line_and_exit_2(tmp_path, capsys, damage):
+    assert main(["run", "noisy-bn", "--arms", "standard", "--results-dir", str(tmp_path), *SMOKE]) == 0
+    path = checkpoints(RunDir(tmp_path, "noisy-bn", "standard", 0))[-1]
+    path.write_bytes(damage(path.read_bytes()))
+    capsys.readouterr()
+    assert reprobe(tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"bnstudy: error: {path}: unreadable checkpoint"), err
