@@ -678,6 +678,41 @@ def _long_lambda_batch_above():
     return listed([steps(step) for step in above[above].index])
 
 
+# --- bnstudy reprobe on those runs: beta_eff on a grid reaching far below the paper's
+@functools.cache
+def reprobed() -> pd.DataFrame:
+    """Per (arm, seed): the median over checkpoints and batches of beta_eff, the max over the whole reprobe grid."""
+    table = pd.read_csv(RESULTS / "paper-figures" / "reprobe" / "landscape.csv")
+    table = table.assign(beta=table.grad_diff / table.step_norm)
+    probes = table.groupby(["arm", "seed", "step", "batch"]).beta.max()
+    runs = long_runs()[["arm", "seed", "norm"]]
+    return probes.groupby(["arm", "seed"]).median().rename("beta").reset_index().merge(runs, on=["arm", "seed"])
+
+
+@fact("reprobe-(steps|batches|eta-min)")
+def _reprobe_setting(which):
+    table = pd.read_csv(RESULTS / "paper-figures" / "reprobe" / "landscape.csv")
+    if which == "steps":
+        return listed([steps(step) for step in sorted(table.step.unique())])
+    if which == "batches":
+        return WORDS[table.batch.nunique()]
+    lr = table.merge(long_runs()[["arm", "seed", "lr"]], on=["arm", "seed"]).lr
+    return g((table.eta / lr).min())  # in multiples of the run's LR
+
+
+@fact("reprobe-beta-(standard|batch)")
+def _reprobe_beta(arm):
+    runs = reprobed()
+    return span(runs[runs.norm == LONG_ARMS[arm]].beta, lambda x: f"{x:,.0f}")
+
+
+@fact("reprobe-beta-ratio")
+def _reprobe_beta_ratio():
+    runs = reprobed()
+    a, b = paired(runs[runs.norm == "none"], runs[runs.norm == "batch"], "beta")
+    return span(a / b, lambda x: f"{x:.2g}")
+
+
 # ----------------------------------------------------------------------------------------------
 # The checks
 # ----------------------------------------------------------------------------------------------
