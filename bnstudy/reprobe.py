@@ -76,7 +76,7 @@ def chosen_runs(results_dir: str, experiment: str, arms: list[str] | None, seeds
         try:
             loaded = run.load()  # finished, and believed
         except RecordError as err:
-            print(f"bnstudy: {err}: left out")
+            print(f"bnstudy: not reprobed: {err}")
             continue
         if not checkpoints(run):
             print(f"bnstudy: {run.path}: no checkpoint.pt here (checkpoints are never committed; they stay where "
@@ -84,7 +84,8 @@ def chosen_runs(results_dir: str, experiment: str, arms: list[str] | None, seeds
             continue
         chosen.append(loaded)
     if not chosen:
-        raise ConfigError(f"{Path(results_dir) / experiment}: none of the chosen runs has its checkpoints here")
+        raise ConfigError(f"{Path(results_dir) / experiment}: none of the chosen runs is finished with its "
+                          f"checkpoints here (each said above)")
     return chosen
 
 

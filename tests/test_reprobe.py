@@ -120,7 +120,8 @@ def test_runs_without_checkpoints_are_named_and_none_at_all_is_exit_2(tmp_path, 
     assert reprobe(tmp_path) == 2
     out, err = capsys.readouterr()
     assert "no checkpoint.pt here" in out
-    assert err.strip() == f"bnstudy: error: {tmp_path / 'noisy-bn'}: none of the chosen runs has its checkpoints here"
+    assert err.strip() == (f"bnstudy: error: {tmp_path / 'noisy-bn'}: none of the chosen runs is finished with its "
+                           f"checkpoints here (each said above)")
     assert not (tmp_path / "noisy-bn" / "reprobe" / "landscape.csv").exists()
 
 
