@@ -25,6 +25,22 @@ def test_landscape_summary_bands_and_beta():
     assert (row.loss_at_w, row.grad_norm) == (2.0, 4.0)
 
 
+@pytest.mark.parametrize("curvature,cancels", [
+    (1 / 0.05, True),    # a quadratic whose smallest step lands on grad L = 0: beta reads 1/eta_min
+    (3.0, False),        # a gentle one: the smallest step changes the gradient by 15% of g
+    (2.5 / 0.05, False), # a sharp one: the smallest step overshoots, the change is 2.5 ||g||
+    (math.nan, False),   # a diverged probe
+])
+def test_a_probe_cancels_where_the_smallest_step_takes_the_whole_gradient_away(curvature, cancels):
+    # along the gradient of a quadratic of curvature c: grad L(w - eta g) = (1 - c eta) g, so the change is c eta ||g||
+    etas, g_norm = (0.05, 0.1, 0.2, 0.4), 2.0
+    frame = pd.DataFrame(probe_rows("a", 0, 1.0, g_norm, [(eta, 1.0, curvature * eta * g_norm) for eta in etas]))
+    row = landscape_summary(frame).iloc[0]
+    assert bool(row.cancels) is cancels
+    if cancels:
+        assert row.beta_eff == pytest.approx(1 / min(etas))
+
+
 def test_early_is_the_first_quarter_of_each_run():
     frame = pd.DataFrame({"arm": ["a"] * 11 + ["b"] * 5, "seed": 0, "step": list(range(0, 101, 10)) + list(range(5)),
                           "x": range(16)})

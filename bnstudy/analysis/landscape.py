@@ -17,6 +17,9 @@ PER_ETA = (LOSS, GRAD_DIFF, STEP_NORM)  # per eta > 0, in this order (at eta = 0
 # landscape_summary's columns (one row per probe) that the run summaries and the claims read
 LOSS_RATIO, OVERSHOOT, GRAD_DIFF_MAX = "loss_ratio", "overshoot", "grad_diff_max"
 BETA_EFF, BETA_REL, REL_GRAD_DIFF_MAX = "beta_eff", "beta_rel", "rel_grad_diff_max"
+# True where beta peaks at the grid's smallest step and the gradient change there is ||g|| itself (within
+# CANCEL_TOL): the step cancels the gradient, and beta reads 1/eta_min, the grid, not the landscape
+CANCELS, CANCEL_TOL = "cancels", 0.05
 
 
 def landscape_summary(probes: pd.DataFrame, probe: str = PLAIN) -> pd.DataFrame:
@@ -25,18 +28,28 @@ def landscape_summary(probes: pd.DataFrame, probe: str = PLAIN) -> pd.DataFrame:
     overshoot = loss_max / loss_at_w, rel_grad_diff_max = grad_diff_max / grad_norm, and beta_rel = max over eta of
     (grad_diff / grad_norm) / eta, the relative gradient change per relative step (along the filter-normalized
     gradient eta is the step as a fraction of each filter's norm; along the plain gradient beta_rel has no such
-    meaning and is not read)."""
+    meaning and is not read), and CANCELS (cancelled_gradient)."""
     keys = KEYS + ["step"]
     per_eta = per_eta_table(probes, probe)
     at_w = per_eta.groupby(keys)[["loss_at_w", GRAD_NORM]].first()
     summary = per_eta.groupby(keys).agg(**{
         "loss_min": (LOSS, "min"), "loss_max": (LOSS, "max"), "grad_diff_min": (GRAD_DIFF, "min"),
         GRAD_DIFF_MAX: (GRAD_DIFF, "max"), BETA_EFF: ("beta", "max"), BETA_REL: ("beta_rel", "max")})
-    summary = summary.join(at_w).reset_index()
+    summary = summary.join(at_w).join(cancelled_gradient(per_eta)).reset_index()
     return summary.assign(**{OVERSHOOT: summary.loss_max / summary.loss_at_w,
                              "rel_grad_diff_min": summary.grad_diff_min / summary[GRAD_NORM],
                              REL_GRAD_DIFF_MAX: summary[GRAD_DIFF_MAX] / summary[GRAD_NORM],
                              LOSS_RATIO: summary.loss_max / summary.loss_min})
+
+
+def cancelled_gradient(per_eta: pd.DataFrame) -> pd.Series:
+    """Per probe, CANCELS: beta's max is at the grid's smallest step, where ||grad L(w - eta d) - g|| / ||g|| is
+    within CANCEL_TOL of 1 (a probe whose numbers are all NaN, a diverged one, is False)."""
+    keys = KEYS + ["step"]
+    peak = per_eta.sort_values("beta_rel", ascending=False, kind="stable").drop_duplicates(keys).set_index(keys)
+    smallest = per_eta.sort_values("eta", kind="stable").drop_duplicates(keys).set_index(keys).reindex(peak.index)
+    relative = smallest[GRAD_DIFF] / smallest[GRAD_NORM]
+    return ((peak.eta == smallest.eta) & ((relative - 1).abs() <= CANCEL_TOL)).rename(CANCELS)
 
 
 def per_eta_table(probes: pd.DataFrame, probe: str = PLAIN) -> pd.DataFrame:
@@ -44,8 +57,11 @@ def per_eta_table(probes: pd.DataFrame, probe: str = PLAIN) -> pd.DataFrame:
     beta = grad_diff / step_norm and beta_rel = (grad_diff / grad_norm) / eta."""
     land = probes[probes.probe == probe]
     keys = KEYS + ["step"]
-    per_eta = land[land.eta > 0].pivot_table(index=keys + ["eta"], columns="metric", values="value").reset_index()
-    at_w = land[land.eta == 0].pivot_table(index=keys, columns="metric", values="value")
+    # reindex: pivot_table drops a metric whose every value is NaN (a probe that diverged), and it is still read
+    per_eta = land[land.eta > 0].pivot_table(index=keys + ["eta"], columns="metric", values="value").reindex(
+        columns=list(PER_ETA)).reset_index()
+    at_w = land[land.eta == 0].pivot_table(index=keys, columns="metric", values="value").reindex(
+        columns=[LOSS, GRAD_NORM])
     per_eta = per_eta.merge(at_w.rename(columns={LOSS: "loss_at_w"}).reset_index(), on=keys, how="left")
     return per_eta.assign(beta=per_eta[GRAD_DIFF] / per_eta[STEP_NORM],
                           beta_rel=per_eta[GRAD_DIFF] / per_eta[GRAD_NORM] / per_eta.eta)

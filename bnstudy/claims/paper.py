@@ -9,7 +9,7 @@ from bnstudy.analysis.activations import CHANGES, moment_column, moment_layers
 from bnstudy.analysis.common import CHANCE, EARLY_PHASE, LATE_PHASE, phase_column
 from bnstudy.analysis.curvature import LAMBDA_MAX
 from bnstudy.analysis.ics import COSINE, L2, ics_column
-from bnstudy.analysis.landscape import BETA_EFF, GRAD_DIFF_MAX, LOSS_RATIO, OVERSHOOT, STEPS
+from bnstudy.analysis.landscape import BETA_EFF, CANCELS, GRAD_DIFF_MAX, LOSS_RATIO, OVERSHOOT, STEPS
 from bnstudy.claims.rules import (BN, BN01, FAILS, HOLDS, NOISE_ONLY, NOISE_ONLY01, NOISY01, STANDARD, STANDARD01,
                                   TIE, VGG_LR, Missing, StepTable, Verdict, at_lr, basis, by_word, lp, needs, paired,
                                   pct, runs_of, spread, word)
@@ -117,14 +117,25 @@ def share_below(s, column: str, name: str, table: str = STEPS) -> Verdict:
     named = {word(q): set(zip(*[runs_of(runs, q)[k] for k in ("experiment", "arm")])) for q in (STANDARD01, BN01)}
     label = {run: w for w, runs_ in named.items() for run in runs_}
     group = pd.Series(list(zip(steps.experiment, steps.arm)), index=steps.index).map(label)
-    wide = steps.assign(group=group).dropna(subset=["group"]).pivot_table(
-        index=["seed", "step"], columns="group", values=column).dropna()
+    steps = steps.assign(group=group).dropna(subset=["group"])
+    wide = steps.pivot_table(index=["seed", "step"], columns="group", values=column).dropna()
     if wide.empty or not set(named) <= set(wide.columns):
         raise Missing(f"no {column} at the probed steps of both standard and batchnorm")
     share = (wide.batchnorm < wide.standard).groupby(level="seed").mean()
     return Verdict(HOLDS if bool((share >= 0.75).all()) else FAILS,
-                   f"share of probed steps with batchnorm's {name} below standard's: {pct(share)}",
-                   basis(runs, [STANDARD01, BN01]))
+                   f"share of probed steps with batchnorm's {name} below standard's: {pct(share)}"
+                   + cancelled_note(steps), basis(runs, [STANDARD01, BN01]))
+
+
+def cancelled_note(steps: pd.DataFrame) -> str:
+    """Where the grid's smallest step cancels the gradient, beta reads 1/eta_min for both networks (a tie the rule
+    counts as it falls): how often, per network, said beside the verdict (the rule itself is unchanged)."""
+    if CANCELS not in steps or not steps[CANCELS].any():
+        return ""
+    shares = steps.groupby("group")[CANCELS].mean()
+    return ("; β sat at 1/η_min (the grid's smallest step cancels the gradient) at " +
+            " and ".join(f"{shares[g] * 100:.0f}% of {g}'s" for g in ("standard", "batchnorm") if g in shares) +
+            " probed steps")
 
 
 def claim_8(s) -> Verdict:
