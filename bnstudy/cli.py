@@ -103,17 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     reprobe = sub.add_parser("reprobe", help="the landscape along the gradient again, at finished runs' checkpoints, "
                                              "on a wider grid of step sizes",
                              description="Probe the last two checkpoints of each finished run of EXPERIMENT along "
-                                         "the gradient on a log grid of step sizes (multiples of each run's LR), on "
-                                         "a few training batches; write <results>/<experiment>/reprobe/landscape.csv "
-                                         "and figures/reprobe-landscape.png. Trains nothing; run folders are not "
-                                         "touched.")
+                                         "the gradient (or the filter-normalized gradient) on a log grid of step "
+                                         "sizes, on a few training batches; write "
+                                         "<results>/<experiment>/reprobe/landscape.csv and "
+                                         "figures/reprobe-<probe>.png. Trains nothing; run folders are not touched.")
     reprobe.add_argument("experiment", help="a results folder's experiment name")
     reprobe.add_argument("--arms", nargs="+", metavar="ARM", help="only these arms (default: every arm)")
     reprobe.add_argument("--seeds", type=int, nargs="+", metavar="N", help="only these seeds (default: every seed)")
-    reprobe.add_argument("--eta-min", type=float, default=1e-4, help="smallest step, in multiples of the run's LR "
-                                                                    "(default 1e-4)")
-    reprobe.add_argument("--eta-max", type=float, default=4.0, help="largest step, in multiples of the run's LR "
-                                                                   "(default 4, the paper's)")
+    reprobe.add_argument("--direction", default="gradient", choices=["gradient", "filter-gradient"],
+                         help="gradient (the paper's, default) or filter-gradient: each filter's step a fraction of "
+                              "its own norm, blind to BN's free scale")
+    reprobe.add_argument("--eta-min", type=float, help="smallest step: along the gradient in multiples of the run's "
+                                                       "LR (default 1e-4), along filter-gradient a fraction of each "
+                                                       "filter's norm (default 1e-6)")
+    reprobe.add_argument("--eta-max", type=float, help="largest step (defaults: 4, the top of the paper's grid; "
+                                                       "0.04, the top of the runs' filter grid)")
     reprobe.add_argument("--points", type=int, default=16, help="step sizes, log-spaced (default 16)")
     reprobe.add_argument("--batches", type=int, default=3, help="training batches probed per checkpoint (default 3)")
     reprobe.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -200,7 +204,7 @@ def cmd_reprobe(args) -> int:
     from bnstudy.reprobe import Grid, reprobe
     from bnstudy.runner import resolve_device
 
-    grid = Grid(args.eta_min, args.eta_max, args.points, args.batches)
+    grid = Grid(args.direction, args.eta_min, args.eta_max, args.points, args.batches)
     for path in reprobe(args.experiment, args.results_dir, args.arms, args.seeds, grid, args.data_dir,
                         resolve_device(args.device), progress=not args.no_progress):
         print(f"wrote {path}")

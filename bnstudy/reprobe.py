@@ -8,8 +8,12 @@ its last two checkpoint steps; this probes them on a log grid reaching far below
 batches drawn by a fixed generator, with BN in train mode as the run's own probe. It trains nothing and writes
 nothing into the run folders:
 
-    <results>/<experiment>/reprobe/landscape.csv     one row per (arm, seed, step, batch, eta)
-    <results>/<experiment>/figures/reprobe-landscape.png
+    <results>/<experiment>/reprobe/landscape.csv     one row per (arm, seed, direction, step, batch, eta)
+    <results>/<experiment>/figures/reprobe-<direction's probe name>.png
+
+Along the gradient (the paper's direction) or the filter-normalized gradient (each filter's step a fraction of its
+own norm): BN leaves a weight's scale free, and the raw β moves with it (docs/long.md); the second direction does
+not.
 """
 from __future__ import annotations
 
@@ -29,34 +33,57 @@ from bnstudy.files import ResultsLock, atomic_write_bytes, atomic_write_text, pr
 from bnstudy.models import build_model
 from bnstudy.plots import png_bytes
 from bnstudy.plots.landscape import reprobed_landscape
-from bnstudy.probes.landscape import along_gradient, eta_grid
+from bnstudy.probes.landscape import PROBE_NAMES, along_gradient, eta_grid
 from bnstudy.recording import RecordError, Run, RunDir
 from bnstudy.runner import load_dataset
 
-COLUMNS = ("arm", "seed", "step", "batch", "eta", "loss", "loss0", "grad_diff", "grad_norm", "step_norm")
+COLUMNS = ("arm", "seed", "direction", "step", "batch", "eta", "loss", "loss0", "grad_diff", "grad_norm",
+           "step_norm")
 BATCH_SEED = 20_181_203  # the batches' generator, offset by the run's seed: the same batches on every rerun
+# Per direction: the default grid (eta_min, eta_max) and its unit. Along the gradient eta is a multiple of the run's
+# LR, as the run's own grid (the paper's: 1/2 to 4); along the filter-normalized gradient a fraction of each
+# filter's norm (the run's own: 0.005 to 0.04). Both defaults reach 4.6 decades below the top of the run's grid.
+DIRECTIONS = {"gradient": ((1e-4, 4.0), "multiples of each run's LR"),
+              "filter-gradient": ((1e-6, 0.04), "fractions of each filter's norm")}
 
 
 @dataclass(frozen=True)
 class Grid:
-    """Step sizes from eta_min x LR to eta_max x LR, log-spaced, as each run's own grid is given."""
+    """Step sizes from eta_min to eta_max (DIRECTIONS gives their unit and defaults), log-spaced."""
 
-    eta_min: float = 1e-4
-    eta_max: float = 4.0
+    direction: str = "gradient"
+    eta_min: float | None = None
+    eta_max: float | None = None
     points: int = 16
     batches: int = 3
 
+    def __post_init__(self):
+        if self.direction not in DIRECTIONS:
+            raise ConfigError(f"--direction {self.direction}: one of {', '.join(DIRECTIONS)}")
+        (low, high), _ = DIRECTIONS[self.direction]
+        object.__setattr__(self, "eta_min", low if self.eta_min is None else self.eta_min)
+        object.__setattr__(self, "eta_max", high if self.eta_max is None else self.eta_max)
+
     def check(self) -> None:
+        unit = DIRECTIONS[self.direction][1]
         if not (math.isfinite(self.eta_min) and math.isfinite(self.eta_max) and 0 < self.eta_min < self.eta_max):
-            raise ConfigError(f"reprobe needs 0 < --eta-min < --eta-max (multiples of each run's LR), got "
+            raise ConfigError(f"reprobe needs 0 < --eta-min < --eta-max ({unit}), got "
                               f"{self.eta_min:g} and {self.eta_max:g}")
         if self.eta_max > 1e4:
-            raise ConfigError(f"--eta-max {self.eta_max:g}: at most 1e4 x the LR (a longer step leaves any loss "
+            raise ConfigError(f"--eta-max {self.eta_max:g}: at most 1e4 ({unit}; a longer step leaves any loss "
                               f"surface)")
         if not 2 <= self.points <= 200:
             raise ConfigError(f"--points {self.points}: between 2 and 200")
         if not 1 <= self.batches <= 100:
             raise ConfigError(f"--batches {self.batches}: between 1 and 100")
+
+    def etas(self, lr: float) -> list[float]:
+        return eta_grid(lr if self.direction == "gradient" else 1.0, self.eta_min, self.eta_max, self.points, "log")
+
+    @property
+    def probe(self) -> str:
+        """The name the run's own probe rows give this direction (landscape, landscape-filter)."""
+        return PROBE_NAMES[self.direction]
 
 
 def checkpoints(run: RunDir) -> list[Path]:
@@ -95,7 +122,7 @@ def probe_run(run: Run, grid: Grid, dataset: Dataset, device: torch.device) -> l
     generator = torch.Generator().manual_seed(BATCH_SEED + config.seed)
     picks = [torch.randperm(len(dataset.train_x), generator=generator)[:config.train.batch_size]
              for _ in range(grid.batches)]
-    etas = eta_grid(config.train.lr, grid.eta_min, grid.eta_max, grid.points, "log")
+    etas = grid.etas(config.train.lr)
     rows = []
     for path in checkpoints(run.dir):
         state = read_weights(path, device)
@@ -108,8 +135,9 @@ def probe_run(run: Run, grid: Grid, dataset: Dataset, device: torch.device) -> l
         for b, pick in enumerate(picks):
             pick = pick.to(dataset.train_x.device)
             batch = (dataset.train_x[pick], dataset.train_y[pick])
-            rows += [{"arm": run.dir.arm, "seed": run.dir.seed, "step": state["step"], "batch": b, **row}
-                     for row in along_gradient(model, F.cross_entropy, batch, etas, bn_mode="train")]
+            rows += [{"arm": run.dir.arm, "seed": run.dir.seed, "direction": grid.probe, "step": state["step"],
+                      "batch": b, **row} for row in along_gradient(model, F.cross_entropy, batch, etas,
+                                                                   bn_mode="train", direction=grid.direction)]
     return rows
 
 
@@ -124,14 +152,26 @@ def read_weights(path: Path, device: torch.device) -> dict:
     return state
 
 
-def write_rows(out: Path, rows: list[dict], replaced: set[tuple[str, int]]) -> pd.DataFrame:
-    """The rows of this call, beside those of other runs already in `out` (a rerun replaces a run's rows)."""
-    table = pd.DataFrame(rows, columns=list(COLUMNS))
-    if out.exists():
+def read_rows(out: Path) -> pd.DataFrame:
+    """The table as an earlier call left it (none: empty), or RecordError in one line."""
+    if not out.exists():
+        return pd.DataFrame(columns=list(COLUMNS))
+    try:
         before = pd.read_csv(out)
-        keep = ~pd.Series(list(zip(before.arm, before.seed))).isin(replaced).to_numpy()
-        table = pd.concat([before[keep], table], ignore_index=True)
-    table = table.sort_values(["arm", "seed", "step", "batch", "eta"], kind="stable")
+    except (ValueError, OSError) as err:  # pandas' ParserError is a ValueError
+        raise RecordError(f"{out}: unreadable ({str(err).splitlines()[0][:120]}); remove it and rerun") from None
+    if tuple(before.columns) != COLUMNS:
+        raise RecordError(f"{out}: columns {', '.join(map(str, before.columns))}, not reprobe's; remove it and rerun")
+    return before
+
+
+def write_rows(out: Path, rows: list[dict], replaced: set[tuple[str, int, str]]) -> pd.DataFrame:
+    """The rows of this call, beside those already in `out` (a rerun replaces a run's rows in its direction)."""
+    before = read_rows(out)
+    keep = ~pd.Series(list(zip(before.arm, before.seed, before.direction)), dtype=object).isin(replaced).to_numpy()
+    table = pd.concat([frame for frame in (before[keep], pd.DataFrame(rows, columns=list(COLUMNS))) if len(frame)],
+                      ignore_index=True)
+    table = table.sort_values(["direction", "arm", "seed", "step", "batch", "eta"], kind="stable")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, table.to_csv(index=False))
     return table
@@ -142,6 +182,7 @@ def reprobe(experiment: str, results_dir: str = "results", arms: list[str] | Non
             device: torch.device = torch.device("cpu"), progress: bool = True) -> list[Path]:
     """Probe the chosen runs' checkpoints on `grid`; write the table and its figure; return their paths."""
     grid.check()
+    read_rows(Path(results_dir) / experiment / "reprobe" / "landscape.csv")  # a damaged table: said before the work
     runs = chosen_runs(results_dir, experiment, arms, seeds)
     rows, datasets = [], {}
     for run in tqdm(runs, desc="reprobe", disable=not progress, dynamic_ncols=True):
@@ -151,12 +192,14 @@ def reprobe(experiment: str, results_dir: str = "results", arms: list[str] | Non
         rows += probe_run(run, grid, datasets[key], device)
     root = Path(results_dir) / experiment
     with ResultsLock(root / "reprobe"):  # not the experiment's own lock: its runs may still be training
-        table = write_rows(root / "reprobe" / "landscape.csv", rows, {(r.dir.arm, r.dir.seed) for r in runs})
-        figure = root / "figures" / "reprobe-landscape.png"
+        table = write_rows(root / "reprobe" / "landscape.csv", rows,
+                           {(r.dir.arm, r.dir.seed, grid.probe) for r in runs})
+        table = table[table.direction == grid.probe]
+        figure = root / "figures" / f"reprobe-{grid.probe}.png"
         figure.parent.mkdir(parents=True, exist_ok=True)
         shown = [RunDir(Path(results_dir), experiment, arm, seed).load()  # this call's runs and earlier calls'
                  for arm, seed in table[["arm", "seed"]].drop_duplicates().itertuples(index=False)]
-        drawn = reprobed_landscape(table, shown, experiment)
+        drawn = reprobed_landscape(table, shown, experiment, grid.probe)
         atomic_write_bytes(figure, png_bytes(drawn))
         plt.close(drawn)
     return [root / "reprobe" / "landscape.csv", figure]

@@ -678,39 +678,97 @@ def _long_lambda_batch_above():
     return listed([steps(step) for step in above[above].index])
 
 
-# --- bnstudy reprobe on those runs: beta_eff on a grid reaching far below the paper's
+# --- bnstudy reprobe on those runs: beta on a grid reaching far below the runs' own, in both directions
 @functools.cache
-def reprobed() -> pd.DataFrame:
-    """Per (arm, seed): the median over checkpoints and batches of beta_eff, the max over the whole reprobe grid."""
+def reprobe_table(direction: str) -> pd.DataFrame:
     table = pd.read_csv(RESULTS / "paper-figures" / "reprobe" / "landscape.csv")
-    table = table.assign(beta=table.grad_diff / table.step_norm)
-    probes = table.groupby(["arm", "seed", "step", "batch"]).beta.max()
+    table = table[table.direction == long_probe(direction)]
+    return table.merge(long_runs()[["arm", "seed", "norm", "lr"]], on=["arm", "seed"])
+
+
+def reprobed(direction: str) -> pd.DataFrame:
+    """Per run: the median over checkpoints and batches of beta = (||grad L(w - eta d) - g|| / ||g||) / eta, the max
+    over the grid (along the plain gradient it is beta_eff's ||Delta g|| / ||eta g||)."""
+    table = reprobe_table(direction)
+    probes = (table.grad_diff / table.grad_norm / table.eta).groupby([table.arm, table.seed, table.step,
+                                                                       table.batch]).max()
     runs = long_runs()[["arm", "seed", "norm"]]
     return probes.groupby(["arm", "seed"]).median().rename("beta").reset_index().merge(runs, on=["arm", "seed"])
 
 
-@fact("reprobe-(steps|batches|eta-min)")
+@fact("reprobe-(steps|batches)")
 def _reprobe_setting(which):
-    table = pd.read_csv(RESULTS / "paper-figures" / "reprobe" / "landscape.csv")
+    table = reprobe_table("plain")
     if which == "steps":
         return listed([steps(step) for step in sorted(table.step.unique())])
-    if which == "batches":
-        return WORDS[table.batch.nunique()]
-    lr = table.merge(long_runs()[["arm", "seed", "lr"]], on=["arm", "seed"]).lr
-    return g((table.eta / lr).min())  # in multiples of the run's LR
+    return WORDS[table.batch.nunique()]
 
 
-@fact("reprobe-beta-(standard|batch)")
-def _reprobe_beta(arm):
-    runs = reprobed()
+@fact("reprobe-eta-min-(plain|filter)")
+def _reprobe_eta_min(direction):
+    """The grid's smallest step: along the gradient in multiples of the run's LR, else a fraction of filter norms."""
+    table = reprobe_table(direction)
+    return g((table.eta / (table.lr if direction == "plain" else 1)).min())
+
+
+@fact("reprobe-beta-(plain|filter)-(standard|batch)")
+def _reprobe_beta(direction, arm):
+    runs = reprobed(direction)
     return span(runs[runs.norm == LONG_ARMS[arm]].beta, lambda x: f"{x:,.0f}")
 
 
-@fact("reprobe-beta-ratio")
-def _reprobe_beta_ratio():
-    runs = reprobed()
+@fact("reprobe-beta-ratio-(plain|filter)")
+def _reprobe_beta_ratio(direction):
+    runs = reprobed(direction)
     a, b = paired(runs[runs.norm == "none"], runs[runs.norm == "batch"], "beta")
     return span(a / b, lambda x: f"{x:.2g}")
+
+
+def reprobe_ratios(direction: str) -> pd.DataFrame:
+    """Per eta (rows) and seed (columns): standard's median beta over checkpoints and batches / batchnorm's."""
+    table = reprobe_table(direction)
+    table = table.assign(beta=table.grad_diff / table.grad_norm / table.eta)
+    medians = table.groupby(["norm", "seed", "eta"]).beta.median().unstack("norm")
+    return (medians["none"] / medians["batch"]).unstack("seed")
+
+
+def eta_band(etas) -> str:
+    return f"{g(min(etas))} to {g(max(etas))}"
+
+
+def contiguous_band(flags: pd.Series) -> str:
+    """'a to b' where the True steps of `flags` (indexed by eta, in order) are one run of the grid, else a count."""
+    positions = [i for i, flag in enumerate(flags) if flag]
+    if positions and positions == list(range(positions[0], positions[-1] + 1)):
+        return eta_band(flags.index[positions])
+    return f"{len(positions)} scattered steps"
+
+
+def batch_larger(ratios: pd.DataFrame) -> pd.Series:
+    """Below the runs' own filter grid, the steps where batchnorm's scale-free beta is the larger in every seed."""
+    flags = (ratios < 1).all(axis=1)
+    return flags[flags.index < 0.005]
+
+
+@fact("reprobe-filter-batch-larger")
+def _reprobe_filter_batch_larger():
+    return contiguous_band(batch_larger(reprobe_ratios("filter")))
+
+
+@fact("reprobe-filter-standard-larger")
+def _reprobe_filter_standard_larger():
+    """The steps below that band where standard's is the larger in every seed."""
+    ratios = reprobe_ratios("filter")
+    band = batch_larger(ratios)
+    below = ratios[ratios.index < band[band].index.min()]
+    return contiguous_band((below > 1).all(axis=1))
+
+
+@fact("reprobe-filter-batch-larger-ratio")
+def _reprobe_filter_batch_larger_ratio():
+    ratios = reprobe_ratios("filter")
+    below = ratios[(ratios < 1).all(axis=1) & (ratios.index < 0.005)]
+    return span(below.to_numpy().ravel(), lambda x: f"{x:.2f}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -82,6 +82,37 @@ def test_a_rerun_replaces_its_runs_rows_and_keeps_the_others(trained):
     assert after[~mine].reset_index(drop=True).equals(before[others].reset_index(drop=True))
 
 
+def test_the_filter_normalized_direction_has_its_own_grid_rows_and_figure(trained):
+    assert reprobe(trained) == 0
+    out = trained / "noisy-bn" / "reprobe" / "landscape.csv"
+    plain = pd.read_csv(out).query("direction == 'landscape'")
+    assert reprobe(trained, "--direction", "filter-gradient", "--eta-min", "1e-5", "--eta-max", "0.01") == 0
+    table = pd.read_csv(out)
+    assert table.query("direction == 'landscape'").reset_index(drop=True).equals(plain.reset_index(drop=True))
+    filtered = table.query("direction == 'landscape-filter'")
+    assert len(filtered) == len(plain)  # every run, checkpoint and batch, on a grid of as many points
+    # fractions of each filter's norm, whatever the run's LR
+    assert np.allclose(sorted(filtered.eta.unique()), np.logspace(-5, -2, 5))
+    assert not np.allclose(filtered.grad_diff.to_numpy(), plain.grad_diff.to_numpy())
+    assert (trained / "noisy-bn" / "figures" / "reprobe-landscape-filter.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("content", [b"arm,seed\nx,0\n", b"\x00\xff not a table \"\n\"\""])
+def test_a_damaged_table_is_one_line_and_exit_2_and_left_as_it_was(trained, capsys, content):
+    out = trained / "noisy-bn" / "reprobe" / "landscape.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    good = out.read_bytes() if out.exists() else None
+    out.write_bytes(content)
+    try:
+        capsys.readouterr()
+        assert reprobe(trained) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"bnstudy: error: {out}:") and "remove it and rerun" in err[0]
+        assert out.read_bytes() == content
+    finally:
+        out.write_bytes(good) if good is not None else out.unlink()
+
+
 def test_panel_c_draws_the_cancelled_gradient_line(trained, monkeypatch):
     from bnstudy import reprobe as module
     drawn = {}
@@ -94,7 +125,8 @@ def test_panel_c_draws_the_cancelled_gradient_line(trained, monkeypatch):
 
 
 @pytest.mark.parametrize("extra,said", [
-    (["--eta-min", "0"], "reprobe needs 0 < --eta-min < --eta-max"),
+    (["--eta-min", "0"], "reprobe needs 0 < --eta-min < --eta-max (multiples of each run's LR)"),
+    (["--direction", "filter-gradient", "--eta-max", "-1"], "(fractions of each filter's norm), got 1e-06 and -1"),
     (["--eta-min", "nan"], "reprobe needs 0 < --eta-min < --eta-max"),
     (["--eta-min", "3", "--eta-max", "2"], "reprobe needs 0 < --eta-min < --eta-max"),
     (["--eta-max", "1e9"], "--eta-max 1e+09: at most 1e4"),
@@ -125,10 +157,15 @@ def test_runs_without_checkpoints_are_named_and_none_at_all_is_exit_2(tmp_path, 
     assert not (tmp_path / "noisy-bn" / "reprobe" / "landscape.csv").exists()
 
 
-def test_the_grid_defaults_reach_far_below_the_papers_and_end_at_its_top():
+def test_the_grid_defaults_reach_far_below_the_runs_own_and_end_at_its_top():
     grid = Grid()
     assert grid.eta_min <= 1e-3 and grid.eta_max == 4.0  # the paper's grid is [1/2, 4] x LR
+    assert grid.etas(0.1)[0] == pytest.approx(1e-5) and grid.etas(0.1)[-1] == pytest.approx(0.4)
+    filtered = Grid("filter-gradient")
+    assert filtered.etas(0.1)[-1] == pytest.approx(0.04)  # the runs' own filter grid ends there, for any LR
+    assert filtered.eta_max / filtered.eta_min == pytest.approx(grid.eta_max / grid.eta_min)
     grid.check()
+    filtered.check()
 
 
 @pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b"not a checkpoint"])

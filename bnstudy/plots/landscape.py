@@ -76,33 +76,46 @@ def landscape_filter(results: Results, order: tuple[str, ...] = (), yscales=("lo
     return landscape(results, order, yscales, probe=FILTER)
 
 
-REPROBE_PANELS = (("fit", "L(w − η g) / L(w)", "(a) loss along the gradient"),
-                  ("rel", "‖∇L(w − η g) − g‖ / ‖g‖", "(b) gradient change, relative"),
-                  ("beta", "‖∇L(w − η g) − g‖ / ‖η g‖", "(c) β at each step size"))
+def reprobe_panels(probe: str) -> tuple:
+    """(column, y label, title) of the reprobe figure's panels, along the gradient g or the filter-normalized d."""
+    d = "d" if probe == FILTER else "g"
+    return (("fit", f"L(w − η {d}) / L(w)", f"(a) loss along {'d' if probe == FILTER else 'the gradient'}"),
+            ("rel", f"‖∇L(w − η {d}) − g‖ / ‖g‖", "(b) gradient change, relative"),
+            ("beta", f"(‖∇L(w − η {d}) − g‖ / ‖g‖) / η", "(c) β at each step size"))
 
 
-def reprobed_landscape(table: pd.DataFrame, runs: list, experiment: str):
-    """`bnstudy reprobe`'s figure: the landscape at a run's checkpoints against the step size, on a wider grid than
-    the run's own (shaded). Per (run, checkpoint, eta) the median over the probed batches; lines the mean over
+def own_grid(run, probe: str) -> tuple[float, float]:
+    """The step sizes the run's own probe took in this direction: its grid's ends."""
+    grid = run.config.landscape
+    if probe == FILTER:
+        return grid.filter_eta_min, grid.filter_eta_max
+    return grid.eta_min * run.config.train.lr, grid.eta_max * run.config.train.lr
+
+
+def reprobed_landscape(table: pd.DataFrame, runs: list, experiment: str, probe: str = PLAIN):
+    """`bnstudy reprobe`'s figure: the landscape at runs' checkpoints against the step size, on a wider grid than
+    the runs' own (shaded). Per (run, checkpoint, eta) the median over the probed batches; lines the mean over
     seeds and checkpoints with the seed band. On the dashed line of panel (c), β = 1/η: the step cancels the
-    gradient, and β there reads the step size, not the landscape."""
+    gradient, and β there reads the step size, not the landscape. Along the gradient β is β_eff's ‖Δg‖ / ‖η g‖;
+    along the filter-normalized gradient it is the scale-free β of claim 13c."""
     facts = {run.dir.arm: run for run in runs}
     arms = sorted(set(table.arm), key=lambda arm: (NORM_KINDS.index(facts[arm].config.model.norm), arm))
     by_lr = sorted(arms, key=lambda arm: facts[arm].config.train.lr)  # shades of a norm: darker for smaller LRs
     colors = norm_colors({arm: facts[arm].config.model.norm for arm in by_lr})
-    frame = table[table.arm.isin(arms)].assign(fit=table.loss / table.loss0, rel=table.grad_diff / table.grad_norm,
-                                              beta=table.grad_diff / table.step_norm)
+    rel = table.grad_diff / table.grad_norm
+    frame = table[table.arm.isin(arms)].assign(fit=table.loss / table.loss0, rel=rel, beta=rel / table.eta)
     frame = frame.groupby(["arm", "seed", "step", "eta"])[["fit", "rel", "beta"]].median().reset_index()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-    for ax, (column, ylabel, title) in zip(axes, REPROBE_PANELS):
+    xlabel = "η, a fraction of each filter's norm (log)" if probe == FILTER else "step size η (log)"
+    for ax, (column, ylabel, title) in zip(axes, reprobe_panels(probe)):
         sns.lineplot(frame, x="eta", y=column, hue="arm", hue_order=arms, palette=colors, errorbar=ERRORBAR,
                      marker="o", markersize=3, ax=ax)
-        for lr, grid in {facts[a].config.train.lr: facts[a].config.landscape for a in arms}.items():
-            ax.axvspan(grid.eta_min * lr, grid.eta_max * lr, color="0.85", zorder=0,
-                       label=f"the run's own grid (LR {lr:g})")
-        ax.set(title=title, xlabel="step size η (log)", ylabel=ylabel + " (log)", xscale="log", yscale="log")
+        for (low, high), lrs in _grids(arms, facts, probe).items():
+            ax.axvspan(low, high, color="0.85", zorder=0, label=f"the runs' own grid ({lrs})")
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel + " (log)", xscale="log", yscale="log")
     etas = frame.eta.drop_duplicates().sort_values()
-    axes[2].plot(etas, 1 / etas, color="0.35", ls="--", lw=0.9, label="1/η: ∇L(w − η g) = 0")
+    axes[2].plot(etas, 1 / etas, color="0.35", ls="--", lw=0.9,
+                 label=f"1/η: ∇L(w − η {'d' if probe == FILTER else 'g'}) = 0")
     for ax in axes:
         ax.legend(fontsize=8, title=None)
     meta = pd.DataFrame([run.meta for run in runs])
@@ -111,8 +124,17 @@ def reprobed_landscape(table: pd.DataFrame, runs: list, experiment: str):
                f"{', '.join(sorted(set(meta.dataset)))} | seeds: {', '.join(map(str, sorted(set(meta.seed))))} "
                f"(n={meta.seed.nunique()}) | checkpoints at steps {steps} | {table.batch.nunique()} training batches "
                f"each, BN in train mode | median over batches, mean and band over seeds and checkpoints")
-    return finish(fig, f"{experiment}: the landscape along the gradient at the runs' checkpoints, on a wider grid",
+    direction = "the filter-normalized gradient" if probe == FILTER else "the gradient"
+    return finish(fig, f"{experiment}: the landscape along {direction} at the runs' checkpoints, on a wider grid",
                   caption)
+
+
+def _grids(arms, facts, probe: str) -> dict[tuple[float, float], str]:
+    """Each distinct own grid of the arms, with the LRs that give it."""
+    grids: dict[tuple[float, float], list[str]] = {}
+    for arm in arms:
+        grids.setdefault(own_grid(facts[arm], probe), []).append(f"LR {facts[arm].config.train.lr:g}")
+    return {grid: ", ".join(dict.fromkeys(lrs)) for grid, lrs in grids.items()}
 
 
 def grad_diff_vs_eta(results: Results, order: tuple[str, ...] = (), xscale: str = "linear"):
