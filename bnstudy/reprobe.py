@@ -24,7 +24,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from bnstudy.config import ConfigError
@@ -92,7 +91,7 @@ def checkpoints(run: RunDir) -> list[Path]:
 
 
 def chosen_runs(results_dir: str, experiment: str, arms: list[str] | None, seeds: list[int] | None) -> list[Run]:
-    """The finished runs asked for that still have a checkpoint; one line on stderr for each one left out."""
+    """The finished runs asked for that still have their checkpoints here; a line for each one left out."""
     runs = [r for r in RunDir.of_experiment(Path(results_dir), experiment)
             if (not arms or r.arm in arms) and (seeds is None or r.seed in seeds)]
     if not runs:
@@ -117,12 +116,14 @@ def chosen_runs(results_dir: str, experiment: str, arms: list[str] | None, seeds
 
 
 def probe_run(run: Run, grid: Grid, dataset: Dataset, device: torch.device) -> list[dict]:
-    """along_gradient at each of the run's checkpoints, on `grid.batches` training batches of the run's size."""
+    """along_gradient at each of the run's checkpoints, on `grid.batches` training batches of the run's size
+    (as stored: no augmentation), with the run's training objective."""
     config = run.config
     generator = torch.Generator().manual_seed(BATCH_SEED + config.seed)
     picks = [torch.randperm(len(dataset.train_x), generator=generator)[:config.train.batch_size]
              for _ in range(grid.batches)]
     etas = grid.etas(config.train.lr)
+    objective = data_kind(config.data.dataset).task.objective  # the loss the run descended (the DLN's: squared error)
     rows = []
     for path in checkpoints(run.dir):
         state = read_weights(path, device)
@@ -136,7 +137,7 @@ def probe_run(run: Run, grid: Grid, dataset: Dataset, device: torch.device) -> l
             pick = pick.to(dataset.train_x.device)
             batch = (dataset.train_x[pick], dataset.train_y[pick])
             rows += [{"arm": run.dir.arm, "seed": run.dir.seed, "direction": grid.probe, "step": state["step"],
-                      "batch": b, **row} for row in along_gradient(model, F.cross_entropy, batch, etas,
+                      "batch": b, **row} for row in along_gradient(model, objective, batch, etas,
                                                                    bn_mode="train", direction=grid.direction)]
     return rows
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from bnstudy.cli import main
+from bnstudy.data import summed_squared_error
 from bnstudy.models import build_model
 from bnstudy.recording import RunDir
 from bnstudy.reprobe import BATCH_SEED, Grid, checkpoints
@@ -32,6 +33,20 @@ def folder_digests(results) -> dict[str, str]:
             for p in sorted(results.glob("noisy-bn/*/seed-*/*"))}
 
 
+def losses_by_hand(run, loss_fn) -> tuple[int, float, float]:
+    """The last checkpoint's step, and on the first batch reprobe draws: the loss of its weights and of a fresh
+    model's, recomputed here without reprobe's code."""
+    state = torch.load(checkpoints(run.dir)[-1], weights_only=False)
+    dataset = load_dataset(run.config, None, torch.device("cpu"))
+    pick = torch.randperm(len(dataset.train_x), generator=torch.Generator().manual_seed(BATCH_SEED + run.dir.seed))
+    x, y = dataset.train_x[pick[:run.config.train.batch_size]], dataset.train_y[pick[:run.config.train.batch_size]]
+    model = build_model(run.config.model)
+    start = build_model(run.config.model).train()
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        return state["step"], loss_fn(model.train()(x), y).item(), loss_fn(start(x), y).item()
+
+
 def reprobe(results, *extra) -> int:
     return main(["reprobe", "noisy-bn", "--results-dir", str(results), "--device", "cpu", "--no-progress",
                  "--points", "5", "--batches", "2", *extra])
@@ -49,20 +64,10 @@ def test_it_probes_the_trained_weights_on_the_grid_asked_for_and_touches_no_run(
     assert np.allclose(sorted(rows.eta.unique()), lr * np.logspace(-3, np.log10(2), 5))
     assert np.allclose(rows.step_norm / rows.eta, rows.grad_norm)  # step_norm = eta * ||g||
 
-    # loss0 is the loss of the checkpoint's weights on the batch the generator draws: recomputed here by hand,
-    # and not the loss of the weights the run started from
-    state = torch.load(checkpoints(run.dir)[-1], weights_only=False)
-    dataset = load_dataset(run.config, None, torch.device("cpu"))
-    pick = torch.randperm(len(dataset.train_x), generator=torch.Generator().manual_seed(BATCH_SEED + 1))
-    pick = pick[:run.config.train.batch_size]
-    model = build_model(run.config.model)
-    torch.manual_seed(run.config.seed)
-    start = build_model(run.config.model).train()
-    model.load_state_dict(state["model"])
-    with torch.no_grad():
-        trained_loss = F.cross_entropy(model.train()(dataset.train_x[pick]), dataset.train_y[pick]).item()
-        start_loss = F.cross_entropy(start(dataset.train_x[pick]), dataset.train_y[pick]).item()
-    first = rows[(rows.step == state["step"]) & (rows.batch == 0)]
+    # loss0 is the loss of the checkpoint's weights on the batch the generator draws, not of the weights the run
+    # started from
+    step, trained_loss, start_loss = losses_by_hand(run, F.cross_entropy)
+    first = rows[(rows.step == step) & (rows.batch == 0)]
     assert first.loss0.iloc[0] == pytest.approx(trained_loss, rel=1e-5)
     assert first.loss0.iloc[0] != pytest.approx(start_loss, rel=1e-5)
 
@@ -177,3 +182,15 @@ def test_a_torn_checkpoint_is_one_line_and_exit_2(tmp_path, capsys, damage):
     assert reprobe(tmp_path) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"bnstudy: error: {path}: unreadable checkpoint"), err
+
+
+def test_it_probes_a_run_with_the_loss_the_run_descended(tmp_path):
+    # the DLN's objective is the summed squared error, not cross-entropy
+    assert main(["run", "dln", "--preset", "smoke", "--arms", "standard-lr1e-6", "--results-dir", str(tmp_path),
+                 "--no-progress"]) == 0
+    assert main(["reprobe", "dln", "--results-dir", str(tmp_path), "--device", "cpu", "--no-progress",
+                 "--points", "3", "--batches", "1"]) == 0
+    run = RunDir(tmp_path, "dln", "standard-lr1e-6", 0).load()
+    step, trained_loss, _ = losses_by_hand(run, lambda out, y: summed_squared_error(out, y, reduction="sum"))
+    rows = pd.read_csv(tmp_path / "dln" / "reprobe" / "landscape.csv")
+    assert rows[rows.step == step].loss0.iloc[0] == pytest.approx(trained_loss, rel=1e-5)
