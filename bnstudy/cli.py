@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Probe the last two checkpoints of each finished run of EXPERIMENT along "
                                          "the gradient (or the filter-normalized gradient) on a log grid of step "
                                          "sizes, on a few training batches; write "
-                                         "<results>/<experiment>/reprobe/landscape.csv and "
+                                         "<results>/<experiment>/reprobe/landscape.csv.xz and "
                                          "figures/reprobe-<probe>.png. Trains nothing; run folders are not touched.")
     reprobe.add_argument("experiment", help="a results folder's experiment name")
     reprobe.add_argument("--arms", nargs="+", metavar="ARM", help="only these arms (default: every arm)")

@@ -8,7 +8,7 @@ its last two checkpoint steps; this probes them on a log grid reaching far below
 batches drawn by a fixed generator, with BN in train mode as the run's own probe. It trains nothing and writes
 nothing into the run folders:
 
-    <results>/<experiment>/reprobe/landscape.csv     one row per (arm, seed, direction, step, batch, eta)
+    <results>/<experiment>/reprobe/landscape.csv.xz  one row per (arm, seed, direction, step, batch, eta)
     <results>/<experiment>/figures/reprobe-<direction's probe name>.png
 
 Along the gradient (the paper's direction) or the filter-normalized gradient (each filter's step a fraction of its
@@ -17,6 +17,7 @@ not.
 """
 from __future__ import annotations
 
+import lzma
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from bnstudy.config import ConfigError
 from bnstudy.data import Dataset, data_kind
-from bnstudy.files import ResultsLock, atomic_write_bytes, atomic_write_text, previous
+from bnstudy.files import ResultsLock, atomic_write_bytes, previous
 from bnstudy.models import build_model
 from bnstudy.plots import png_bytes
 from bnstudy.plots.landscape import reprobed_landscape
@@ -153,13 +154,18 @@ def read_weights(path: Path, device: torch.device) -> dict:
     return state
 
 
+def table_path(experiment_folder: Path) -> Path:
+    """Where the reprobe table lives: xz-compressed, as a finished run's tables are (pandas reads it directly)."""
+    return experiment_folder / "reprobe" / "landscape.csv.xz"
+
+
 def read_rows(out: Path) -> pd.DataFrame:
     """The table as an earlier call left it (none: empty), or RecordError in one line."""
     if not out.exists():
         return pd.DataFrame(columns=list(COLUMNS))
     try:
         before = pd.read_csv(out)
-    except (ValueError, OSError) as err:  # pandas' ParserError is a ValueError
+    except (ValueError, OSError, EOFError, lzma.LZMAError) as err:  # pandas' ParserError is a ValueError
         raise RecordError(f"{out}: unreadable ({str(err).splitlines()[0][:120]}); remove it and rerun") from None
     if tuple(before.columns) != COLUMNS:
         raise RecordError(f"{out}: columns {', '.join(map(str, before.columns))}, not reprobe's; remove it and rerun")
@@ -174,7 +180,7 @@ def write_rows(out: Path, rows: list[dict], replaced: set[tuple[str, int, str]])
                       ignore_index=True)
     table = table.sort_values(["direction", "arm", "seed", "step", "batch", "eta"], kind="stable")
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, table.to_csv(index=False))
+    atomic_write_bytes(out, lzma.compress(table.to_csv(index=False).encode("utf-8")))
     return table
 
 
@@ -183,7 +189,7 @@ def reprobe(experiment: str, results_dir: str = "results", arms: list[str] | Non
             device: torch.device = torch.device("cpu"), progress: bool = True) -> list[Path]:
     """Probe the chosen runs' checkpoints on `grid`; write the table and its figure; return their paths."""
     grid.check()
-    read_rows(Path(results_dir) / experiment / "reprobe" / "landscape.csv")  # a damaged table: said before the work
+    read_rows(table_path(Path(results_dir) / experiment))  # a damaged table: said before the work
     runs = chosen_runs(results_dir, experiment, arms, seeds)
     rows, datasets = [], {}
     for run in tqdm(runs, desc="reprobe", disable=not progress, dynamic_ncols=True):
@@ -193,7 +199,7 @@ def reprobe(experiment: str, results_dir: str = "results", arms: list[str] | Non
         rows += probe_run(run, grid, datasets[key], device)
     root = Path(results_dir) / experiment
     with ResultsLock(root / "reprobe"):  # not the experiment's own lock: its runs may still be training
-        table = write_rows(root / "reprobe" / "landscape.csv", rows,
+        table = write_rows(table_path(root), rows,
                            {(r.dir.arm, r.dir.seed, grid.probe) for r in runs})
         table = table[table.direction == grid.probe]
         figure = root / "figures" / f"reprobe-{grid.probe}.png"
@@ -203,4 +209,4 @@ def reprobe(experiment: str, results_dir: str = "results", arms: list[str] | Non
         drawn = reprobed_landscape(table, shown, experiment, grid.probe)
         atomic_write_bytes(figure, png_bytes(drawn))
         plt.close(drawn)
-    return [root / "reprobe" / "landscape.csv", figure]
+    return [table_path(root), figure]

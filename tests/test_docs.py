@@ -681,7 +681,7 @@ def _long_lambda_batch_above():
 # --- bnstudy reprobe on those runs: beta on a grid reaching far below the runs' own, in both directions
 @functools.cache
 def reprobe_table(direction: str) -> pd.DataFrame:
-    table = pd.read_csv(RESULTS / "paper-figures" / "reprobe" / "landscape.csv")
+    table = pd.read_csv(RESULTS / "paper-figures" / "reprobe" / "landscape.csv.xz")
     table = table[table.direction == long_probe(direction)]
     return table.merge(long_runs()[["arm", "seed", "norm", "lr"]], on=["arm", "seed"])
 

@@ -2,6 +2,7 @@
 the grid asked for, leaves every run folder as it was, keeps other runs' rows on a rerun, and refuses bad input
 with one line."""
 import hashlib
+import lzma
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -56,7 +57,7 @@ def test_it_probes_the_trained_weights_on_the_grid_asked_for_and_touches_no_run(
     before = folder_digests(trained)
     assert reprobe(trained, "--eta-min", "1e-3", "--eta-max", "2") == 0
     assert folder_digests(trained) == before
-    table = pd.read_csv(trained / "noisy-bn" / "reprobe" / "landscape.csv")
+    table = pd.read_csv(trained / "noisy-bn" / "reprobe" / "landscape.csv.xz")
     assert set(zip(table.arm, table.seed)) == {(a, s) for a in ("standard", "batchnorm") for s in (0, 1)}
     run = RunDir(trained, "noisy-bn", "batchnorm", 1).load()
     rows = table[(table.arm == "batchnorm") & (table.seed == 1)]
@@ -77,7 +78,7 @@ def test_it_probes_the_trained_weights_on_the_grid_asked_for_and_touches_no_run(
 
 def test_a_rerun_replaces_its_runs_rows_and_keeps_the_others(trained):
     assert reprobe(trained) == 0
-    out = trained / "noisy-bn" / "reprobe" / "landscape.csv"
+    out = trained / "noisy-bn" / "reprobe" / "landscape.csv.xz"
     before = pd.read_csv(out)
     assert reprobe(trained, "--arms", "standard", "--seeds", "0", "--points", "3") == 0
     after = pd.read_csv(out)
@@ -89,7 +90,7 @@ def test_a_rerun_replaces_its_runs_rows_and_keeps_the_others(trained):
 
 def test_the_filter_normalized_direction_has_its_own_grid_rows_and_figure(trained):
     assert reprobe(trained) == 0
-    out = trained / "noisy-bn" / "reprobe" / "landscape.csv"
+    out = trained / "noisy-bn" / "reprobe" / "landscape.csv.xz"
     plain = pd.read_csv(out).query("direction == 'landscape'")
     assert reprobe(trained, "--direction", "filter-gradient", "--eta-min", "1e-5", "--eta-max", "0.01") == 0
     table = pd.read_csv(out)
@@ -102,9 +103,11 @@ def test_the_filter_normalized_direction_has_its_own_grid_rows_and_figure(traine
     assert (trained / "noisy-bn" / "figures" / "reprobe-landscape-filter.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("content", [b"arm,seed\nx,0\n", b"\x00\xff not a table \"\n\"\""])
+@pytest.mark.parametrize("content", [lzma.compress(b"arm,seed\nx,0\n"),  # foreign columns
+                                     lzma.compress(b"arm,seed,direction\n" * 50)[:40],  # torn
+                                     b"\x00\xff not xz at all"])
 def test_a_damaged_table_is_one_line_and_exit_2_and_left_as_it_was(trained, capsys, content):
-    out = trained / "noisy-bn" / "reprobe" / "landscape.csv"
+    out = trained / "noisy-bn" / "reprobe" / "landscape.csv.xz"
     out.parent.mkdir(parents=True, exist_ok=True)
     good = out.read_bytes() if out.exists() else None
     out.write_bytes(content)
@@ -140,7 +143,7 @@ def test_panel_c_draws_the_cancelled_gradient_line(trained, monkeypatch):
     (["--arms", "nonesuch"], "no run folders for arms nonesuch"),
 ])
 def test_bad_input_is_one_line_and_exit_2_and_writes_nothing(trained, capsys, extra, said):
-    out = trained / "noisy-bn" / "reprobe" / "landscape.csv"
+    out = trained / "noisy-bn" / "reprobe" / "landscape.csv.xz"
     before = out.read_bytes() if out.exists() else None
     capsys.readouterr()
     assert reprobe(trained, *extra) == 2
@@ -159,7 +162,7 @@ def test_runs_without_checkpoints_are_named_and_none_at_all_is_exit_2(tmp_path, 
     assert "no checkpoint.pt here" in out
     assert err.strip() == (f"bnstudy: error: {tmp_path / 'noisy-bn'}: none of the chosen runs is finished with its "
                            f"checkpoints here (each said above)")
-    assert not (tmp_path / "noisy-bn" / "reprobe" / "landscape.csv").exists()
+    assert not (tmp_path / "noisy-bn" / "reprobe" / "landscape.csv.xz").exists()
 
 
 def test_the_grid_defaults_reach_far_below_the_runs_own_and_end_at_its_top():
@@ -192,5 +195,5 @@ def test_it_probes_a_run_with_the_loss_the_run_descended(tmp_path):
                  "--points", "3", "--batches", "1"]) == 0
     run = RunDir(tmp_path, "dln", "standard-lr1e-6", 0).load()
     step, trained_loss, _ = losses_by_hand(run, lambda out, y: summed_squared_error(out, y, reduction="sum"))
-    rows = pd.read_csv(tmp_path / "dln" / "reprobe" / "landscape.csv")
+    rows = pd.read_csv(tmp_path / "dln" / "reprobe" / "landscape.csv.xz")
     assert rows[rows.step == step].loss0.iloc[0] == pytest.approx(trained_loss, rel=1e-5)
