@@ -35,7 +35,7 @@ from bnstudy.plots import png_bytes
 from bnstudy.plots.landscape import reprobed_landscape
 from bnstudy.probes.landscape import PROBE_NAMES, along_gradient, eta_grid
 from bnstudy.recording import RecordError, Run, RunDir
-from bnstudy.runner import load_dataset
+from bnstudy.runner import shared_dataset
 
 COLUMNS = ("arm", "seed", "direction", "step", "batch", "eta", "loss", "loss0", "grad_diff", "grad_norm",
            "step_norm")
@@ -193,10 +193,7 @@ def reprobe(experiment: str, results_dir: str = "results", arms: list[str] | Non
     runs = chosen_runs(results_dir, experiment, arms, seeds)
     rows, datasets = [], {}
     for run in tqdm(runs, desc="reprobe", disable=not progress, dynamic_ncols=True):
-        key = data_kind(run.config.data.dataset).key(run.config)  # loaded once for the runs that share it
-        if key not in datasets:
-            datasets[key] = load_dataset(run.config, data_dir, device)
-        rows += probe_run(run, grid, datasets[key], device)
+        rows += probe_run(run, grid, shared_dataset(datasets, run.config, data_dir, device), device)
     root = Path(results_dir) / experiment
     with ResultsLock(root / "reprobe"):  # not the experiment's own lock: its runs may still be training
         table = write_rows(table_path(root), rows,
@@ -204,7 +201,8 @@ def reprobe(experiment: str, results_dir: str = "results", arms: list[str] | Non
         table = table[table.direction == grid.probe]
         figure = root / "figures" / f"reprobe-{grid.probe}.png"
         figure.parent.mkdir(parents=True, exist_ok=True)
-        shown = [RunDir(Path(results_dir), experiment, arm, seed).load()  # this call's runs and earlier calls'
+        probed = {(run.dir.arm, run.dir.seed): run for run in runs}  # loaded already; earlier calls' runs are read
+        shown = [probed.get((arm, seed)) or RunDir(Path(results_dir), experiment, arm, seed).load()
                  for arm, seed in table[["arm", "seed"]].drop_duplicates().itertuples(index=False)]
         drawn = reprobed_landscape(table, shown, experiment, grid.probe)
         atomic_write_bytes(figure, png_bytes(drawn))

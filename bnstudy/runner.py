@@ -156,10 +156,16 @@ def run_local(pending: list[tuple[RunConfig, RunDir]], device: torch.device, dat
     """One run after another in this process; datasets loaded once and shared by the runs that use them."""
     datasets: dict = {}
     for config, run in pending:
-        key = data_kind(config.data.dataset).key(config)  # all the data depend on (the DLN's: seed and width too)
-        if key not in datasets:
-            datasets[key] = load_dataset(config, data_dir, device)
-        print(summary_line(train_run(config, run, datasets[key], device, progress=progress)), flush=True)
+        dataset = shared_dataset(datasets, config, data_dir, device)
+        print(summary_line(train_run(config, run, dataset, device, progress=progress)), flush=True)
+
+
+def shared_dataset(datasets: dict, config: RunConfig, data_dir: str | None, device: torch.device) -> Dataset:
+    """The run's dataset from `datasets`, loaded into it the first time: runs whose data agree share one copy."""
+    key = data_kind(config.data.dataset).key(config)  # all the data depend on (the DLN's: seed and width too)
+    if key not in datasets:
+        datasets[key] = load_dataset(config, data_dir, device)
+    return datasets[key]
 
 
 def train_one(config: RunConfig, results_dir: str, device_name: str, data_dir: str | None, threads: int,
