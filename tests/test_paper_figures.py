@@ -38,10 +38,53 @@ def test_no_configuration_is_trained_twice_and_all_eleven_are_there():
 
 
 def test_every_run_carries_every_probe_a_figure_or_claim_needs():
-    config = run_config(load_experiment("paper-figures"), "standard", 0, "long")
-    assert set(config.activations.layers) >= {2, 3, 9, 11, 13} and set(config.ics.layers) == {5, 10}
-    assert config.ics.every and config.landscape.every and config.landscape.filter_every
-    assert config.curvature.every and config.weights.every and config.activations.density_at
+    exp = load_experiment("paper-figures")
+    for arm in ("standard", "batchnorm"):  # the claims 5-8, 11 and 13a-d read every probe of LR 0.1's two
+        config = run_config(exp, arm, 0, "long")
+        assert set(config.activations.layers) >= {2, 3, 9, 11, 13} and set(config.ics.layers) == {5, 10}
+        assert config.ics.every and config.landscape.every and config.landscape.filter_every
+        assert config.curvature.every and config.weights.every and config.activations.density_at
+    for arm in ("standard-lr0.01", "batchnorm-lr0.01"):  # claims 5 and 13d at LR 0.01
+        assert run_config(exp, arm, 0, "long").ics.every
+
+
+# What each figure kind needs from a run's configuration, written out here rather than read from bnstudy.plots
+def _layers_recorded(config, spec) -> bool:
+    return bool(config.activations.layers) and set(spec.get("layers", ())) <= set(config.activations.layers)
+
+
+FIGURE_NEEDS = {
+    "training": lambda config, spec: True,
+    "activations": _layers_recorded, "moments": _layers_recorded,
+    "densities": lambda config, spec: _layers_recorded(config, spec) and bool(config.activations.density_at),
+    "ics": lambda config, spec: config.ics.every > 0,
+    "landscape": lambda config, spec: config.landscape.every > 0,
+    "grad_vs_eta": lambda config, spec: config.landscape.every > 0,
+    "landscape_filter": lambda config, spec: config.landscape.filter_every > 0,
+    "curvature": lambda config, spec: config.curvature.every > 0,
+}
+
+
+@pytest.mark.parametrize("preset", ["smoke", "long", "paper"])
+def test_every_figure_finds_its_probe_in_every_run_it_shows(preset):
+    """Groups 4 and 5 carry only what their figures read: a figure that shows one of them must find its probe."""
+    exp = load_experiment("paper-figures")
+    configs = {arm: run_config(exp, arm, 0, preset) for arm in exp.arms_for(preset)}
+    for name, spec in exp.plots.items():
+        for wanted in spec["runs"]:
+            arms = [a for a, c in configs.items() if (c.model.norm, c.train.lr) == (wanted["norm"], wanted["lr"])]
+            assert len(arms) == 1, (name, wanted, arms)
+            assert FIGURE_NEEDS[spec["kind"]](configs[arms[0]], spec), (name, arms[0], spec["kind"])
+
+
+def test_the_runs_only_figure_1_and_claim_1_read_record_no_probe():
+    """LR 0.5's two runs are read for their accuracy alone (Fig. 1, claim 1): their probes would cost steps and
+    tracked bytes for nothing."""
+    exp = load_experiment("paper-figures")
+    for arm in ("standard-lr0.5", "batchnorm-lr0.5"):
+        config = run_config(exp, arm, 0, "long")
+        assert not config.activations.layers and not config.ics.every and not config.curvature.every
+        assert not (config.landscape.every or config.landscape.filter_every or config.weights.every)
 
 
 def test_the_dlns_presets_are_one_protocol_and_vggs_are_not():
