@@ -11,6 +11,7 @@ INTERRUPTED = "bnstudy: interrupted; rerun the same command to resume from the l
 try:  # Ctrl-C while importing is one line and exit 130 too: the console script imports this module first
     import argparse
     import math
+    import time
 
     from bnstudy.config import PRESETS, ConfigError, experiment_path, list_experiments
     from bnstudy.errors import USER_ERRORS
@@ -58,9 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="folder holding cifar-10-batches-py/ (default: $BNSTUDY_DATA, else data/)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one config value, e.g. --set train.lr=0.5 (repeatable; value read as TOML)")
-    run.add_argument("--launcher", default="local", choices=["local", "ray"],
+    run.add_argument("--launcher", default="local", choices=["local", "ray", "processes"],
                      help="local: one run after another here (default); ray: one Ray task per run, on RAY_ADDRESS "
-                          "if set, else a local Ray (needs pip install -e '.[ray]')")
+                          "if set, else a local Ray (needs pip install -e '.[ray]'); processes: --jobs runs at a "
+                          "time, each in its own process, side by side on one GPU or on the CPU's cores")
+    run.add_argument("--jobs", type=int, default=2, metavar="N",
+                     help="runs at a time with --launcher processes (default 2)")
+    run.add_argument("--stop-after", type=float, metavar="MINUTES",
+                     help="wall-clock budget: runs still training then checkpoint and stop, runs not started stay "
+                          "so; the same command resumes them (e.g. the end of a GPU lease)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_common(run)
 
@@ -96,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--width", type=float, help="VGG-16 width (default: 0.25 on CPU, 1 on CUDA)")
     bench.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
     bench.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timing per measurement")
+    bench.add_argument("--levers-only", action="store_true",
+                       help="only the device's rows: on CUDA the step time, the TF32-peak fraction and what each "
+                            "backend option costs; on the CPU channels_last and torch.compile")
+    bench.add_argument("--no-compile", action="store_true", help="leave out torch.compile's rows (compiling alone "
+                                                                 "can take a minute)")
     bench.add_argument("--end-to-end", action="store_true",
                        help="also time the whole quick noisy-bn experiment in a temporary folder (about 10 minutes)")
     _add_common(bench)
@@ -133,8 +145,15 @@ def cmd_run(args) -> int:
     from bnstudy.runner import run_experiment
 
     seeds = args.seeds if args.seeds is not None else [args.seed if args.seed is not None else 0]
+    if not 1 <= args.jobs <= 256:
+        raise UsageError(f"--jobs must be between 1 and 256 (runs at a time), got {args.jobs}")
+    deadline = None
+    if args.stop_after is not None:
+        _check_positive("--stop-after", args.stop_after, 60 * 24 * 365, "minutes of wall-clock time")
+        deadline = time.time() + 60 * args.stop_after
     run_experiment(args.experiment, args.preset, seeds, args.arms, args.device, args.data_dir,
-                   args.results_dir, args.overrides, progress=not args.no_progress, launcher=args.launcher)
+                   args.results_dir, args.overrides, progress=not args.no_progress, launcher=args.launcher,
+                   deadline=deadline, jobs=args.jobs)
     return 0
 
 
@@ -168,7 +187,8 @@ def cmd_bench(args) -> int:
     if not 2 <= args.batch <= SYNTHETIC.train_size:  # checked before minutes of timing, and named as typed
         raise UsageError(f"--batch must be between 2 and {SYNTHETIC.train_size:,} (examples per step; the bench's "
                          f"smaller data set has {SYNTHETIC.train_size:,}), got {args.batch}")
-    rows = run_bench(device, resolve_data_dir(args.data_dir), width, args.batch, args.min_run_time)
+    rows = run_bench(device, resolve_data_dir(args.data_dir), width, args.batch, args.min_run_time,
+                     levers_only=args.levers_only, with_compile=not args.no_compile)
     if args.end_to_end:
         rows += end_to_end(resolve_data_dir(args.data_dir), args.device)
     path = Path(args.results_dir) / "bench" / "bench.csv"

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -96,8 +98,11 @@ def plan(exp: Experiment, preset: str, seeds: list[int], arms: list[str] | None,
 
 def run_experiment(experiment: str, preset: str, seeds: list[int], arms: list[str] | None = None,
                    device: str = "auto", data_dir: str | None = None, results_dir: str = "results",
-                   overrides: list[str] = (), progress: bool = True, launcher: str = "local") -> list[dict]:
-    """Every run of the experiment: finished ones skipped, the rest trained by the chosen launcher."""
+                   overrides: list[str] = (), progress: bool = True, launcher: str = "local",
+                   deadline: float | None = None, jobs: int = 2) -> list[dict]:
+    """Every run of the experiment: finished ones skipped, the rest trained by the chosen launcher. With a
+    `deadline` (a time.time() value), runs still training then checkpoint and stop, and runs not yet started
+    stay so: the same call resumes them. `jobs`: runs at a time for the `processes` launcher."""
     if launcher not in LAUNCHERS:
         raise ConfigError(f"unknown launcher '{launcher}'; known: {', '.join(LAUNCHERS)}")
     exp = load_experiment(experiment)
@@ -121,19 +126,23 @@ def run_experiment(experiment: str, preset: str, seeds: list[int], arms: list[st
             else:
                 pending.append((config, run))
         if pending:
-            LAUNCHERS[launcher](pending, dev, data_dir, progress)
-    print(what_was_done(configs, len(runs) - len(pending), Path(results_dir)), flush=True)
+            LAUNCHERS[launcher](pending, dev, data_dir, progress, Schedule(deadline, jobs))
+    unfinished = sum(not run.is_finished() for _, run in pending)
+    print(what_was_done(configs, len(runs) - len(pending), Path(results_dir), unfinished), flush=True)
     return [run.read_meta() for _, run in runs]
 
 
-def what_was_done(configs: list[RunConfig], skipped: int, results_dir: Path) -> str:
-    """The closing line of `bnstudy run`: what was already there, what trained, and how to train another seed
-    (on a fresh clone the committed seed 0 is already there, and `make noisy-bn` only redraws its figures)."""
+def what_was_done(configs: list[RunConfig], skipped: int, results_dir: Path, unfinished: int = 0) -> str:
+    """The closing line of `bnstudy run`: what was already there, what trained, what --stop-after left to resume,
+    and how to train another seed (on a fresh clone the committed seed 0 is already there, and `make noisy-bn`
+    only redraws its figures)."""
     first = configs[0]
     seeds = sorted({c.seed for c in configs})
+    stopped = f"{unfinished} stopped or not started by --stop-after (the same command resumes them), " \
+        if unfinished else ""
     line = (f"{first.experiment} (preset {first.preset}, seed{'s' if len(seeds) > 1 else ''} "
-            f"{', '.join(map(str, seeds))}): {len(configs) - skipped} run(s) trained, {skipped} already there "
-            f"and skipped; results in {results_dir / first.experiment}")
+            f"{', '.join(map(str, seeds))}): {len(configs) - skipped - unfinished} run(s) trained, {stopped}"
+            f"{skipped} already there and skipped; results in {results_dir / first.experiment}")
     if skipped == len(configs):
         line += f". A new seed trains with --seeds {max(seeds) + 1} (make {first.experiment} SEED={max(seeds) + 1})"
     return line
@@ -151,13 +160,32 @@ def check_writable(folder: Path) -> Path:
     return folder
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """When launched runs must stop (a time.time() value, or None) and how many train at once where a launcher
+    chooses (`processes`)."""
+    deadline: float | None = None
+    jobs: int = 2
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+
+def not_started(config: RunConfig) -> str:
+    return f"{config.experiment}/{config.run_name}: not started, the time given (--stop-after) is up"
+
+
 def run_local(pending: list[tuple[RunConfig, RunDir]], device: torch.device, data_dir: str | None,
-              progress: bool) -> None:
+              progress: bool, schedule: Schedule = Schedule()) -> None:
     """One run after another in this process; datasets loaded once and shared by the runs that use them."""
     datasets: dict = {}
     for config, run in pending:
+        if schedule.expired():
+            print(not_started(config), flush=True)
+            continue
         dataset = shared_dataset(datasets, config, data_dir, device)
-        print(summary_line(train_run(config, run, dataset, device, progress=progress)), flush=True)
+        meta = train_run(config, run, dataset, device, progress=progress, deadline=schedule.deadline)
+        print(summary_line(meta), flush=True)
 
 
 def shared_dataset(datasets: dict, config: RunConfig, data_dir: str | None, device: torch.device) -> Dataset:
@@ -169,18 +197,20 @@ def shared_dataset(datasets: dict, config: RunConfig, data_dir: str | None, devi
 
 
 def train_one(config: RunConfig, results_dir: str, device_name: str, data_dir: str | None, threads: int,
-              registrations: Registrations = Registrations()) -> dict:
-    """One run in a worker process (a Ray task): its own data, its own threads, the driver's own probes; returns
-    meta.json."""
+              registrations: Registrations = Registrations(), deadline: float | None = None) -> dict | None:
+    """One run in a worker process (a Ray task, a `processes` worker): its own data, its own threads, the
+    driver's own probes; returns meta.json, or None where the deadline passed before it started."""
+    if deadline is not None and time.time() >= deadline:
+        return None
     registrations.restore()
     torch.set_num_threads(config.train.threads or threads)
     device = torch.device(device_name)
     run = RunDir(results_dir, config.experiment, config.arm, config.seed)
-    return train_run(config, run, load_dataset(config, data_dir, device), device, progress=False)
+    return train_run(config, run, load_dataset(config, data_dir, device), device, progress=False, deadline=deadline)
 
 
 def run_ray(pending: list[tuple[RunConfig, RunDir]], device: torch.device, data_dir: str | None,
-            progress: bool, cpus_per_run: int = 1) -> None:
+            progress: bool, schedule: Schedule = Schedule(), cpus_per_run: int = 1) -> None:
     """One Ray task per run: a GPU each on CUDA, `cpus_per_run` cores each otherwise. Connects to RAY_ADDRESS
     when set (a cluster: run folders must be on a shared filesystem), else starts a local Ray on 127.0.0.1.
     A failed task is retried once; it resumes from the run's last checkpoint."""
@@ -203,7 +233,7 @@ def run_ray(pending: list[tuple[RunConfig, RunDir]], device: torch.device, data_
     data = str(resolve_data_dir(data_dir).resolve())
     registrations = shipped_by_value(own_registrations(), ray.cloudpickle)
     futures = {task.remote(config, results_dir, "cuda" if device.type == "cuda" else "cpu", data, cpus_per_run,
-                           registrations): config
+                           registrations, schedule.deadline): config
                for config, _ in pending}
     failed = 0
     with tqdm(total=len(futures), desc="runs", disable=not progress, dynamic_ncols=True) as bar:
@@ -211,15 +241,50 @@ def run_ray(pending: list[tuple[RunConfig, RunDir]], device: torch.device, data_
         while remaining:
             done, remaining = ray.wait(remaining, num_returns=1)
             try:
-                print(summary_line(ray.get(done[0])), flush=True)
+                print(outcome_line(ray.get(done[0]), futures[done[0]]), flush=True)
             except ray.exceptions.RayError as err:
                 failed += 1
-                print(f"{futures[done[0]].experiment}/{futures[done[0]].run_name}: failed twice: "
-                      f"{str(err).strip().splitlines()[-1]}", flush=True)
+                print(failed_line(futures[done[0]], str(err).strip().splitlines()[-1]), flush=True)
             bar.set_postfix(finished=bar.n + 1 - failed, failed=failed)
             bar.update(1)
     if failed:
         raise ConfigError(f"{failed} of {len(futures)} runs failed on Ray (each retried once); rerun to resume them")
+
+
+def run_processes(pending: list[tuple[RunConfig, RunDir]], device: torch.device, data_dir: str | None,
+                  progress: bool, schedule: Schedule = Schedule()) -> None:
+    """`schedule.jobs` runs at a time, each in a process of its own (spawned: CUDA cannot be forked), in the
+    order given; on one GPU they share it, which keeps it busier than one small-batch run alone. Needs no Ray:
+    what a GPU image without a network has is enough. Each process gets an equal share of the CPU threads."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing
+
+    jobs = max(1, min(schedule.jobs, len(pending)))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    results_dir = str(pending[0][1].results_dir.resolve())
+    data = str(resolve_data_dir(data_dir).resolve())
+    failed = 0
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool, \
+            tqdm(total=len(pending), desc="runs", disable=not progress, dynamic_ncols=True) as bar:
+        futures = {pool.submit(train_one, config, results_dir, str(device), data, threads, own_registrations(),
+                               schedule.deadline): config for config, _ in pending}
+        for future in as_completed(futures):
+            try:
+                print(outcome_line(future.result(), futures[future]), flush=True)
+            except Exception as err:  # one run's failure is said; the others go on
+                failed += 1
+                print(failed_line(futures[future], f"{type(err).__name__}: {err}"), flush=True)
+            bar.update(1)
+    if failed:
+        raise ConfigError(f"{failed} of {len(pending)} runs failed; rerun the same command to resume them")
+
+
+def outcome_line(meta: dict | None, config: RunConfig) -> str:
+    return not_started(config) if meta is None else summary_line(meta)
+
+
+def failed_line(config: RunConfig, why: str) -> str:
+    return f"{config.experiment}/{config.run_name}: failed: {why}"
 
 
 def shipped_by_value(registrations: Registrations, cloudpickle) -> Registrations:
@@ -249,7 +314,7 @@ def check_reachable(address: str | None) -> None:
                           f"({err.strerror or err}); start the cluster, or unset RAY_ADDRESS for a local Ray") from None
 
 
-LAUNCHERS = {"local": run_local, "ray": run_ray}
+LAUNCHERS = {"local": run_local, "ray": run_ray, "processes": run_processes}
 
 
 def load_dataset(config: RunConfig, data_dir: str | None, device: torch.device) -> Dataset:
@@ -257,7 +322,9 @@ def load_dataset(config: RunConfig, data_dir: str | None, device: torch.device) 
 
 
 def summary_line(meta: dict) -> str:
-    status = meta["status"] if meta["status"] != "diverged" else f"diverged at step {meta['diverged_at']}"
+    status = {"diverged": f"diverged at step {meta.get('diverged_at')}",
+              "running": f"stopped at step {meta.get('steps_done')} of {meta.get('steps')} (--stop-after), "
+                         f"checkpointed; the same command resumes it"}.get(meta["status"], meta["status"])
     parts = [f"{meta['experiment']}/{meta['arm']}/seed-{meta['seed']}: {status}"]
     if meta.get("final_train_acc_last100") is not None:
         parts.append(f"train acc (last 100 steps) {meta['final_train_acc_last100']:.3f}")

@@ -309,19 +309,22 @@ def make_state(config: RunConfig, dataset: Dataset, device: torch.device) -> Run
 
 
 def train_run(config: RunConfig, run: RunDir, dataset: Dataset, device: torch.device,
-              callbacks: list | None = None, progress: bool = True) -> dict:
-    """Train one run to completion (or divergence), resuming if a checkpoint exists; return meta.json."""
+              callbacks: list | None = None, progress: bool = True, deadline: float | None = None) -> dict:
+    """Train one run to completion (or divergence), resuming if a checkpoint exists; return meta.json.
+
+    `deadline` (a time.time() value, e.g. the end of a GPU lease): at the first log interval past it the run
+    checkpoints and returns, still "running" in meta.json with its `steps_done`; the same command resumes it."""
     threads = torch.get_num_threads()
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     try:
         with backend_policy(config.backend, device) as backend:
-            return _train_run(config, run, dataset, device, callbacks, progress, backend)
+            return _train_run(config, run, dataset, device, callbacks, progress, backend, deadline)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_run(config, run, dataset, device, callbacks, progress, backend: dict) -> dict:
+def _train_run(config, run, dataset, device, callbacks, progress, backend: dict, deadline: float | None) -> dict:
     state = make_state(config, dataset, device)
     logs = run.open_logs()
     ckpt = read_checkpoint(run, logs) if run.read_meta().get("status") == "running" else None
@@ -339,11 +342,14 @@ def _train_run(config, run, dataset, device, callbacks, progress, backend: dict)
                     norm=config.model.norm, init=config.model.init, lr=config.train.lr, model=config.model.kind,
                     steps=config.train.steps)
     callbacks = list(callbacks or []) + probe_callbacks(config, state.model)
-    diverged = _loop(config, run, dataset, state, logs, callbacks, progress)
+    diverged = _loop(config, run, dataset, state, logs, callbacks, progress, deadline)
+    if diverged is None and state.step < config.train.steps:  # stopped at the deadline, checkpointed
+        run.update_meta(steps_done=state.step, wall_time_s=round(state.elapsed, 2))
+        return run.read_meta()
     return _finish(config, run, dataset, state, logs, diverged)
 
 
-def _loop(config, run, dataset, state, logs, callbacks, progress) -> int | None:
+def _loop(config, run, dataset, state, logs, callbacks, progress, deadline: float | None = None) -> int | None:
     t = config.train
     started = time.perf_counter()
     bar = tqdm(total=t.steps, initial=state.step, desc=f"{config.experiment}/{config.run_name}",
@@ -360,6 +366,10 @@ def _loop(config, run, dataset, state, logs, callbacks, progress) -> int | None:
         bar.set_postfix(state.last_train | {"test_acc": state.last_test.get("acc")}, refresh=False)
         if diverged is None and checkpoint_due:
             save_checkpoint(run, state, logs, state.elapsed + time.perf_counter() - started)
+        if diverged is None and state.step < t.steps and _stop_here(t, state.step, deadline):
+            if not checkpoint_due:
+                save_checkpoint(run, state, logs, state.elapsed + time.perf_counter() - started)
+            break
     bar.close()
     state.elapsed += time.perf_counter() - started
     return diverged
@@ -383,6 +393,12 @@ def run_step(state: RunState, dataset: Dataset, task: Task, config: RunConfig, l
     if state.step % t.log_every == 0 or eval_due_at(t, state.step) or checkpoint_due_at(t, state.step):
         return flush_train_metrics(state, logs, config)
     return None
+
+
+def _stop_here(t, step: int, deadline: float | None) -> bool:
+    """Past the deadline, at the end of a log interval: its metrics are written, so nothing is pending that a
+    checkpoint would have to hold."""
+    return deadline is not None and step % t.log_every == 0 and time.time() >= deadline
 
 
 def eval_due_at(t, step: int) -> bool:

@@ -37,6 +37,20 @@ def test_device_rows_run_and_give_finite_ratios(monkeypatch):
     assert not any("peak" in n for n in names)  # no peak known for a CPU: the row is absent, not made up
 
 
+def test_levers_only_without_compile_is_the_devices_rows_alone(monkeypatch):
+    """What a GPU lease measures in its minute (`bnstudy bench --levers-only --no-compile`): no policy, Hessian
+    or peer row, and torch.compile never called."""
+    monkeypatch.setattr(bench.device, "compile_row", lambda *args: pytest.fail("compiled"))
+    for name in ("policy_rows", "hessian_rows", "peer_rows"):
+        monkeypatch.setattr(bench, name, lambda *args, name=name: pytest.fail(name))
+    rows = bench.run_bench(torch.device("cpu"), Path("/nonexistent"), 0.0625, 8, 0.01, levers_only=True,
+                           with_compile=False)
+    names = [r.benchmark for r in rows]
+    assert names[1:] == ["training step, channels_last / eager",
+                         "channels_last: largest relative loss difference to eager over 5 steps"]
+    assert names[0].startswith("training step, eager NCHW, VGG-16 width 0.0625, batch 8")
+
+
 def test_bench_times_the_loops_own_step(monkeypatch):
     """`ours` was a copy of the loop's step; it is now train.run_step itself, metrics flushed per interval."""
     from bnstudy import train

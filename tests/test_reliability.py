@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from bnstudy.recording import FAULT_ENV, SCHEMAS, ResultsLock, RunDir, table_bytes
 
@@ -74,6 +75,44 @@ def test_a_run_resumed_by_a_launcher_of_another_thread_count_keeps_its_own(tmp_p
     assert csvs(tmp_path) == uninterrupted
     meta = json.loads((tmp_path / "noisy-bn" / "noisy-batchnorm" / "seed-0" / "meta.json").read_text(encoding="utf-8"))
     assert meta["environment"]["threads"] == 1
+
+
+def test_a_run_stopped_at_its_deadline_resumes_to_the_uninterrupted_numbers(tmp_path, uninterrupted):
+    """A deadline (--stop-after, the end of a GPU lease) that passes during a run: the run checkpoints at its next
+    log interval (step 3 here, between two checkpoints) and stops, still running; the same command ends it as if
+    it had run whole."""
+    from bnstudy.config import load_experiment, run_config
+    from bnstudy.runner import load_dataset
+    from bnstudy.train import train_run
+
+    one_thread = ["--set", "train.threads=1"]  # as the uninterrupted run's process has (OMP_NUM_THREADS=1)
+    overrides = [value for flag, value in zip(ARGS, ARGS[1:]) if flag == "--set"] + ["train.threads=1"]
+    config = run_config(load_experiment("noisy-bn"), "noisy-batchnorm", 0, "smoke", overrides)
+    run = RunDir(tmp_path, "noisy-bn", "noisy-batchnorm", 0)
+    cpu = torch.device("cpu")
+    meta = train_run(config, run, load_dataset(config, None, cpu), cpu, progress=False, deadline=time.time())
+    assert (meta["status"], meta["steps_done"]) == ("running", 3)
+    resumed = bnstudy(tmp_path, args=ARGS + one_thread)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 run(s) trained" in resumed.stdout
+    assert csvs(tmp_path) == uninterrupted
+
+
+def test_past_the_deadline_no_run_starts_and_the_closing_line_says_so(tmp_path):
+    stopped = bnstudy(tmp_path, args=ARGS + ["--stop-after", "1e-9"])
+    assert stopped.returncode == 0, stopped.stderr
+    assert "noisy-bn/noisy-batchnorm/seed-0: not started, the time given (--stop-after) is up" in stopped.stdout
+    assert "0 run(s) trained, 1 stopped or not started by --stop-after" in stopped.stdout
+
+
+def test_runs_side_by_side_in_processes_give_the_numbers_of_one_after_another(tmp_path, uninterrupted):
+    """--launcher processes (several runs on one GPU, no Ray needed): two runs at once, one thread each, end with
+    the numbers the local launcher gives."""
+    args = [a for a in ARGS if a not in ("--arms", "noisy-batchnorm")] + ["--arms", "noisy-batchnorm", "standard"]
+    both = bnstudy(tmp_path, args=args + ["--set", "train.threads=1", "--launcher", "processes", "--jobs", "2"])
+    assert both.returncode == 0, both.stderr
+    assert both.stdout.count(": complete,") == 2 and "2 run(s) trained" in both.stdout
+    assert csvs(tmp_path) == uninterrupted
 
 
 @pytest.mark.parametrize("fault", ["finish@1", "settle@1"])

@@ -33,14 +33,18 @@ __all__ = ["CIFAR", "CURVATURE", "PEER", "SYNTHETIC", "Row", "bench_config", "be
            "write_rows"]
 
 def run_bench(device: torch.device, data_dir: Path | None, width: float, batch: int, min_run_time: float,
-              etas: int = 8) -> list[Row]:
-    """Every ratio, under the backend policy training runs use (bnstudy.backends); on CUDA also `device_rows`."""
-    with backend_policy(BackendConfig(), device):
-        rows = (policy_rows(device, data_dir, width, batch, min_run_time, etas)
-                + hessian_rows(device, data_dir, width, batch, min_run_time)
-                + peer_rows(device, data_dir, min_run_time))
+              etas: int = 8, levers_only: bool = False, with_compile: bool = True) -> list[Row]:
+    """Every ratio, under the backend policy training runs use (bnstudy.backends); on CUDA also `device_rows`.
+    `levers_only`: the device's rows alone (a GPU lease's minute); `with_compile`: torch.compile's rows too (its
+    compilation alone can take a minute)."""
+    rows = []
+    if not levers_only:
+        with backend_policy(BackendConfig(), device):
+            rows = (policy_rows(device, data_dir, width, batch, min_run_time, etas)
+                    + hessian_rows(device, data_dir, width, batch, min_run_time)
+                    + peer_rows(device, data_dir, min_run_time))
     levers = device_rows if device.type == "cuda" else cpu_lever_rows
-    return rows + levers(device, data_dir, width, batch, min_run_time)
+    return rows + levers(device, data_dir, width, batch, min_run_time, with_compile)
 
 
 def end_to_end(data_dir: Path | None, device: str) -> list[Row]:

@@ -46,7 +46,7 @@ def timed_step(device: torch.device, data_dir: Path | None, width: float, batch:
 
 
 def device_rows(device: torch.device, data_dir: Path | None, width: float, batch: int,
-                min_run_time: float) -> list[Row]:
+                min_run_time: float, with_compile: bool = True) -> list[Row]:
     """Throughput and what each backend option of bnstudy.backends costs or buys (CUDA only: on a CPU the
     options do nothing or measure something else, so these rows are absent there)."""
     t, flops, data = timed_step(device, data_dir, width, batch, min_run_time, BackendConfig())
@@ -66,7 +66,9 @@ def device_rows(device: torch.device, data_dir: Path | None, width: float, batch
         if peak is not None:
             rows.append(Row(f"achieved / dense TF32 peak, {name}", flops / seconds_per_step / peak, "fraction", "", "",
                             f"{flops / seconds_per_step / 1e12:.1f} TFLOP/s of {peak / 1e12:g}"))
-    return _measured_on(rows + [compile_row(device, data_dir, width, batch, min_run_time, t)], data)
+    if with_compile:
+        rows.append(compile_row(device, data_dir, width, batch, min_run_time, t))
+    return _measured_on(rows, data)
 
 
 def compile_row(device, data_dir, width, batch, min_run_time, t_eager: float) -> Row:
@@ -111,7 +113,7 @@ def agreement(a: list[float], b: list[float]) -> float:
 
 
 def cpu_lever_rows(device: torch.device, data_dir: Path | None, width: float, batch: int,
-                   min_run_time: float) -> list[Row]:
+                   min_run_time: float, with_compile: bool = True) -> list[Row]:
     """The CPU's levers on the training step, channels_last and torch.compile, as ratios to eager NCHW, each with
     how far its losses drift from eager's (AGREEMENT): a lever is adopted only within CUDA_RTOL (bnstudy.backends)."""
     t, _, data = timed_step(device, data_dir, width, batch, min_run_time, BackendConfig())
@@ -123,6 +125,8 @@ def cpu_lever_rows(device: torch.device, data_dir: Path | None, width: float, ba
             Row("training step, channels_last / eager", t_last / t, "ratio", "< 1", "yes" if t_last < t else "no"),
             Row("channels_last: largest relative loss difference to eager over 5 steps", drift, "relative",
                 *_target(drift, "<=", CUDA_RTOL))]
+    if not with_compile:
+        return _measured_on(rows, data)
     compiled = compile_row(device, data_dir, width, batch, min_run_time, t)
     rows.append(compiled)
     if np.isfinite(compiled.value):
