@@ -3,6 +3,7 @@
 #   make all [SEEDS="0 1 2"]  every experiment, then the report;  make report  the report alone
 #   make bench [E2E=1]  costs as ratios (E2E=1 also times the whole quick noisy-bn)
 #   make lint | test | test-gpu [NOVENV=1]  (NOVENV=1: the system python3 with PYTHONPATH=., as on a GPU image without network)
+#   make gpu-paper NOVENV=1 [MINUTES=8]  a GPU lease's last call: the paper preset's runs side by side (docs/gpu.md)
 #   make crosscheck  our Hessian probes against curvlinops, hessian-eigenthings and PyHessian (own venv: .venv-peers)
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -37,10 +38,10 @@ $(warning cannot read 'with' from experiments/*.toml with $(PYTHON) (3.11 or lat
 EXPERIMENTS_WITH :=
 endif
 
-.PHONY: help install data $(EXPERIMENTS) $(RUNS) all report bench plot lint test test-gpu crosscheck clean-venv
+.PHONY: help install data $(EXPERIMENTS) $(RUNS) all report bench plot lint test test-gpu gpu-paper crosscheck clean-venv
 
 help:
-	@sed -n '1,6p' Makefile
+	@sed -n '1,7p' Makefile
 	@echo "#   EXPERIMENT (experiments/*.toml): $(EXPERIMENTS)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -99,6 +100,21 @@ test-gpu:
 else
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m cuda -rs tests/test_cuda.py
+endif
+
+# A GPU lease's last call (bnstudy/lease.py, docs/gpu.md): CIFAR-10 from the staged parts, the CUDA tests, the device's
+# bench rows, paper-figures' runs side by side within MINUTES, all packed into $$OUT. DEVICE and PRESET default to cuda
+# and paper here, unless given: `make gpu-paper DEVICE=cpu PRESET=smoke` is the CPU rehearsal the tests run.
+MINUTES ?= 8
+LEASE    = -m bnstudy.lease paper --minutes $(MINUTES) \
+           --device $(if $(filter command line environment,$(origin DEVICE)),$(DEVICE),cuda) \
+           --preset $(if $(filter command line environment,$(origin PRESET)),$(PRESET),paper) $(LEASE_ARGS)
+ifdef NOVENV
+gpu-paper:
+	PYTHONPATH=. $(PYTHON) $(LEASE)
+else
+gpu-paper: $(STAMP)
+	$(BIN)/python $(LEASE)
 endif
 
 # The peer cross-check (bnstudy/crosscheck/, tests/test_peers.py) in a venv of its own: the peers never enter .venv.
