@@ -176,11 +176,23 @@ def side_by_side(device: str, data: Path, jobs: list[int], width: float, batch: 
         command = [sys.executable, "-m", "bnstudy.lease", "steps", "--device", device, "--data-dir", str(data),
                    "--width", str(width), "--batch", str(batch), "--seconds", str(seconds), "--start-at", str(start_at)]
         procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(k)]
-        each = [float(p.communicate(timeout=120)[0].strip() or "nan") for p in procs]
+        each = [_rate(p) for p in procs]
         rates[k] = sum(each)
         log(f"side by side: {k} process(es), {rates[k]:.1f} training steps/s in all "
-            f"({', '.join(f'{r:.1f}' for r in each)} each), width {width:g}, batch {batch}, {device}")
+            f"({', '.join(f'{r:.1f}' for r in each)} each; 0 = failed), width {width:g}, batch {batch}, {device}")
+    if not any(rates.values()):
+        log(f"side by side: no count could be measured; training with {min(jobs)}")
+        return min(jobs)
     return max(rates, key=lambda k: (rates[k], -k))
+
+
+def _rate(proc: subprocess.Popen) -> float:
+    """One measuring process's steps per second (its last line), or 0 if it failed or hung."""
+    try:
+        return float(proc.communicate(timeout=120)[0].strip().splitlines()[-1])
+    except (subprocess.TimeoutExpired, ValueError, IndexError):
+        proc.kill()
+        return 0.0
 
 
 def time_steps(device: str, data: Path, width: float, batch: int, seconds: float, start_at: float) -> float:
@@ -253,14 +265,7 @@ def cut(archive: Path, stem: Path) -> list[Path]:
 def paper(args) -> int:
     started, out = time.time(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "lease.log"
-
-    def log(text: str) -> None:
-        line = f"{time.time() - started:7.1f}s  {text}" if text else ""
-        print(line, flush=True)
-        with open(log_path, "a") as f:
-            f.write(line + "\n")
-
+    log = _logger(out / "lease.log", started)
     deadline = started + 60 * args.minutes
     data = prepare_data(Path(args.store), log)
     env = dict(os.environ, BNSTUDY_DATA=str(data))
@@ -269,6 +274,27 @@ def paper(args) -> int:
             log("a CUDA test failed: no training in this lease")
             return 1
     results = Path(args.results_dir)
+    try:
+        measure_and_train(args, data, results, deadline, out, log, env)
+    finally:  # whatever broke on the way, what trained comes back
+        _log_runs(results, log)
+        parts = pack(results, out, RETURN_BYTES - 3 * 2**20, log)
+        log(f"packed {len(parts)} part(s) into {out}: {', '.join(p.name for p in parts)}; lease took "
+            f"{(time.time() - started) / 60:.1f} minutes")
+    return 0
+
+
+def _logger(path: Path, started: float):
+    def log(text: str) -> None:
+        line = f"{time.time() - started:7.1f}s  {text}" if text else ""
+        print(line, flush=True)
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    return log
+
+
+def measure_and_train(args, data: Path, results: Path, deadline: float, out: Path, log, env: dict) -> None:
+    """bench's device rows, the side-by-side measurement, then the runs until the deadline (less RESERVE_S)."""
     bench = [sys.executable, "-m", "bnstudy", "bench", "--device", args.device, "--levers-only", "--no-compile",
              "--min-run-time", str(args.bench_seconds), "--data-dir", str(data), "--results-dir", str(results)]
     step("bench", bench + (["--width", str(args.width)] if args.width else []), log, 180, env)
@@ -277,20 +303,18 @@ def paper(args) -> int:
                         args.bench_seconds, args.settle_seconds, log)
     minutes_left = (deadline - time.time() - RESERVE_S) / 60
     log(f"training with {jobs} process(es) side by side for at most {minutes_left:.1f} minutes")
+    if minutes_left <= 0:
+        return
     gpu_log = _sample_gpu(out)
-    if minutes_left > 0:
+    try:
         step("run", [sys.executable, "-m", "bnstudy", "run", "paper-figures", "--preset", args.preset, "--seeds",
                      *map(str, args.seeds), "--arms", *ORDER, "--launcher", "processes", "--jobs", str(jobs),
                      "--stop-after", f"{minutes_left:.3f}", "--device", args.device, "--data-dir", str(data),
                      "--results-dir", str(results), "--no-progress", *_sets(args)],
              log, 60 * minutes_left + RESERVE_S, env)
-    if gpu_log:
-        gpu_log.terminate()
-    _log_runs(results, log)
-    parts = pack(results, out, RETURN_BYTES - 3 * 2**20, log)
-    log(f"packed {len(parts)} part(s) into {out}: {', '.join(p.name for p in parts)}; lease took "
-        f"{(time.time() - started) / 60:.1f} minutes")
-    return 0
+    finally:
+        if gpu_log:
+            gpu_log.terminate()
 
 
 def _sets(args) -> list[str]:

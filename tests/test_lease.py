@@ -113,3 +113,13 @@ def test_the_lease_rehearsed_on_the_cpu_at_smoke(tmp_path, cifar_dir):
     assert sorted(m["arm"] for m in metas) == sorted(lease.ORDER)
     assert {m["status"] for m in metas} == {"complete"} and {m["preset"] for m in metas} == {"smoke"}
     assert (back / "results" / "bench" / "bench.csv").is_file()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_side_by_side_measurement_that_fails_trains_with_the_fewest_processes(tmp_path):
+    """Measuring processes that crash (here: CUDA asked for on a CPU) count as 0 steps/s, said in the log; with no
+    count measured the runs train one at a time rather than not at all."""
+    logged = []
+    assert lease.side_by_side("cuda", tmp_path, [2, 1], 0.0625, 8, 0.01, 0.0, logged.append) == 1
+    assert "side by side: 2 process(es), 0.0 training steps/s in all (0.0, 0.0 each; 0 = failed)" in logged[0]
+    assert logged[-1] == "side by side: no count could be measured; training with 1"
