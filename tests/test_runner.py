@@ -11,7 +11,8 @@ CPU = torch.device("cpu")
 
 def fake_runs(monkeypatch):
     seen = []
-    monkeypatch.setattr(runner, "train_run", lambda config, run, dataset, device, progress: seen.append(dataset) or {})
+    monkeypatch.setattr(runner, "train_run",
+                        lambda config, run, dataset, device, progress, deadline: seen.append(dataset) or {})
     monkeypatch.setattr(runner, "summary_line", lambda meta: "")
     return seen
 
