@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import re
 import tarfile
 import time
 from pathlib import Path
@@ -105,7 +106,7 @@ def stage(files: list[Path], store: Path) -> str:
         tmp = store / f".{path.name}.tmp"
         shutil.copyfile(path, tmp)
         tmp.replace(store / path.name)
-    staged = sorted(p.name for p in store.glob("*.part*"))
+    staged = [p.name for p in staged_parts(store)]
     return f"staged in {store}: {', '.join(staged)} ({sum((store / p).stat().st_size for p in staged):,} bytes)"
 
 
@@ -119,8 +120,8 @@ def prepare_data(store: Path, log) -> Path:
         return data
     except DataError:
         pass
-    parts = sorted(store.glob("*.part*"), key=lambda p: int(p.name.rsplit(".part", 1)[1]))
-    numbers = [int(p.name.rsplit(".part", 1)[1]) for p in parts]
+    parts = staged_parts(store)
+    numbers = [part_number(p) for p in parts]
     if not parts or numbers != list(range(len(parts))):
         raise LeaseError(f"staged parts in {store}: {numbers or 'none'}; a part is missing (stage every call's part, "
                          f"calls back to back while the machine is warm)")
@@ -136,12 +137,22 @@ def prepare_data(store: Path, log) -> Path:
     return data
 
 
+def part_number(path: Path) -> int | None:
+    """K of a part named NAME.partK; None for anything else (a temporary copy cut short, a stray file)."""
+    match = re.fullmatch(r"[^.].*\.part(\d+)", path.name)
+    return int(match.group(1)) if match else None
+
+
+def staged_parts(store: Path) -> list[Path]:
+    return sorted((p for p in store.glob("*.part*") if part_number(p) is not None), key=part_number)
+
+
 class _Joined:
     """The parts read as one stream (tarfile's `r|*` reads forward only)."""
 
     def __init__(self, parts: list[Path]):
         self.chunks = _chunks(parts, 2**20)
-        self.buffer = b""
+        self.buffer = bytearray()  # deleting from its front is cheap: no copy of what remains
 
     def read(self, size: int = -1) -> bytes:
         while size < 0 or len(self.buffer) < size:
@@ -149,7 +160,9 @@ class _Joined:
             if chunk is None:
                 break
             self.buffer += chunk
-        out, self.buffer = (self.buffer, b"") if size < 0 else (self.buffer[:size], self.buffer[size:])
+        size = len(self.buffer) if size < 0 else size
+        out = bytes(self.buffer[:size])
+        del self.buffer[:size]
         return out
 
 
