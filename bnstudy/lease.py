@@ -227,12 +227,18 @@ def time_steps(device: str, data: Path, width: float, batch: int, seconds: float
 def pack(results: Path, out: Path, budget: int, log) -> list[Path]:
     """Every run folder's tables and meta (finished runs first), then unfinished runs' checkpoints in the order of
     ORDER while they fit `budget`; the tar.xz cut into parts of PART_BYTES in `out`."""
-    runs = sorted(results.glob("*/*/seed-*"), key=_priority)
-    files = sorted((f for f in results.rglob("*") if f.is_file() and not _is_checkpoint(f)), key=_file_priority)
+    priority = {run: _priority(run) for run in results.glob("*/*/seed-*")}  # each meta.json read once
+    runs = sorted(priority, key=priority.get)
+
+    def file_priority(path: Path) -> tuple:
+        run = next((p for p in path.parents if p in priority), None)
+        return (priority[run] if run else (False, -1, "")), str(path)
+
+    files = sorted((f for f in results.rglob("*") if f.is_file() and not _is_checkpoint(f)), key=file_priority)
     size = sum(f.stat().st_size for f in files)
     for run in runs:
         checkpoint = run / "checkpoint.pt"
-        if checkpoint.is_file() and json.loads((run / "meta.json").read_text()).get("status") == "running":
+        if checkpoint.is_file() and priority[run][0]:  # unfinished: its status is "running"
             if size + checkpoint.stat().st_size <= budget:
                 files.append(checkpoint)
                 size += checkpoint.stat().st_size
@@ -250,11 +256,6 @@ def _priority(run: Path) -> tuple:
     meta = json.loads((run / "meta.json").read_text()) if (run / "meta.json").is_file() else {}
     arm = run.parent.name
     return (meta.get("status") == "running", ORDER.index(arm) if arm in ORDER else len(ORDER), str(run))
-
-
-def _file_priority(path: Path) -> tuple:
-    run = next((p for p in path.parents if p.name.startswith("seed-")), None)
-    return (_priority(run) if run else (False, -1, "")), str(path)
 
 
 def _is_checkpoint(path: Path) -> bool:
