@@ -33,6 +33,7 @@ def test_device_rows_run_and_give_finite_ratios(monkeypatch):
     rows = bench.device_rows(torch.device("cpu"), Path("/nonexistent"), 0.0625, 8, 0.01)  # the synthetic set
     names = [r.benchmark for r in rows]
     assert "training step, deterministic mode / policy" in names and "training images/s, VGG-16 width 0.0625" in names
+    assert "training step, noisy-batch / batch (Algorithm 1's noise)" in names
     assert all(r.value > 0 for r in rows)
     assert not any("peak" in n for n in names)  # no peak known for a CPU: the row is absent, not made up
 
@@ -47,8 +48,27 @@ def test_levers_only_without_compile_is_the_devices_rows_alone(monkeypatch):
                            with_compile=False)
     names = [r.benchmark for r in rows]
     assert names[1:] == ["training step, channels_last / eager",
-                         "channels_last: largest relative loss difference to eager over 5 steps"]
+                         "channels_last: largest relative loss difference to eager over 5 steps",
+                         "training step, noisy-batch / batch (Algorithm 1's noise)"]
     assert names[0].startswith("training step, eager NCHW, VGG-16 width 0.0625, batch 8")
+
+
+def test_noise_draws_are_two_per_activation_each_batch_norm_layer_normalizes():
+    """Counted independently: every output element of the batch model's BN layers, the same shapes the noisy
+    model's noise layers see; plus a mean and a scale per unit. The hooks are gone afterwards."""
+    from bnstudy.config import ModelConfig
+    from bnstudy.models import build_model
+
+    x = torch.randn(3, 3, 32, 32)
+    batch_model = build_model(ModelConfig(width=0.0625, norm="batch"))
+    sizes = []
+    for m in batch_model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.register_forward_hook(lambda m, i, out: sizes.append((out.numel(), out.shape[1])))
+    batch_model(x)
+    noisy = build_model(ModelConfig(width=0.0625, norm="noisy-batch"))
+    assert bench.device.noise_draws(noisy, x) == sum(2 * n + 2 * c for n, c in sizes) > 0
+    assert not any(m._forward_hooks for m in noisy.modules())
 
 
 def test_bench_times_the_loops_own_step(monkeypatch):

@@ -56,7 +56,7 @@ CIFAR = DataConfig(dataset="cifar10", train_size=10_000, test_size=1_000)
 SYNTHETIC = DataConfig(dataset="synthetic", train_size=2_048, test_size=256)  # where CIFAR-10 is missing
 
 
-def bench_setup(device: torch.device, data_dir: Path | None, width: float):
+def bench_setup(device: torch.device, data_dir: Path | None, width: float, norm: str = "batch"):
     """(dataset, model, its DataConfig): CIFAR-10 where it is found, else the synthetic set (its name says so, and
     every row carries the name)."""
     torch.manual_seed(0)
@@ -64,7 +64,7 @@ def bench_setup(device: torch.device, data_dir: Path | None, width: float):
         data, dataset = CIFAR, load_images(CIFAR, data_dir, device)
     except DataError:
         data, dataset = SYNTHETIC, load_images(SYNTHETIC, None, device)
-    model = build_model(ModelConfig(width=width, norm="batch")).to(device)
+    model = build_model(ModelConfig(width=width, norm=norm)).to(device)
     return dataset, model, data
 
 

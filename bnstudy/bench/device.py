@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bnstudy.backends import CUDA_RTOL, backend_policy, memory_format
 from bnstudy.config import BackendConfig
+from bnstudy.models import BatchNoise
 
 from bnstudy.bench.common import _measured_on, _target, bare_step, bench_setup, Row, seconds
 
@@ -34,11 +35,11 @@ def step_flops(model, x, y) -> int:
 
 
 def timed_step(device: torch.device, data_dir: Path | None, width: float, batch: int, min_run_time: float,
-               backend: BackendConfig) -> tuple[float, int, str]:
-    """Seconds per bare training step, its FLOPs, and the data's name, under `backend` (a fresh model in its
-    memory format)."""
+               backend: BackendConfig, norm: str = "batch") -> tuple[float, int, str]:
+    """Seconds per bare training step, its FLOPs, and the data's name, under `backend` (a fresh model with `norm`,
+    in the backend's memory format)."""
     with backend_policy(backend, device):
-        dataset, model, _ = bench_setup(device, data_dir, width)
+        dataset, model, _ = bench_setup(device, data_dir, width, norm)
         model = model.to(memory_format=torch.channels_last if backend.channels_last else torch.contiguous_format)
         x, y = dataset.train_x[:batch], dataset.train_y[:batch]
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, foreach=True)
@@ -66,9 +67,38 @@ def device_rows(device: torch.device, data_dir: Path | None, width: float, batch
         if peak is not None:
             rows.append(Row(f"achieved / dense TF32 peak, {name}", flops / seconds_per_step / peak, "fraction", "", "",
                             f"{flops / seconds_per_step / 1e12:.1f} TFLOP/s of {peak / 1e12:g}"))
+    rows.append(noise_row(device, data_dir, width, batch, min_run_time, t))
     if with_compile:
         rows.append(compile_row(device, data_dir, width, batch, min_run_time, t))
     return _measured_on(rows, data)
+
+
+def noise_draws(model, x) -> int:
+    """Random numbers one training forward of `model` draws in its BatchNoise layers: Algorithm 1 draws a scale and
+    a shift for every activation it touches (and two per unit, counted too)."""
+    counts = []
+
+    def count(module, inputs, output):
+        counts.append(2 * inputs[0].numel() + 2 * inputs[0].shape[1])
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, BatchNoise)]
+    try:
+        model.train()(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(counts)
+
+
+def noise_row(device, data_dir, width, batch, min_run_time, t_batch: float) -> Row:
+    """What Algorithm 1's noise costs the step: noisy-batch over batch, same backend (fresh draws every step make
+    it a generator's work, which a CPU does one number at a time)."""
+    t_noisy = timed_step(device, data_dir, width, batch, min_run_time, BackendConfig(), norm="noisy-batch")[0]
+    dataset, model, _ = bench_setup(device, data_dir, width, "noisy-batch")
+    with torch.no_grad():
+        draws = noise_draws(model, dataset.train_x[:batch])
+    return Row("training step, noisy-batch / batch (Algorithm 1's noise)", t_noisy / t_batch, "ratio",
+               note=f"{draws / 1e6:.1f} M random numbers a step, {(t_noisy - t_batch) / draws * 1e9:.1f} ns each")
 
 
 def compile_row(device, data_dir, width, batch, min_run_time, t_eager: float) -> Row:
@@ -125,6 +155,7 @@ def cpu_lever_rows(device: torch.device, data_dir: Path | None, width: float, ba
             Row("training step, channels_last / eager", t_last / t, "ratio", "< 1", "yes" if t_last < t else "no"),
             Row("channels_last: largest relative loss difference to eager over 5 steps", drift, "relative",
                 *_target(drift, "<=", CUDA_RTOL))]
+    rows.append(noise_row(device, data_dir, width, batch, min_run_time, t))
     if not with_compile:
         return _measured_on(rows, data)
     compiled = compile_row(device, data_dir, width, batch, min_run_time, t)
