@@ -359,6 +359,14 @@ def test_claim_13d_is_claim_5_relative_to_the_gradient():
     assert check("13d (ours)", runs(0.3)) == FAILS
 
 
+def test_claim_3_reads_the_layers_its_two_arms_recorded_not_those_of_pooled_runs():
+    """At long, runs of every experiment are pooled: a DLN run's moments at layer #24 left noisy and standard
+    without that column, and the claim said 'no seed with d_mean_L24'."""
+    runs = noisy_runs(0.65, 0.1)["noisy-bn"]
+    other = frame({"batchnorm-lr0.01": {"final_train_acc_last100": 0.5, "d_mean_L24": 1.0, "d_var_L24": 1.0}})
+    assert check("3", {"noisy-bn": pd.concat([runs, other])}) == HOLDS
+
+
 def test_a_rule_finds_its_runs_by_configuration_in_another_experiment():
     """paper-figures trains each configuration once: claim 1 finds LR 0.1 and 0.5 there, claim 3 finds noisy BN."""
     lr = lr_runs(0.40, 0.70, 0.10, 0.65)["lr"]

@@ -42,7 +42,9 @@ def claim_3(s) -> Verdict:
     runs = needs(s, "noisy-bn")
     groups = by_word(STANDARD01, BN01, NOISY01)
     acc = paired(runs, "final_train_acc_last100", groups)
-    layers = moment_layers(runs.columns)
+    # the layers these two arms recorded: pooled runs of other experiments (the DLN's) add columns they lack
+    compared = pd.concat([runs_of(runs, NOISY01), runs_of(runs, STANDARD01)]).dropna(axis=1, how="all")
+    layers = moment_layers(compared.columns)
     deeper = [layer for layer in layers if layer > 2] or layers
     moves = [paired(runs, moment_column(change, layer), by_word(NOISY01, STANDARD01))
              for change in CHANGES for layer in deeper]
