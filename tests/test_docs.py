@@ -342,6 +342,8 @@ def left_chance(values: pd.Series) -> str:
     reached = values.dropna()
     if len(reached) == len(values):
         return span(reached, lambda x: str(int(x)))
+    if not len(reached):
+        return f"in none of {WORDS[len(values)]} seeds"
     return f"in {WORDS[len(reached)]} seed{'s' * (len(reached) != 1)} of {WORDS[len(values)]}" + (
         f", at step {span(reached, lambda x: str(int(x)))}" if len(reached) else "")
 
@@ -676,6 +678,46 @@ def _long_lambda_batch_above():
     early = table[table.index <= table.index.min() + EARLY * (table.index.max() - table.index.min())]
     above = (early["batch"] > early["none"]).all(axis=1)
     return listed([steps(step) for step in above[above].index])
+
+
+# --- paper-figures at the long preset: the noise with and without BN (claims 3 and 4)
+NORM_OF = {"standard": "none", "batch": "batch", "noisy": "noisy-batch", "noise-only": "noise-only"}
+
+
+def long_lr01(arm: str) -> pd.DataFrame:
+    """The long runs at LR 0.1 of the fact key's arm (standard, batch, noisy, noise-only)."""
+    runs = summary("paper-figures")
+    return of(runs[runs.preset == "long"], NORM_OF[arm], lr=0.1)
+
+
+@fact("long-left-chance-(standard|batch|noisy|noise-only)")
+def _long_left_chance(arm):
+    return left_chance(long_lr01(arm).left_chance_at)
+
+
+@fact("long-(train|test)-(standard|batch|noisy|noise-only)")
+def _long_accuracy(split, arm):
+    return pct_span(long_lr01(arm)["final_train_acc_last100" if split == "train" else "final_test_acc"])
+
+
+@fact("long-noise-seeds")
+def _long_noise_seeds():
+    return seeds(pd.concat([long_lr01("noisy"), long_lr01("noise-only")]))
+
+
+@fact("quick-left-chance-noise-only")
+def _quick_left_chance_noise_only():
+    """The quick noisy-bn runs' left_chance_at, from their training curves (that summary has no such column)."""
+    from bnstudy.analysis.training import LEFT_CHANCE_AT, left_chance_at
+    runs = of(summary("noisy-bn"), "noise-only")
+    at = [left_chance_at(pd.read_csv(RESULTS / "noisy-bn" / arm / f"seed-{seed}" / "metrics.csv.xz"))[LEFT_CHANCE_AT]
+          for arm, seed in runs[["arm", "seed"]].itertuples(index=False)]
+    return left_chance(pd.Series([a.iloc[0] if len(a) else np.nan for a in at], dtype=float))
+
+
+@fact("quick-train-noise-only")
+def _quick_train_noise_only():
+    return pct_span(of(summary("noisy-bn"), "noise-only").final_train_acc_last100)
 
 
 # --- bnstudy reprobe on those runs: beta on a grid reaching far below the runs' own, in both directions
