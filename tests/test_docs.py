@@ -344,8 +344,8 @@ def left_chance(values: pd.Series) -> str:
         return span(reached, lambda x: str(int(x)))
     if not len(reached):
         return f"in none of {WORDS[len(values)]} seeds"
-    return f"in {WORDS[len(reached)]} seed{'s' * (len(reached) != 1)} of {WORDS[len(values)]}" + (
-        f", at step {span(reached, lambda x: str(int(x)))}" if len(reached) else "")
+    return f"in {WORDS[len(reached)]} seed{'s' * (len(reached) != 1)} of {WORDS[len(values)]}, at step " + span(
+        reached, lambda x: str(int(x)))
 
 
 @fact("left-chance-none-kaiming-best")
@@ -582,8 +582,8 @@ LONG_ARMS = {"standard": "none", "batch": "batch"}  # the fact keys' words, and 
 
 def long_runs(norm: str | None = None) -> pd.DataFrame:
     runs = summary("paper-figures")
-    runs = runs[(runs.preset == "long") & np.isclose(runs.lr, 0.1) & runs.norm.isin(list(LONG_ARMS.values()))]
-    return runs if norm is None else runs[runs.norm == norm]
+    runs = runs[(runs.preset == "long") & np.isclose(runs.lr, 0.1)]
+    return runs[runs.norm.isin(list(LONG_ARMS.values()))] if norm is None else runs[runs.norm == norm]
 
 
 @functools.cache
@@ -681,13 +681,12 @@ def _long_lambda_batch_above():
 
 
 # --- paper-figures at the long preset: the noise with and without BN (claims 3 and 4)
-NORM_OF = {"standard": "none", "batch": "batch", "noisy": "noisy-batch", "noise-only": "noise-only"}
+NORM_OF = LONG_ARMS | {"noisy": "noisy-batch", "noise-only": "noise-only"}
 
 
 def long_lr01(arm: str) -> pd.DataFrame:
     """The long runs at LR 0.1 of the fact key's arm (standard, batch, noisy, noise-only)."""
-    runs = summary("paper-figures")
-    return of(runs[runs.preset == "long"], NORM_OF[arm], lr=0.1)
+    return long_runs(NORM_OF[arm])
 
 
 @fact("long-left-chance-(standard|batch|noisy|noise-only)")
