@@ -52,7 +52,23 @@ def test_gradients_are_right(kind):
         norm.weight.copy_(torch.tensor([0.5, 1.5, -1.0]))
         norm.bias.copy_(torch.tensor([0.1, 0.0, -0.3]))
     x = torch.randn(4, 3, 2, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: norm(t), (x,))
+    weight, bias = (norm.weight.detach().clone().requires_grad_(), norm.bias.detach().clone().requires_grad_())
+    # the input's gradient and the affine's: the forward folds gamma, beta, mean and norm into one scale and shift
+    assert torch.autograd.gradcheck(lambda t, w, b: torch.func.functional_call(norm, {"weight": w, "bias": b}, (t,)),
+                                    (x, weight, bias))
+
+
+@pytest.mark.parametrize("kind", sorted(P))
+def test_affine_output_is_the_textbook_form(kind):
+    torch.manual_seed(3)
+    norm = make_norm(kind, 4).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.normal_()
+    x = torch.randn(8, 4, 3, 3, dtype=torch.float64) * 2 + 0.7
+    centred = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / (lp_average(x, P[kind]).view(1, 4, 1, 1) + norm.eps)
+    expected = centred * norm.weight.view(1, 4, 1, 1) + norm.bias.view(1, 4, 1, 1)
+    assert torch.allclose(norm(x), expected, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["layer", "group"])
