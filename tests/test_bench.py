@@ -34,6 +34,7 @@ def test_device_rows_run_and_give_finite_ratios(monkeypatch):
     names = [r.benchmark for r in rows]
     assert "training step, deterministic mode / policy" in names and "training images/s, VGG-16 width 0.0625" in names
     assert "training step, noisy-batch / batch (Algorithm 1's noise)" in names
+    assert "training step, l1 / batch (ℓp normalization)" in names
     assert all(r.value > 0 for r in rows)
     assert not any("peak" in n for n in names)  # no peak known for a CPU: the row is absent, not made up
 
@@ -49,7 +50,8 @@ def test_levers_only_without_compile_is_the_devices_rows_alone(monkeypatch):
     names = [r.benchmark for r in rows]
     assert names[1:] == ["training step, channels_last / eager",
                          "channels_last: largest relative loss difference to eager over 5 steps",
-                         "training step, noisy-batch / batch (Algorithm 1's noise)"]
+                         "training step, noisy-batch / batch (Algorithm 1's noise)",
+                         "training step, l1 / batch (ℓp normalization)"]
     assert names[0].startswith("training step, eager NCHW, VGG-16 width 0.0625, batch 8")
 
 

@@ -68,6 +68,7 @@ def device_rows(device: torch.device, data_dir: Path | None, width: float, batch
             rows.append(Row(f"achieved / dense TF32 peak, {name}", flops / seconds_per_step / peak, "fraction", "", "",
                             f"{flops / seconds_per_step / 1e12:.1f} TFLOP/s of {peak / 1e12:g}"))
     rows.append(noise_row(device, data_dir, width, batch, min_run_time, t))
+    rows.append(lp_row(device, data_dir, width, batch, min_run_time, t))
     if with_compile:
         rows.append(compile_row(device, data_dir, width, batch, min_run_time, t))
     return _measured_on(rows, data)
@@ -99,6 +100,13 @@ def noise_row(device, data_dir, width, batch, min_run_time, t_batch: float) -> R
         draws = noise_draws(model, dataset.train_x[:batch])
     return Row("training step, noisy-batch / batch (Algorithm 1's noise)", t_noisy / t_batch, "ratio",
                note=f"{draws / 1e6:.1f} M random numbers a step, {(t_noisy - t_batch) / draws * 1e9:.1f} ns each")
+
+
+def lp_row(device, data_dir, width, batch, min_run_time, t_batch: float) -> Row:
+    """What ℓ1 normalization costs the step against BN (the ℓp runs of Fig. 5a, 6 and 12): its statistics are a
+    reduction and an affine of our own (bnstudy.models.norms.LpBatchNorm), BN's are one native kernel."""
+    t_l1 = timed_step(device, data_dir, width, batch, min_run_time, BackendConfig(), norm="l1")[0]
+    return Row("training step, l1 / batch (ℓp normalization)", t_l1 / t_batch, "ratio")
 
 
 def compile_row(device, data_dir, width, batch, min_run_time, t_eager: float) -> Row:
@@ -156,6 +164,7 @@ def cpu_lever_rows(device: torch.device, data_dir: Path | None, width: float, ba
             Row("channels_last: largest relative loss difference to eager over 5 steps", drift, "relative",
                 *_target(drift, "<=", CUDA_RTOL))]
     rows.append(noise_row(device, data_dir, width, batch, min_run_time, t))
+    rows.append(lp_row(device, data_dir, width, batch, min_run_time, t))
     if not with_compile:
         return _measured_on(rows, data)
     compiled = compile_row(device, data_dir, width, batch, min_run_time, t)
