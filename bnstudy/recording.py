@@ -11,6 +11,7 @@ once; every write atomic (bnstudy.files).
         activations.csv  percentiles and moments of chosen units at chosen layers
         probes.csv       numbers from the probes (landscape, ICS, curvature, weights)
         checkpoint.pt    resume point (never committed)
+        .lock            held while a process trains the run: one writer per run folder (never committed)
 
 While a run is in progress its CSVs are plain text, appended to and truncated to a checkpoint's byte
 sizes on resume. When it finishes (complete or diverged) meta.json says so, then each CSV is stored as

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,7 +265,8 @@ def run_processes(pending: list[tuple[RunConfig, RunDir]], device: torch.device,
     results_dir = str(pending[0][1].results_dir.resolve())
     data = str(resolve_data_dir(data_dir).resolve())
     failed = 0
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool, \
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as pool, \
             tqdm(total=len(pending), desc="runs", disable=not progress, dynamic_ncols=True) as bar:
         futures = {pool.submit(train_one, config, results_dir, str(device), data, threads, own_registrations(),
                                schedule.deadline): config for config, _ in pending}
@@ -277,6 +279,18 @@ def run_processes(pending: list[tuple[RunConfig, RunDir]], device: torch.device,
             bar.update(1)
     if failed:
         raise ConfigError(f"{failed} of {len(pending)} runs failed; rerun the same command to resume them")
+
+
+def exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """A `processes` worker ends when its launcher does, however the launcher ends (a kill included): left
+    running, it would go on training for hours where nobody sees it, without the experiment's lock. It ends as a
+    kill would, so its run resumes from its last checkpoint when the command is given again."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def outcome_line(meta: dict | None, config: RunConfig) -> str:

@@ -36,7 +36,7 @@ from bnstudy.probes.callback import Callback, Probe, StepContext, step_seed  # n
 from bnstudy.files import fault_point, previous, removed_on_failure
 from bnstudy import schema
 from bnstudy.schema import register_options
-from bnstudy.recording import RunDir, final_numbers, read_table
+from bnstudy.recording import ResultsLock, RunDir, final_numbers, read_table
 
 
 @dataclass
@@ -319,13 +319,16 @@ def train_run(config: RunConfig, run: RunDir, dataset: Dataset, device: torch.de
         torch.set_num_threads(config.train.threads)
     try:
         with backend_policy(config.backend, device) as backend:
-            return _train_run(config, run, dataset, device, callbacks, progress, backend, deadline)
+            state = make_state(config, dataset, device)  # checks the config against the data: bad input writes nothing
+            # one writer per run folder, whoever launched it: a worker that outlived its launcher still holds its run
+            with ResultsLock(run.path):
+                return _train_run(config, run, dataset, device, state, callbacks, progress, backend, deadline)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_run(config, run, dataset, device, callbacks, progress, backend: dict, deadline: float | None) -> dict:
-    state = make_state(config, dataset, device)
+def _train_run(config, run, dataset, device, state: RunState, callbacks, progress, backend: dict,
+               deadline: float | None) -> dict:
     logs = run.open_logs()
     ckpt = read_checkpoint(run, logs) if run.read_meta().get("status") == "running" else None
     if ckpt is not None:

@@ -119,3 +119,16 @@ def test_the_progress_bar_ends_on_the_final_test_accuracy(tmp_path, capsys):
     metrics = pd.read_csv(RunDir(tmp_path, config.experiment, config.arm, config.seed).table_path("metrics"))
     test = metrics[(metrics.split == "test") & (metrics.metric == "acc")].set_index("step").value
     assert test[6] != test[12] and float(shown) == pytest.approx(meta["final_test_acc"], abs=1e-3)
+
+
+def test_a_run_folder_has_one_writer(tmp_path):
+    """A second trainer of the same run (a `processes` worker that outlived its launcher, beside the next
+    launcher's) is refused in one line and writes nothing there."""
+    from bnstudy.recording import ResultsLock
+    config = smoke("batchnorm")
+    folder = RunDir(tmp_path, config.experiment, config.arm, config.seed).path
+    with ResultsLock(folder):
+        with pytest.raises(FileExistsError, match="in use by another bnstudy run"):
+            run(tmp_path, config)
+    assert sorted(p.name for p in folder.iterdir()) == [".lock"]
+    assert run(tmp_path, config)["status"] == "complete"  # released: the run trains
