@@ -580,9 +580,9 @@ def _noisy(arm, split):
 LONG_ARMS = {"standard": "none", "batch": "batch"}  # the fact keys' words, and the norm of each
 
 
-def long_runs(norm: str | None = None) -> pd.DataFrame:
+def long_runs(norm: str | None = None, lr: float = 0.1) -> pd.DataFrame:
     runs = summary("paper-figures")
-    runs = runs[(runs.preset == "long") & np.isclose(runs.lr, 0.1)]
+    runs = runs[(runs.preset == "long") & np.isclose(runs.lr, lr)]
     return runs[runs.norm.isin(list(LONG_ARMS.values()))] if norm is None else runs[runs.norm == norm]
 
 
@@ -697,6 +697,17 @@ def _long_left_chance(arm):
 @fact("long-(train|test)-(standard|batch|noisy|noise-only)")
 def _long_accuracy(split, arm):
     return pct_span(long_lr01(arm)["final_train_acc_last100" if split == "train" else "final_test_acc"])
+
+
+@fact("long-lr05-(train|test)-(standard|batch)")
+def _long_lr05_accuracy(split, arm):
+    """Claim 1's other half: the long runs at LR 0.5."""
+    return pct_span(long_runs(LONG_ARMS[arm], 0.5)["final_train_acc_last100" if split == "train" else "final_test_acc"])
+
+
+@fact("long-lr05-seeds")
+def _long_lr05_seeds():
+    return seeds(long_runs(lr=0.5))
 
 
 @fact("long-noise-seeds")
