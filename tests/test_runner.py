@@ -1,4 +1,7 @@
 """The local launcher: data loaded once per distinct input, through the dataset registry."""
+import subprocess
+import sys
+
 import torch
 
 from bnstudy import runner
@@ -42,16 +45,12 @@ def test_a_kind_added_to_the_registry_is_loaded_and_trained_with_its_task(monkey
 def test_a_processes_worker_ends_when_its_launcher_is_gone():
     """exit_with_parent in a process whose launcher is already gone (its parent is not the pid it was given):
     it ends at once, as a kill would, instead of sleeping (training) on."""
-    import subprocess
-    import sys
     code = "import os, sys, time; from bnstudy import runner; runner.exit_with_parent(os.getppid() + 1, 0.01); " \
            "time.sleep(120); sys.exit(0)"
     assert subprocess.run([sys.executable, "-c", code], timeout=100).returncode == 1
 
 
 def test_a_processes_worker_lives_while_its_launcher_does():
-    import subprocess
-    import sys
     code = "import os, sys, time; from bnstudy import runner; runner.exit_with_parent(os.getppid(), 0.01); " \
            "time.sleep(1); sys.exit(0)"
     assert subprocess.run([sys.executable, "-c", code], timeout=100).returncode == 0
