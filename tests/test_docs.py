@@ -681,22 +681,40 @@ def _long_lambda_batch_above():
 
 
 # --- paper-figures at the long preset: the noise with and without BN (claims 3 and 4)
-NORM_OF = LONG_ARMS | {"noisy": "noisy-batch", "noise-only": "noise-only"}
+NORM_OF = LONG_ARMS | {"noisy": "noisy-batch", "noise-only": "noise-only", "l1": "l1", "l2": "l2", "linf": "linf"}
+ARM_WORD = "(" + "|".join(NORM_OF) + ")"  # a fact key's arm, as a pattern
 
 
 def long_lr01(arm: str) -> pd.DataFrame:
-    """The long runs at LR 0.1 of the fact key's arm (standard, batch, noisy, noise-only)."""
+    """The long runs at LR 0.1 of the fact key's arm (standard, batch, noisy, noise-only, l1, l2, linf)."""
     return long_runs(NORM_OF[arm])
 
 
-@fact("long-left-chance-(standard|batch|noisy|noise-only)")
+@fact("long-left-chance-" + ARM_WORD)
 def _long_left_chance(arm):
     return left_chance(long_lr01(arm).left_chance_at)
 
 
-@fact("long-(train|test)-(standard|batch|noisy|noise-only)")
+@fact("long-reached-" + ARM_WORD)
+def _long_reached(arm):
+    """The first step at which the arm's 100-step mean training accuracy reaches claim 1b's level."""
+    return left_chance(long_lr01(arm).reached_at)
+
+
+@fact("reached-level")
+def _reached_level():
+    from bnstudy.analysis.training import REACHES
+    return f"{100 * REACHES:.0f}%"
+
+
+@fact("long-(train|test)-" + ARM_WORD)
 def _long_accuracy(split, arm):
     return pct_span(long_lr01(arm)["final_train_acc_last100" if split == "train" else "final_test_acc"])
+
+
+@fact("long-lp-seeds")
+def _long_lp_seeds():
+    return seeds(pd.concat([long_lr01(p) for p in ("l1", "l2", "linf")]))
 
 
 @fact("long-lr05-(train|test)-(standard|batch)")
