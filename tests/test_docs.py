@@ -335,10 +335,11 @@ def _best_lr(norm, init):
 @fact(r"left-chance-none-glorot-lr([\d.]+)")
 def _left_chance_at_lr(lr):
     runs = of(summary("controls"), "none", "glorot", float(lr))
-    return left_chance(runs.left_chance_at)
+    return first_steps(runs.left_chance_at)
 
 
-def left_chance(values: pd.Series) -> str:
+def first_steps(values: pd.Series) -> str:
+    """Per-seed first steps at which something happened (NaN: never), as a span, or how many seeds it happened in."""
     reached = values.dropna()
     if len(reached) == len(values):
         return span(reached, lambda x: str(int(x)))
@@ -351,7 +352,7 @@ def left_chance(values: pd.Series) -> str:
 @fact("left-chance-none-kaiming-best")
 def _left_chance_kaiming():
     runs = summary("controls")
-    return left_chance(of(runs, "none", "kaiming", best_lr(runs, "none", "kaiming")).left_chance_at)
+    return first_steps(of(runs, "none", "kaiming", best_lr(runs, "none", "kaiming")).left_chance_at)
 
 
 @fact("acc-none-kaiming-best")
@@ -570,10 +571,12 @@ def _sweep_best(kind):
 
 
 # --- noisy-bn
+ACCURACY = {"train": "final_train_acc_last100", "test": "final_test_acc", "test-recal": "final_test_acc_recal"}
+
+
 @fact("(noisy|bn)-(train|test|test-recal)")
 def _noisy(arm, split):
-    column = {"train": "final_train_acc_last100", "test": "final_test_acc", "test-recal": "final_test_acc_recal"}[split]
-    return pct(of(summary("noisy-bn"), "noisy-batch" if arm == "noisy" else "batch")[column].mean())
+    return pct(of(summary("noisy-bn"), "noisy-batch" if arm == "noisy" else "batch")[ACCURACY[split]].mean())
 
 
 # --- paper-figures at the long preset: why claims 6-8, 11, 13a and 13c do not hold there
@@ -692,13 +695,13 @@ def long_lr01(arm: str) -> pd.DataFrame:
 
 @fact("long-left-chance-" + ARM_WORD)
 def _long_left_chance(arm):
-    return left_chance(long_lr01(arm).left_chance_at)
+    return first_steps(long_lr01(arm).left_chance_at)
 
 
 @fact("long-reached-" + ARM_WORD)
 def _long_reached(arm):
-    """The first step at which the arm's 100-step mean training accuracy reaches claim 1b's level."""
-    return left_chance(long_lr01(arm).reached_at)
+    """The first step at which the arm's training accuracy (claim 1b's REACH_WINDOW-step mean) reaches its level."""
+    return first_steps(long_lr01(arm).reached_at)
 
 
 @fact("reached-level")
@@ -709,18 +712,22 @@ def _reached_level():
 
 @fact("long-(train|test)-" + ARM_WORD)
 def _long_accuracy(split, arm):
-    return pct_span(long_lr01(arm)["final_train_acc_last100" if split == "train" else "final_test_acc"])
+    return pct_span(long_lr01(arm)[ACCURACY[split]])
+
+
+def long_seeds(*arms: str) -> str:
+    return seeds(pd.concat([long_lr01(arm) for arm in arms]))
 
 
 @fact("long-lp-seeds")
 def _long_lp_seeds():
-    return seeds(pd.concat([long_lr01(p) for p in ("l1", "l2", "linf")]))
+    return long_seeds("l1", "l2", "linf")
 
 
 @fact("long-lr05-(train|test)-(standard|batch)")
 def _long_lr05_accuracy(split, arm):
     """Claim 1's other half: the long runs at LR 0.5."""
-    return pct_span(long_runs(LONG_ARMS[arm], 0.5)["final_train_acc_last100" if split == "train" else "final_test_acc"])
+    return pct_span(long_runs(LONG_ARMS[arm], 0.5)[ACCURACY[split]])
 
 
 @fact("long-lr05-seeds")
@@ -730,7 +737,7 @@ def _long_lr05_seeds():
 
 @fact("long-noise-seeds")
 def _long_noise_seeds():
-    return seeds(pd.concat([long_lr01("noisy"), long_lr01("noise-only")]))
+    return long_seeds("noisy", "noise-only")
 
 
 @fact("quick-left-chance-noise-only")
@@ -740,7 +747,7 @@ def _quick_left_chance_noise_only():
     runs = of(summary("noisy-bn"), "noise-only")
     at = [left_chance_at(pd.read_csv(RESULTS / "noisy-bn" / arm / f"seed-{seed}" / "metrics.csv.xz"))[LEFT_CHANCE_AT]
           for arm, seed in runs[["arm", "seed"]].itertuples(index=False)]
-    return left_chance(pd.Series([a.iloc[0] if len(a) else np.nan for a in at], dtype=float))
+    return first_steps(pd.Series([a.iloc[0] if len(a) else np.nan for a in at], dtype=float))
 
 
 @fact("quick-train-noise-only")
