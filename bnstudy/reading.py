@@ -110,12 +110,24 @@ class Results:
         return [a for a in order if a in present] + [a for a in present if a not in order]
 
     def caption(self) -> str:
-        seeds = sorted(set(self.meta.seed))
         presets = ", ".join(sorted(set(self.meta.preset)))
         datasets = ", ".join(sorted(set(self.meta.dataset)))
-        seed_list = ", ".join(map(str, seeds))
-        caption = f"{self.experiment} | preset: {presets} | data: {datasets} | seeds: {seed_list} (n={len(seeds)})"
+        caption = f"{self.experiment} | preset: {presets} | data: {datasets} | {self._seed_words()}"
         return caption + self._gpu_words()
+
+    def _seed_words(self) -> str:
+        """'seeds: 0, 1, 2 (n=3)', and the arms trained on fewer seeds named with theirs ('; l1, l2: seed 0'), so a
+        caption never claims three seeds for an arm drawn from one."""
+        seeds = sorted(set(self.meta.seed))
+        words = f"seeds: {_listed(seeds)} (n={len(seeds)})"
+        seeds_of_arm = {arm: sorted(set(group.seed)) for arm, group in self.meta.groupby("arm", sort=False)}
+        arms_with = {}
+        for arm, own in seeds_of_arm.items():
+            if own != seeds:
+                arms_with.setdefault(tuple(own), []).append(arm)
+        for fewer, arms in arms_with.items():
+            words += f"; {', '.join(arms)}: seed{'s' if len(fewer) > 1 else ''} {_listed(fewer)}"
+        return words
 
     def _gpu_words(self) -> str:
         """' | GPU: <name>' where runs trained on CUDA (and how many did not, if some); '' for CPU runs alone."""
@@ -127,3 +139,5 @@ class Results:
         return f" | GPU: {', '.join(gpus)}" + (f" ({on_cpu} of {len(environments)} runs on a CPU)" if on_cpu else "")
 
 
+def _listed(seeds) -> str:
+    return ", ".join(map(str, seeds))

@@ -59,6 +59,15 @@ def test_a_run_not_finished_is_left_out_of_figures_and_numbers_and_said(tmp_path
     assert not has_runs(tmp_path, "noisy-bn")  # the report lists it as not run yet, rather than failing
 
 
+def test_the_caption_names_the_arms_trained_on_fewer_seeds(tmp_path):
+    from bnstudy.reading import Results
+    common = ["--preset", "smoke", "--no-progress", "--results-dir", str(tmp_path), "--set", "data.dataset=synthetic"]
+    assert main(["run", "noisy-bn", "--arms", "standard", "--seeds", "0", "1", *common]) == 0
+    assert main(["run", "noisy-bn", "--arms", "batchnorm", "--seeds", "1", *common]) == 0
+    assert "| seeds: 0, 1 (n=2); batchnorm: seed 1" in Results(tmp_path, "noisy-bn").caption()
+    assert Results(tmp_path, "noisy-bn").matching([{"norm": "batch"}]).caption().endswith("| seeds: 1 (n=1)")
+
+
 # ----------------------------------------------------------------------------------------------
 # Run folders copied, renamed, edited and truncated: RunDir.load believes a folder only when it checks out
 # ----------------------------------------------------------------------------------------------
