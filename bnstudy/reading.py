@@ -110,34 +110,40 @@ class Results:
         return [a for a in order if a in present] + [a for a in present if a not in order]
 
     def caption(self) -> str:
-        presets = ", ".join(sorted(set(self.meta.preset)))
-        datasets = ", ".join(sorted(set(self.meta.dataset)))
-        caption = f"{self.experiment} | preset: {presets} | data: {datasets} | {self._seed_words()}"
-        return caption + self._gpu_words()
-
-    def _seed_words(self) -> str:
-        """'seeds: 0, 1, 2 (n=3)', and the arms trained on fewer seeds named with theirs ('; l1, l2: seed 0'), so a
-        caption never claims three seeds for an arm drawn from one."""
-        seeds = sorted(set(self.meta.seed))
-        words = f"seeds: {_listed(seeds)} (n={len(seeds)})"
-        seeds_of_arm = {arm: sorted(set(group.seed)) for arm, group in self.meta.groupby("arm", sort=False)}
-        arms_with = {}
-        for arm, own in seeds_of_arm.items():
-            if own != seeds:
-                arms_with.setdefault(tuple(own), []).append(arm)
-        for fewer, arms in arms_with.items():
-            words += f"; {', '.join(arms)}: seed{'s' if len(fewer) > 1 else ''} {_listed(fewer)}"
-        return words
-
-    def _gpu_words(self) -> str:
-        """' | GPU: <name>' where runs trained on CUDA (and how many did not, if some); '' for CPU runs alone."""
-        environments = [e if isinstance(e, dict) else {} for e in self.meta.get("environment", [])]
-        gpus = sorted({e["gpu"] for e in environments if e.get("gpu")})
-        on_cpu = sum(not e.get("gpu") for e in environments)
-        if not gpus:
-            return ""
-        return f" | GPU: {', '.join(gpus)}" + (f" ({on_cpu} of {len(environments)} runs on a CPU)" if on_cpu else "")
+        return caption_of(self.experiment, self.meta)
 
 
-def _listed(seeds) -> str:
-    return ", ".join(map(str, seeds))
+def caption_of(experiment: str, meta: pd.DataFrame) -> str:
+    """What every figure's caption says of its runs (one row of `meta` each): experiment, preset, data, seeds, and
+    the GPU where runs trained on one."""
+    presets = _listed(sorted(set(meta.preset)))
+    datasets = _listed(sorted(set(meta.dataset)))
+    return f"{experiment} | preset: {presets} | data: {datasets} | {_seed_words(meta)}{_gpu_words(meta)}"
+
+
+def _seed_words(meta: pd.DataFrame) -> str:
+    """'seeds: 0, 1, 2 (n=3)', and the arms trained on fewer seeds named with theirs ('; l1, l2: seed 0'), so a
+    caption never claims three seeds for an arm drawn from one."""
+    seeds = sorted(set(meta.seed))
+    arms_with: dict[tuple, list[str]] = {}
+    for arm, runs in meta.groupby("arm", sort=False):
+        own = sorted(set(runs.seed))
+        if own != seeds:
+            arms_with.setdefault(tuple(own), []).append(arm)
+    fewer = "".join(f"; {', '.join(arms)}: seed{'s' if len(own) > 1 else ''} {_listed(own)}"
+                    for own, arms in arms_with.items())
+    return f"seeds: {_listed(seeds)} (n={len(seeds)})" + fewer
+
+
+def _gpu_words(meta: pd.DataFrame) -> str:
+    """' | GPU: <name>' where runs trained on CUDA (and how many did not, if some); '' for CPU runs alone."""
+    environments = [e if isinstance(e, dict) else {} for e in meta.get("environment", [])]
+    gpus = sorted({e["gpu"] for e in environments if e.get("gpu")})
+    on_cpu = sum(not e.get("gpu") for e in environments)
+    if not gpus:
+        return ""
+    return f" | GPU: {', '.join(gpus)}" + (f" ({on_cpu} of {len(environments)} runs on a CPU)" if on_cpu else "")
+
+
+def _listed(values) -> str:
+    return ", ".join(map(str, values))

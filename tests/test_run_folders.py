@@ -64,8 +64,9 @@ def test_the_caption_names_the_arms_trained_on_fewer_seeds(tmp_path):
     common = ["--preset", "smoke", "--no-progress", "--results-dir", str(tmp_path), "--set", "data.dataset=synthetic"]
     assert main(["run", "noisy-bn", "--arms", "standard", "--seeds", "0", "1", *common]) == 0
     assert main(["run", "noisy-bn", "--arms", "batchnorm", "--seeds", "1", *common]) == 0
-    assert "| seeds: 0, 1 (n=2); batchnorm: seed 1" in Results(tmp_path, "noisy-bn").caption()
-    assert Results(tmp_path, "noisy-bn").matching([{"norm": "batch"}]).caption().endswith("| seeds: 1 (n=1)")
+    results = Results(tmp_path, "noisy-bn")
+    assert "| seeds: 0, 1 (n=2); batchnorm: seed 1" in results.caption()
+    assert results.matching([{"norm": "batch"}]).caption().endswith("| seeds: 1 (n=1)")
 
 
 # ----------------------------------------------------------------------------------------------

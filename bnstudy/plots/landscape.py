@@ -10,7 +10,7 @@ import seaborn as sns
 from bnstudy.analysis import FILTER, PLAIN, landscape_summary, smoothed_training
 from bnstudy.architectures import NORM_KINDS
 from bnstudy.plots.style import ERRORBAR, NORM_STYLES, TRAIN_LABELS, arm_colors, finish, norm_colors, norm_name
-from bnstudy.reading import Results
+from bnstudy.reading import Results, caption_of
 
 
 def _band_over_seeds(ax, frame: pd.DataFrame, low: str, high: str, color, label: str) -> None:
@@ -118,12 +118,10 @@ def reprobed_landscape(table: pd.DataFrame, runs: list, experiment: str, probe: 
                  label=f"1/η: ∇L(w − η {'d' if probe == FILTER else 'g'}) = 0")
     for ax in axes:
         ax.legend(fontsize=8, title=None)
-    meta = pd.DataFrame([run.meta for run in runs])
     steps = ", ".join(f"{s:,}" for s in sorted(set(table.step)))
-    caption = (f"{experiment} | preset: {', '.join(sorted(set(meta.preset)))} | data: "
-               f"{', '.join(sorted(set(meta.dataset)))} | seeds: {', '.join(map(str, sorted(set(meta.seed))))} "
-               f"(n={meta.seed.nunique()}) | checkpoints at steps {steps} | {table.batch.nunique()} training batches "
-               f"each, BN in train mode | median over batches, mean and band over seeds and checkpoints")
+    caption = (caption_of(experiment, pd.DataFrame([run.meta for run in runs])) + f" | checkpoints at steps {steps} | "
+               f"{table.batch.nunique()} training batches each, BN in train mode | median over batches, mean and band "
+               f"over seeds and checkpoints")
     direction = "the filter-normalized gradient" if probe == FILTER else "the gradient"
     return finish(fig, f"{experiment}: the landscape along {direction} at the runs' checkpoints, on a wider grid",
                   caption)
