@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnstudy.analysis import matches
+from bnstudy.analysis import FILTER, KEYS, matches
+from bnstudy.analysis.landscape import unnormalized_filter_probes
 from bnstudy.config import ConfigError
 from bnstudy.manifest import Manifest, experiment_manifest
 from bnstudy.recording import SCHEMAS, RecordError, Run, RunDir, pooling_differences
@@ -34,6 +35,7 @@ class Results:
         tables = {name: self._concat(runs, name) for name in SCHEMAS}
         self.non_finite = self._non_finite_notes(tables)
         self.tables = {name: table[np.isfinite(table.value.astype(float))] for name, table in tables.items()}
+        self.unnormalized, self.unnormalized_notes = self._drop_unnormalized_probes()
 
     @staticmethod
     def _loaded(runs: list[RunDir], unfinished: bool) -> tuple[list[Run], dict[str, str]]:
@@ -78,6 +80,33 @@ class Results:
         for note in notes:
             print(f"bnstudy: warning: {note}", file=sys.stderr)
         return notes
+
+    def _drop_unnormalized_probes(self) -> tuple[pd.DataFrame, list[str]]:
+        """Filter-normalized probes whose direction was not (analysis.landscape.unnormalized_filter_probes) are left
+        out of every figure and number, and said (stderr, REPORT.md, the figure's caption): their rows measured
+        another direction. Returns them, one row per probe, and the notes said."""
+        probes = self.tables["probes"]
+        bad = unnormalized_filter_probes(probes)
+        probe_keys = pd.MultiIndex.from_frame(probes[KEYS + ["step"]])
+        wrong = (probes.probe == FILTER) & probe_keys.isin(pd.MultiIndex.from_frame(bad[KEYS + ["step"]]))
+        self.tables["probes"] = probes[~wrong]
+        notes = []
+        for (arm, seed), runs in bad.groupby(KEYS):
+            steps = ", ".join(f"{step} (‖d‖ {d:.3g} against ‖w‖ {w:.3g})"
+                              for step, d, w in zip(runs.step, runs.d_norm, runs.w_norm))
+            note = (f"{self.experiment}/{arm}/seed-{seed}: {len(runs)} {FILTER} probe(s) left out, their direction "
+                    f"not filter-normalized (a filter's step must not exceed its norm): step {steps}")
+            notes.append(note)
+            print(f"bnstudy: warning: {note}", file=sys.stderr)
+        return bad, notes
+
+    def unnormalized_words(self, arms) -> str:
+        """' | n probes left out: ...' for a figure of the filter-normalized probe that shows `arms`; '' if none."""
+        bad = self.unnormalized[self.unnormalized.arm.isin(arms)]
+        if bad.empty:
+            return ""
+        which = ", ".join(f"{arm} seed {seed} step {step}" for arm, seed, step in zip(bad.arm, bad.seed, bad.step))
+        return f" | {len(bad)} probe(s) left out, direction not filter-normalized: {which}"
 
     @staticmethod
     def _concat(runs: list[Run], name: str) -> pd.DataFrame:

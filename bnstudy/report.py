@@ -213,7 +213,8 @@ def write_report(results_dir: str | Path = "results", readme: Path | None = None
     for name, results in found.items():
         title = results.manifest.title
         parts += [f"## {name}: {title}", "", results.caption(), "", runs_table(results), ""]
-        parts += [f"- ⚠️ {note}" for note in [*results.left_out.values(), *results.non_finite]]
+        parts += [f"- ⚠️ {note}" for note in [*results.left_out.values(), *results.non_finite,
+                                                *results.unnormalized_notes]]
         for figure in sorted((results.root / "figures").glob("*.png")):
             parts += [f"![{name} {figure.stem}]({figure.relative_to(results_dir).as_posix()})", ""]
     not_run = [e for e in list_experiments() if e not in found]

@@ -167,3 +167,106 @@ def test_the_filter_normalized_probe_does_not_see_the_free_scale_that_bn_gives_a
                                                                           direction=direction)]
     assert losses["filter-gradient", 1.0] == pytest.approx(losses["filter-gradient", 5.0], rel=1e-10)
     assert losses["gradient", 1.0] != pytest.approx(losses["gradient", 5.0], rel=1e-3)
+
+
+def _net_with_a_nearly_dead_filter() -> nn.Module:
+    """Conv filter 1 feeds the classifier through weights of 1e-24: its gradient entries are ~1e-25, whose float32
+    squares underflow to 0 (the committed long runs' standard seeds 0 and 1 met this late in training)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
+    with torch.no_grad():
+        model[2].weight.view(3, 2, 36)[:, 1].mul_(1e-24)
+    return model
+
+
+def test_a_filter_whose_gradient_squares_underflow_still_steps_its_own_norm():
+    """The failing case of the committed runs: a per-filter norm read as 0 made the step ~1e10 times ||w||."""
+    from bnstudy.probes.functional import Evaluator
+    from bnstudy.probes.landscape import per_filter_norms, probe_direction
+
+    model, batch = _net_with_a_nearly_dead_filter(), (torch.randn(16, 3, 8, 8), torch.randint(0, 3, (16,)))
+    evaluator = Evaluator(model, F.cross_entropy, batch)
+    _, g = evaluator.loss_and_grad(evaluator.params)
+    assert g["0.weight"][1].abs().max() < 1e-22 and g["0.weight"][1].flatten().norm() == 0  # squares underflow
+    assert torch.count_nonzero(g["0.weight"][1]) > 0
+    d = probe_direction("filter-gradient", g, evaluator.params, None)
+    weight = evaluator.params["0.weight"]
+    assert torch.allclose(per_filter_norms(d["0.weight"]), weight.flatten(1).norm(dim=1), rtol=1e-5)
+    w_norm = torch.sqrt(sum(p.square().sum() for p in evaluator.params.values() if p.dim() > 1))
+    step = along_gradient(model, F.cross_entropy, batch, [0.01], direction="filter-gradient")[0]["step_norm"]
+    assert step / 0.01 <= float(w_norm) * (1 + 1e-5)
+
+
+def test_per_filter_norms_are_exact_from_subnormal_to_huge():
+    from bnstudy.probes.landscape import per_filter_norms
+
+    values = torch.tensor([[3e-40, 4e-40], [3e-25, 4e-25], [3.0, 4.0], [3e30, 4e30], [0.0, 0.0]])
+    expected = torch.tensor([5e-40, 5e-25, 5.0, 5e30, 0.0])
+    assert torch.allclose(per_filter_norms(values), expected, rtol=1e-6, atol=0)
+
+
+def test_a_direction_that_is_not_filter_normalized_is_refused():
+    from bnstudy.probes.landscape import DirectionError, check_filter_normalized
+
+    params = {"w": torch.ones(2, 4), "b": torch.ones(2)}
+    good = {"w": torch.tensor([[2.0, 0, 0, 0], [0, 0, 0, 0]]), "b": torch.zeros(2)}  # filter 0: norm 2; filter 1: 0
+    check_filter_normalized(good, params)
+    check_filter_normalized({"w": torch.full((2, 4), float("nan")), "b": torch.zeros(2)}, params)  # diverged: rows
+    for bad in ({"w": torch.tensor([[2.0, 0, 0, 0], [6e11, 0, 0, 0]]), "b": torch.zeros(2)},
+                {"w": good["w"], "b": torch.ones(2)}):
+        with pytest.raises(DirectionError, match="filter-normalized direction"):
+            check_filter_normalized(bad, params)
+
+
+def test_the_probe_writes_no_row_along_a_refused_direction(monkeypatch):
+    """A wrong direction costs its step's rows, with a warning, never the run: no number of another meaning."""
+    import bnstudy.probes.landscape as landscape
+    from bnstudy.probes.callback import StepContext
+
+    def wrong(source, params):
+        raise landscape.DirectionError("filter-normalized direction is not: stand-in")
+
+    monkeypatch.setattr(landscape, "filter_normalized", wrong)
+    probe = landscape.LandscapeProbe([0.01], every=1, bn_mode="train", direction="filter-gradient", seed=0)
+    model = _net_with_a_nearly_dead_filter()
+    ctx = StepContext(step=3, model=model, batch=(torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4,))),
+                      loss_fn=F.cross_entropy, lr=0.1, config=None)
+    with pytest.warns(UserWarning, match="step 3: no landscape-filter rows"):
+        assert probe.before_step(ctx) == {}
+
+
+def _probe_rows(d_norm: float, w_norms: list[float], step: int = 10) -> list[dict]:
+    filter_rows = [{"arm": "a", "seed": 0, "step": step, "probe": "landscape-filter", "layer": 0, "eta": eta,
+                    "metric": "step_norm", "value": eta * d_norm} for eta in (0.01, 0.02)]
+    weight_rows = [{"arm": "a", "seed": 0, "step": step, "probe": "weights", "layer": layer, "eta": None,
+                    "metric": "w_norm", "value": w} for layer, w in enumerate(w_norms, start=1)]
+    return filter_rows + weight_rows
+
+
+def test_recorded_filter_probes_longer_than_the_weights_are_found():
+    import pandas as pd
+
+    from bnstudy.analysis.landscape import unnormalized_filter_probes
+
+    # ||w|| = 5 over the two layers; a step of 5 (every filter moved) is right, one of 6e11 is not
+    rows = _probe_rows(5.0, [3.0, 4.0], step=10) + _probe_rows(6e11, [3.0, 4.0], step=20)
+    bad = unnormalized_filter_probes(pd.DataFrame(rows + _probe_rows(4.0, [3.0, 4.0], step=30)))
+    assert bad[["arm", "seed", "step"]].values.tolist() == [["a", 0, 20]]
+    assert bad.w_norm.iloc[0] == pytest.approx(5.0)
+
+
+def test_the_committed_long_runs_two_unnormalized_probes_reach_no_figure_or_claim():
+    """paper-figures at long, standard seeds 0 and 1: the probes recorded before the underflow was fixed."""
+    from pathlib import Path
+
+    from bnstudy.analysis import FILTER, landscape_summary
+    from bnstudy.reading import Results
+
+    results = Results(Path(__file__).resolve().parent.parent / "results", "paper-figures")
+    assert results.unnormalized[["arm", "seed", "step"]].values.tolist() == [["standard", 0, 14200],
+                                                                            ["standard", 1, 14000]]
+    assert len(results.unnormalized_notes) == 2 and "not filter-normalized" in results.unnormalized_notes[0]
+    summary = landscape_summary(results.tables["probes"], FILTER)
+    assert summary.loss_max.max() < 1e3  # the two probes read 1e10-1e11; the real ones at most ~120 (batchnorm, 4%)
+    assert "2 probe(s) left out, direction not filter-normalized" in results.unnormalized_words(["standard"])
+    assert results.unnormalized_words(["batchnorm"]) == ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from bnstudy.analysis import weights
 from bnstudy.analysis.common import KEYS, phase_medians
 
 # The row schema, which the probe writes
@@ -20,6 +21,26 @@ BETA_EFF, BETA_REL, REL_GRAD_DIFF_MAX = "beta_eff", "beta_rel", "rel_grad_diff_m
 # True where beta peaks at the grid's smallest step and the gradient change there is ||g|| itself (within
 # CANCEL_TOL): the step cancels the gradient, and beta reads 1/eta_min, the grid, not the landscape
 CANCELS, CANCEL_TOL = "cancels", 0.05
+
+
+# A filter-normalized step moves each filter by that filter's norm (or not at all), so its length ||d|| is at most the
+# norm of every weight layer together, which the weights probe records at the same steps. A probe recorded past it
+# by more than DIRECTION_TOL was not along a filter-normalized direction (a per-filter norm that underflowed to 0,
+# fixed since, and checked by the probe itself now): its rows mean something else and are left out (reading.Results).
+DIRECTION_TOL = 1e-3
+
+
+def unnormalized_filter_probes(probes: pd.DataFrame) -> pd.DataFrame:
+    """One row per (arm, seed, step) FILTER probe whose ||d|| (step_norm / eta) exceeds (1 + DIRECTION_TOL) ||w||,
+    ||w|| from the weights probe at that step, with both norms (d_norm, w_norm). A step without weights rows cannot
+    be checked here and is not listed."""
+    keys = KEYS + ["step"]
+    steps = probes[(probes.probe == FILTER) & (probes.metric == STEP_NORM) & (probes.eta > 0)]
+    d_norm = (steps.value / steps.eta).groupby([steps[k] for k in keys]).max().rename("d_norm")
+    layers = probes[(probes.probe == weights.PROBE) & (probes.metric == weights.W_NORM) & (probes.layer >= 1)]
+    w_norm = layers.value.pow(2).groupby([layers[k] for k in keys]).sum().pow(0.5).rename("w_norm")
+    both = pd.concat([d_norm, w_norm], axis=1, join="inner")
+    return both[both.d_norm > (1 + DIRECTION_TOL) * both.w_norm].reset_index()
 
 
 def landscape_summary(probes: pd.DataFrame, probe: str = PLAIN) -> pd.DataFrame:

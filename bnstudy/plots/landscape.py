@@ -54,6 +54,7 @@ def landscape(results: Results, order: tuple[str, ...] = (), yscales=("log", "lo
     unit = " of each filter's norm" if probe == FILTER else ""
     caption = results.caption() + (f" | η from {etas[0]:.3g} to {etas[-1]:.3g}{unit} ({len(etas)} points) | band: mean "
                                    f"over seeds of min and max over η")
+    caption += results.unnormalized_words(arms) if probe == FILTER else ""
     direction = "the filter-normalized gradient d" if probe == FILTER else "the gradient (Fig. 4)"
     return finish(fig, f"{results.experiment}: the loss landscape along {direction}", caption)
 

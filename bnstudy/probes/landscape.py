@@ -13,6 +13,8 @@ parameters, gradients, buffers, mode and the RNG states are as before (see funct
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -25,12 +27,41 @@ from bnstudy.probes.functional import Evaluator, difference_norm, flat_norm, mov
 DIRECTIONS = ("gradient", "filter-gradient", "random")
 
 
+class DirectionError(ValueError):
+    """A probe direction that is not what its name says: no row is measured along it."""
+
+
+# How far a filter's step may differ from its weights' norm, relative to that norm (float32 rounding is ~1e-7)
+DIRECTION_RTOL = 1e-4
+
+
+def _nonzero(values: torch.Tensor) -> torch.Tensor:
+    """values with zeros replaced by ones: the divisor that leaves a zero filter zero."""
+    return torch.where(values > 0, values, torch.ones_like(values))
+
+
+def _per_filter(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(out,) -> (out, 1, ...): one number per filter, broadcast over a weight tensor shaped like `like`."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def per_filter_norms(tensor: torch.Tensor) -> torch.Tensor:
+    """(out, ...) -> (out,): each filter's 2-norm without underflow. Squaring entries below ~1e-23 underflows in
+    float32, so a tiny but nonzero filter (a nearly dead unit late in training) read as norm 0, and a step scaled to
+    ||w_f|| / 0 came out ~1e12 times too long; dividing by the filter's largest entry first keeps every square in
+    range (max|x| / ||x|| lies in [1/sqrt(n), 1])."""
+    flat = tensor.flatten(1)
+    largest = flat.abs().amax(dim=1, keepdim=True)
+    return (flat / _nonzero(largest)).norm(dim=1) * largest.squeeze(1)
+
+
 def filter_normalized(source: dict[str, torch.Tensor], params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`source` scaled per filter to the norm of that filter's weights (Li et al. 2018).
 
     Each output unit (first dimension) of a weight tensor gets ||d_f|| = ||w_f|| (zero where source_f is zero);
     vectors (biases, BN scales and shifts) get zero, as in Li et al., so the direction moves only the filters.
     Rescaling a filter that BN follows rescales its part of the direction alike: w - eta d computes the same function.
+    Checked before it is returned (check_filter_normalized).
     """
     direction = {}
     for name, p in params.items():
@@ -38,10 +69,29 @@ def filter_normalized(source: dict[str, torch.Tensor], params: dict[str, torch.T
             direction[name] = torch.zeros_like(p)
             continue
         d = source[name]
-        d_norm = d.flatten(1).norm(dim=1).clamp_min(torch.finfo(d.dtype).tiny)
-        w_norm = p.flatten(1).norm(dim=1)
-        direction[name] = d * (w_norm / d_norm).view(-1, *([1] * (p.dim() - 1)))
+        scaled = d / _per_filter(_nonzero(d.flatten(1).abs().amax(dim=1)), d)  # largest entry 1: no underflow below
+        unit = scaled / _per_filter(_nonzero(scaled.flatten(1).norm(dim=1)), d)
+        direction[name] = unit * _per_filter(per_filter_norms(p), p)
+    check_filter_normalized(direction, params)
     return direction
+
+
+def check_filter_normalized(direction: dict[str, torch.Tensor], params: dict[str, torch.Tensor]) -> None:
+    """Raise DirectionError unless each filter's step has that filter's norm (to DIRECTION_RTOL) or is zero, and every
+    vector's step is zero. A non-finite filter (the gradient of a diverged run) is not a wrong direction: its rows
+    record the non-finite numbers, as every probe's do."""
+    for name, p in params.items():
+        d = direction[name]
+        if p.dim() <= 1:
+            if torch.count_nonzero(d):
+                raise DirectionError(f"filter-normalized direction moves the vector '{name}', which it must not")
+            continue
+        d_norm, w_norm = per_filter_norms(d), per_filter_norms(p)
+        wrong = (d_norm > 0) & ((d_norm - w_norm).abs() > DIRECTION_RTOL * w_norm)
+        if wrong.any():
+            f = int(wrong.nonzero()[0])
+            raise DirectionError(f"filter-normalized direction is not: '{name}' filter {f} steps {float(d_norm[f]):.3g} "
+                                 f"against its weights' norm {float(w_norm[f]):.3g} ({int(wrong.sum())} such filters)")
 
 
 def filter_normalized_direction(params: dict[str, torch.Tensor], generator: torch.Generator | None = None):
@@ -127,8 +177,12 @@ class LandscapeProbe(Probe):
 
     def measure(self, ctx) -> dict[str, list[dict]]:
         generator = torch.Generator().manual_seed(step_seed(self.seed, ctx.step))  # resumable
-        rows = along_gradient(ctx.model, ctx.loss_fn, ctx.batch, self.etas, bn_mode=self.bn_mode,
-                              direction=self.direction, generator=generator)
+        try:
+            rows = along_gradient(ctx.model, ctx.loss_fn, ctx.batch, self.etas, bn_mode=self.bn_mode,
+                                  direction=self.direction, generator=generator)
+        except DirectionError as why:  # a probe's failure, not the run's: this step records no landscape row
+            warnings.warn(f"step {ctx.step}: no {PROBE_NAMES[self.direction]} rows: {why}", stacklevel=2)
+            return {}
         return {"probes": landscape_records(ctx.step, rows, PROBE_NAMES[self.direction])}
 
 
