@@ -590,14 +590,22 @@ def long_runs(norm: str | None = None, lr: float = 0.1) -> pd.DataFrame:
 
 
 @functools.cache
+def long_probes() -> pd.DataFrame:
+    """The probe rows of the long runs at LR 0.1 as bnstudy reads them (reading.Results): the filter-normalized
+    probes whose direction was not are left out here as in every figure and claim."""
+    from bnstudy.reading import Results
+    probes = Results(RESULTS, "paper-figures").tables["probes"]
+    return probes.merge(long_runs()[["arm", "seed"]], on=["arm", "seed"])
+
+
+@functools.cache
 def long_per_eta(probe: str) -> pd.DataFrame:
     """Every (run, step, eta) of the long standard and batchnorm runs at LR 0.1 along `probe` (analysis.landscape's
     per_eta_table), with its phase, whether eta is the grid's smallest, and whether beta is the probe's max there."""
     from bnstudy.analysis.common import phase
     from bnstudy.analysis.landscape import per_eta_table
-    frames = [per_eta_table(pd.read_csv(RESULTS / "paper-figures" / row.arm / f"seed-{row.seed}" / "probes.csv.xz"),
-                            probe).assign(norm=row.norm) for row in long_runs().itertuples()]
-    table = pd.concat(frames, ignore_index=True)
+    runs = long_runs()
+    table = per_eta_table(long_probes(), probe).merge(runs[["arm", "seed", "norm"]], on=["arm", "seed"])
     by_probe = table.groupby(["arm", "seed", "step"])
     return table.assign(phase=phase(table), at_min=table.eta == table.eta.min(),
                         is_max=table.beta_rel == by_probe.beta_rel.transform("max"))
@@ -642,6 +650,56 @@ def _long_late_max_at_min():
     shares = [rows[rows.is_max & (rows.phase == "late")].groupby(["arm", "seed"]).at_min.mean()
               for rows in (long_per_eta(long_probe(p)) for p in ("plain", "filter"))]
     return pct_span(pd.concat(shares))
+
+
+@fact("cancel-tol")
+def _cancel_tol():
+    from bnstudy.analysis.landscape import CANCEL_TOL
+    return pct(CANCEL_TOL)
+
+
+@fact("long-eta-max-plain")
+def _long_eta_max_plain():
+    """The plain grid's largest step, in multiples of the runs' LR."""
+    return g(long_per_eta("landscape").eta.max() / 0.1)
+
+
+def late_peaks() -> pd.DataFrame:
+    """Per late probe along the gradient of the long runs: where its largest gradient change sits (at_top: the
+    grid's largest eta), that change over ||g|| (rel), and ||g||."""
+    rows = long_per_eta("landscape")
+    late = rows[rows.phase == "late"]
+    peak = late.loc[late.groupby(["arm", "seed", "step"]).grad_diff.idxmax()]
+    return peak.assign(at_top=peak.eta == rows.eta.max(), rel=peak.grad_diff / peak.grad_norm)
+
+
+@fact("long-late-peak-at-top-(standard|batch)")
+def _long_late_peak_at_top(arm):
+    peaks = late_peaks()
+    return pct_span(peaks[peaks.norm == LONG_ARMS[arm]].groupby("seed").at_top.mean())
+
+
+@fact("long-late-rel-at-peak-(standard|batch)")
+def _long_late_rel_at_peak(arm):
+    peaks = late_peaks()
+    return span(peaks[peaks.norm == LONG_ARMS[arm]].groupby("seed").rel.median(), lambda x: f"{x:.2f}")
+
+
+@fact("long-late-(rel|grad_norm)-ratio")
+def _long_late_ratio(column):
+    """Per seed, standard's late median over BN's: of the largest change relative to ||g||, or of ||g|| itself."""
+    medians = late_peaks().groupby(["norm", "seed"])[column].median()
+    return span(medians["none"] / medians["batch"], lambda x: f"{x:.2g}")
+
+
+@fact("long-late-cancels-(plain|filter)-(standard|batch)")
+def _long_late_cancels(probe, arm):
+    """Per run, the share of late probes that the project's test counts as cancelling the gradient (CANCELS)."""
+    from bnstudy.analysis.common import phase
+    from bnstudy.analysis.landscape import CANCELS, landscape_summary
+    table = landscape_summary(long_probes(), long_probe(probe)).merge(long_runs()[["arm", "seed", "norm"]])
+    late = table[(phase(table) == "late") & (table.norm == LONG_ARMS[arm])]
+    return pct_span(late.groupby("seed")[CANCELS].mean())
 
 
 @fact("long-(standard|batch)-(early_beta_eff|late_beta_eff|filter_late_beta_rel|early_overshoot|early_loss_ratio|"
