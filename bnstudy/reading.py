@@ -138,16 +138,19 @@ class Results:
         present = list(dict.fromkeys(self.meta.arm))
         return [a for a in order if a in present] + [a for a in present if a not in order]
 
-    def caption(self) -> str:
-        return caption_of(self.experiment, self.meta)
+    def caption(self, shown_seed: int | None = None) -> str:
+        return caption_of(self.experiment, self.meta, shown_seed)
 
 
-def caption_of(experiment: str, meta: pd.DataFrame) -> str:
+def caption_of(experiment: str, meta: pd.DataFrame, shown_seed: int | None = None) -> str:
     """What every figure's caption says of its runs (one row of `meta` each): experiment, preset, data, seeds, and
-    the GPU where runs trained on one."""
+    the GPU where runs trained on one. `shown_seed`: the figure draws that seed alone, and says so first."""
     presets = _listed(sorted(set(meta.preset)))
     datasets = _listed(sorted(set(meta.dataset)))
-    return f"{experiment} | preset: {presets} | data: {datasets} | {_seed_words(meta)}{_gpu_words(meta)}"
+    seeds = _seed_words(meta)
+    if shown_seed is not None:
+        seeds = f"every panel: seed {shown_seed} alone (n=1), of the runs' {seeds}"
+    return f"{experiment} | preset: {presets} | data: {datasets} | {seeds}{_gpu_words(meta)}"
 
 
 def _seed_words(meta: pd.DataFrame) -> str:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from bnstudy.analysis import StepTable, experiment_of, run_summary, step_tables
 from bnstudy.claims import CLAIMS, evaluate
+from bnstudy.claims.rules import ONE_SEED
 from bnstudy.config import PRESETS, ConfigError, list_experiments, load_experiment
 from bnstudy.manifest import describe
 from bnstudy.recording import RunDir, atomic_write_text
@@ -104,8 +105,9 @@ DECIDING_CLAUSE = {"12a (ours)": 1, "12b (ours)": 1, "12c (ours)": 1, "12e (ours
 
 
 def _without_asides(text: str) -> str:
-    """The text without its parenthesized asides (spreads over seeds, figure numbers); L(w) keeps its brackets."""
-    while (shorter := re.sub(r" \([^()]*\)", "", text)) != text:
+    """The text without its parenthesized asides (spreads over seeds, figure numbers), except ONE_SEED's: a number
+    from one seed keeps saying so; L(w) keeps its brackets."""
+    while (shorter := re.sub(rf" (?!{re.escape(ONE_SEED)})\([^()]*\)", "", text)) != text:
         text = shorter
     return text
 

@@ -376,3 +376,18 @@ def test_a_rule_finds_its_runs_by_configuration_in_another_experiment():
     assert check("1", summaries) == HOLDS and check("3", summaries) == HOLDS
     controls_claim = next(c for c in CLAIMS if c.number == "12a (ours)")
     assert evaluate(controls_claim, summaries).measured == "waiting for controls (no results yet)"  # never pooled
+
+
+def test_the_share_below_says_how_much_of_it_differences_beyond_a_few_percent_decide():
+    """Claims 8 and 13c: beside the share, the steps whose two values differ by more than DECIDED_RTOL and the
+    exact ties the rule counts as 'not below' (claim 8's late probes sit at one ceiling)."""
+    import pandas as pd
+
+    from bnstudy.claims.paper import decided_note
+
+    index = pd.MultiIndex.from_tuples([(0, s) for s in range(4)] + [(1, s) for s in range(4)], names=["seed", "step"])
+    wide = pd.DataFrame({"standard": [20, 20, 20, 30, 20, 20, 20, 20],
+                         "batchnorm": [20, 19.5, 10, 20, 20, 20, 20, 25]}, index=index)
+    # seed 0: 10->20 and 20->30 differ by > 5% (2 of 4), one tie; seed 1: 20 vs 25 (1 of 4), three ties
+    assert decided_note(wide) == ("; the two differ by more than 5% at 37.5% (25.0%..50.0%, n=2) of the probed steps, "
+                                  "and are equal (a tie, counted as not below) at 50.0% (25.0%..75.0%, n=2)")

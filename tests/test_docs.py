@@ -714,6 +714,54 @@ def _long_grad_change_ratio(phase):
     return span(a / b, lambda x: f"{x:.2g}")
 
 
+# --- the same runs window by window: standard over BN per seed (analysis.window_ratios)
+@functools.cache
+def long_windows() -> pd.DataFrame:
+    from bnstudy.analysis import window_ratios
+    runs = long_runs()
+    arms = {norm: runs[runs.norm == norm].arm.iloc[0] for norm in LONG_ARMS.values()}
+    return window_ratios(long_probes(), arms["none"], arms["batch"])
+
+
+def window_names() -> list[str]:
+    return list(long_windows().window.cat.categories)
+
+
+WINDOW_WORD = "(grad_diff_max|loss_ratio|loss_width|loss_width_rel)"
+
+
+@fact(r"window-bounds-(\d)")
+def _window_bounds(index):
+    return window_names()[int(index)]
+
+
+@fact(f"window-{WINDOW_WORD}-" + r"(\d)")
+def _window_ratio(quantity, index):
+    table = long_windows()
+    rows = table[(table.quantity == quantity) & (table.window == window_names()[int(index)])]
+    return span(rows.ratio, lambda x: f"{x:.2g}")
+
+
+def windows_where(quantity: str, holds) -> str:
+    """The windows in which `holds(ratio)` is true for every seed, in words."""
+    table = long_windows()
+    rows = table[table.quantity == quantity]
+    every = rows.assign(ok=holds(rows.ratio)).groupby("window", observed=True).ok.all()
+    found = [name for name in window_names() if every.get(name, False)]
+    return listed(found) if found else "none"
+
+
+@fact(f"window-agree-{WINDOW_WORD}")
+def _window_agree(quantity):
+    return windows_where(quantity, lambda ratio: ratio > 1)
+
+
+@fact("window-factor-(rule|paper)")
+def _window_factor(which):
+    """Claim 7's gradient change: the windows where every seed meets the rule's 3x, or the paper's 100x."""
+    return windows_where("grad_diff_max", lambda ratio: ratio >= (3.0 if which == "rule" else 100.0))
+
+
 @functools.cache
 def long_lambda() -> pd.DataFrame:
     """lambda_max per probed step (rows) and run (columns: norm, seed) of the long runs at LR 0.1."""

@@ -61,6 +61,7 @@ FIGURE_NEEDS = {
     "landscape": lambda config, spec: config.landscape.every > 0,
     "grad_vs_eta": lambda config, spec: config.landscape.every > 0,
     "landscape_filter": lambda config, spec: config.landscape.filter_every > 0,
+    "landscape_windows": lambda config, spec: config.landscape.every > 0,
     "curvature": lambda config, spec: config.curvature.every > 0,
 }
 

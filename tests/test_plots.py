@@ -228,3 +228,82 @@ def test_panel_c_marks_where_the_smallest_step_cancels_the_gradient():
     lines = reference_lines(drawn("landscape", results).axes[2])
     colors = plots.arm_colors(results, ["plain", "bn-fast"])
     assert lines == {20.0: to_rgb(colors["plain"]), 2.0: to_rgb(colors["bn-fast"])}
+
+
+@pytest.mark.parametrize("n", range(2, 5))
+def test_every_shade_stands_out_from_the_white_background(n):
+    """Fig. 1's LR 0.5 lines were BN's orange at 1.4:1 against white: too pale to see. (Five or more shades of a pale
+    hue need the room above it to stay apart, which the test of shades checks.)"""
+    for style in NORM_STYLES.values():
+        assert min(plots.contrast_on_white(color) for color in shades(style.color, n)) >= plots.MIN_CONTRAST
+
+
+def test_contrast_on_white_is_wcags():
+    assert plots.contrast_on_white((0.0, 0.0, 0.0)) == pytest.approx(21.0)
+    assert plots.contrast_on_white((1.0, 1.0, 1.0)) == pytest.approx(1.0)
+    assert plots.contrast_on_white((0.5, 0.5, 0.5)) == pytest.approx(3.98, abs=0.01)
+
+
+def test_a_long_title_and_caption_wrap_inside_the_figure():
+    """fig1-activations' title and caption ran past both edges."""
+    from figure_layout import layout_defects
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([0, 1], [0, 1])
+    ax.set_ylabel("a y label far too long for the axis it names, which is short " * 2)
+    plots.finish(fig, "a title with many words " * 6, "experiment | preset: long | data: CIFAR-10 | seeds " * 8)
+    assert layout_defects(fig) == []
+    plt.close(fig)
+
+
+def test_the_layout_check_sees_what_a_reader_sees():
+    """figure_layout.layout_defects itself: text cut at an edge, tick labels that run together, a long y label."""
+    from figure_layout import layout_defects
+
+    fig, ax = plt.subplots(figsize=(2, 1.5))
+    ax.set_xticks(range(5), [f"{10000 + 2500 * i}" for i in range(5)])
+    ax.set_ylabel("a y label far too long for the axis it names")
+    fig.text(0.5, 0.0, "a caption far wider than this small figure, cut at both sides", ha="center")
+    defects = " | ".join(layout_defects(fig))
+    assert "runs past the figure's edge" in defects and "overlap" in defects and "longer than its axis" in defects
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("experiment", ["paper-figures", "dln", "controls"])
+def test_the_committed_figures_have_no_layout_defect(experiment):
+    """Every figure of the committed runs, drawn again: nothing cut, overlapping or longer than its axis (the long
+    runs' figures; the DLN's, whose eta axis spans decades; the controls', with a norm's many shades)."""
+    from pathlib import Path
+
+    from figure_layout import layout_defects
+
+    results = Results(Path(__file__).resolve().parent.parent / "results", experiment)
+    defects = {}
+    for name, fig in plots.drawn_figures(results):
+        defects[name] = layout_defects(fig)
+        if name in ("fig2-activations", "fig6-densities", "fig11-grad-vs-eta"):  # one seed of three: said
+            caption = fig.texts[-1].get_text().replace("\n", " ")
+            assert "every panel: seed 0 alone (n=1)" in caption, name
+            assert all("seed 0" in ax.get_title() for ax in fig.axes if ax.get_title()), name
+        if name == "fig12-landscape":  # one row per l_p norm beside standard and batchnorm
+            titles = [ax.get_title() for ax in fig.axes[::3]]
+            assert titles == [f"(a) loss landscape: {arm}" for arm in ("l1", "l2", "linf")]
+        plt.close(fig)
+    assert not {name: found for name, found in defects.items() if found}
+
+
+def test_the_reprobe_figures_grey_box_names_the_grid_in_its_axis_units():
+    """Along the filter-normalized gradient the runs' own grid is a fraction of each filter's norm, whatever the LR
+    (the box said 'LR 0.1'); along the gradient it is the step sizes, with the LRs that give them."""
+    from types import SimpleNamespace
+
+    from bnstudy.plots.landscape import _grids
+
+    def run(lr):
+        grid = SimpleNamespace(filter_eta_min=0.005, filter_eta_max=0.04, eta_min=0.5, eta_max=4.0)
+        return SimpleNamespace(config=SimpleNamespace(landscape=grid, train=SimpleNamespace(lr=lr)))
+
+    facts = {"standard": run(0.1), "batchnorm": run(0.1), "fast": run(0.5)}
+    assert _grids(list(facts), facts, "landscape-filter") == {(0.005, 0.04): "0.5–4% of each filter's norm"}
+    assert _grids(list(facts), facts, "landscape") == {(0.05, 0.4): "η 0.05–0.4: LR 0.1",
+                                                       (0.25, 2.0): "η 0.25–2: LR 0.5"}

@@ -14,8 +14,8 @@ from bnstudy.analysis.common import (CHANCE, EARLY, KEYS, StepTable, at_mid_trai
                                      phase_medians, probe_row)
 from bnstudy.analysis.curvature import curvature_columns, curvature_summary
 from bnstudy.analysis.ics import ics_columns
-from bnstudy.analysis.landscape import (FILTER, PLAIN, filter_columns, landscape_columns, landscape_summary,
-                                        step_tables)
+from bnstudy.analysis.landscape import (FILTER, PLAIN, WINDOW_QUANTITIES, WINDOWS, filter_columns, landscape_columns,
+                                        landscape_summary, step_tables, window_ratios)
 from bnstudy.analysis.spectrum import (BULK_WEIGHT, GRID_POINTS, SIGMA, smoothed_density, spectrum_columns,
                                        spectrum_quadrature, spectrum_summary)
 from bnstudy.analysis.training import (LEAVES_CHANCE, LEAVES_WINDOW, MAX_POINTS, REACH_WINDOW, REACHES, SMOOTH_STEPS,
@@ -31,7 +31,8 @@ __all__ = [  # what the package has always offered (figures, report, tests impor
     "controls_summary", "curvature_summary", "experiment_of", "kind_label", "landscape_summary",
     "largest_trainable_lr", "left_chance_at", "matches", "moment_changes", "phase", "phase_medians", "probe_row",
     "reached_at", "register_summary", "run_summary", "smoothed_density", "smoothed_training", "spectrum_quadrature",
-    "spectrum_summary", "step_tables", "sweep_table", "weights_per_step", "weights_summary"]
+    "spectrum_summary", "step_tables", "sweep_table", "weights_per_step", "weights_summary", "WINDOWS",
+    "WINDOW_QUANTITIES", "window_ratios"]
 
 # What a run's summary holds beyond its meta.json: each entry reads the tables and returns frames keyed by
 # (arm, seed), merged in this order (so summary.csv's columns keep it). register_summary adds one of your own.

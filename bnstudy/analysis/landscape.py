@@ -88,6 +88,33 @@ def per_eta_table(probes: pd.DataFrame, probe: str = PLAIN) -> pd.DataFrame:
                           beta_rel=per_eta[GRAD_DIFF] / per_eta[GRAD_NORM] / per_eta.eta)
 
 
+# "Especially early", read window by window: the steps (of the run's schedule) that bound each window, and the
+# landscape numbers compared in each, standard's over BN's per seed (docs/findings.md)
+WINDOWS = (0, 500, 1000, 2000, 3750, 15000)
+LOSS_WIDTH, LOSS_WIDTH_REL = "loss_width", "loss_width_rel"  # max - min of L(w - eta g) over eta; that over L(w)
+WINDOW_QUANTITIES = (GRAD_DIFF_MAX, LOSS_RATIO, LOSS_WIDTH, LOSS_WIDTH_REL)
+
+
+def window_label(low: int, high: int) -> str:
+    return f"{low:,}–{high:,}"
+
+
+def window_ratios(probes: pd.DataFrame, numerator: str, denominator: str, windows=WINDOWS) -> pd.DataFrame:
+    """One row per (seed, window, quantity of WINDOW_QUANTITIES): the median over the window's probes along the
+    gradient of the `numerator` arm's number, over the `denominator` arm's, seed by seed (windows [low, high) of
+    steps; a window where either arm has no probe has no row)."""
+    summary = landscape_summary(probes)
+    width = summary.loss_max - summary.loss_min
+    summary = summary.assign(**{LOSS_WIDTH: width, LOSS_WIDTH_REL: width / summary.loss_at_w})
+    labels = [window_label(low, high) for low, high in zip(windows, windows[1:])]
+    summary["window"] = pd.cut(summary.step, bins=list(windows), right=False, labels=labels)
+    medians = summary.groupby(["arm", "seed", "window"], observed=True)[list(WINDOW_QUANTITIES)].median()
+    ratio = (medians.xs(numerator, level="arm") / medians.xs(denominator, level="arm")).dropna(how="all")
+    table = ratio.reset_index().melt(id_vars=["seed", "window"], var_name="quantity", value_name="ratio")
+    return table.assign(window=pd.Categorical(table.window, categories=labels, ordered=True)).sort_values(
+        ["quantity", "window", "seed"], kind="stable", ignore_index=True)
+
+
 # The run summary's columns: phase_column(phase, column) of PHASED, BETA_EFF_MEDIAN, and filter_column(phase_column(
 # phase, column)) of FILTER_PHASED
 PHASED = [GRAD_DIFF_MAX, BETA_EFF, LOSS_RATIO, OVERSHOOT]

@@ -86,11 +86,15 @@ def paired(summary: pd.DataFrame, column: str, groups: dict) -> pd.DataFrame:
     return table
 
 
+ONE_SEED = "(n=1)"
+
+
 def spread(values: pd.Series | np.ndarray, fmt: str = "{:.3g}") -> str:
-    """'mean (min..max, n seeds)', or the one value for one seed."""
+    """'mean (min..max, n=seeds)', or for one seed the value and '(n=1)': a number from one seed says so wherever it
+    is quoted (the README's table keeps that aside, report._without_asides)."""
     values = np.asarray(values, dtype=float)
     if len(values) == 1:
-        return fmt.format(values[0])
+        return f"{fmt.format(values[0])} {ONE_SEED}"
     return f"{fmt.format(values.mean())} ({fmt.format(values.min())}..{fmt.format(values.max())}, n={len(values)})"
 
 

@@ -26,27 +26,32 @@ from bnstudy.plots.activations import activation_distributions, densities, momen
 from bnstudy.plots.controls import (controls_init, controls_sharpness, controls_smoothness,  # noqa: E402
                                     controls_training, controls_weights)
 from bnstudy.plots.curvature import curvature, spectrum  # noqa: E402
-from bnstudy.plots.landscape import grad_diff_vs_eta, ics, landscape, landscape_filter  # noqa: E402
-from bnstudy.plots.style import (ERRORBAR, N_BOOT, NORM_STYLES, TRAIN_LABELS, arm_colors, arm_labels,  # noqa: E402
-                                 bootstrap_band, finish, kind_styles, norm_colors, norm_name, shades)
+from bnstudy.plots.landscape import (grad_diff_vs_eta, ics, landscape, landscape_filter,  # noqa: E402
+                                    landscape_windows)
+from bnstudy.plots.style import (ERRORBAR, MIN_CONTRAST, N_BOOT, NORM_STYLES, TRAIN_LABELS,  # noqa: E402
+                                 arm_colors, arm_labels, bootstrap_band, contrast_on_white, finish, kind_styles,
+                                 norm_colors, norm_name, shades)
 from bnstudy.plots.training import lr_sweep, test_curves, training_curves  # noqa: E402
 from bnstudy.recording import atomic_write_bytes  # noqa: E402
 from bnstudy.reading import Results  # noqa: E402
 
 __all__ = [
-    "FIGURES", "NEEDS", "register_figure", "plot_experiment", "draw_figures", "missing_rows", "png_bytes",
+    "FIGURES", "NEEDS", "register_figure", "plot_experiment", "draw_figures", "drawn_figures", "missing_rows",
+    "png_bytes",
     # what figures of one's own use (style)
-    "ERRORBAR", "N_BOOT", "NORM_STYLES", "TRAIN_LABELS", "arm_colors", "arm_labels", "bootstrap_band", "finish",
-    "kind_styles", "norm_colors", "norm_name", "shades",
+    "ERRORBAR", "MIN_CONTRAST", "N_BOOT", "NORM_STYLES", "TRAIN_LABELS", "arm_colors", "arm_labels", "bootstrap_band",
+    "contrast_on_white", "finish", "kind_styles", "norm_colors", "norm_name", "shades",
     # the figure kinds
     "activation_distributions", "controls_init", "controls_sharpness", "controls_smoothness", "controls_training",
     "controls_weights", "curvature", "densities", "grad_diff_vs_eta", "ics", "landscape", "landscape_filter",
+    "landscape_windows",
     "lr_sweep", "moments", "spectrum", "test_curves", "training_curves",
 ]
 
 # Figure kind (the name experiment files use) -> draw(results, arms, **options), returning a matplotlib figure
 FIGURES = {"training": training_curves, "activations": activation_distributions, "moments": moments,
-           "landscape": landscape, "landscape_filter": landscape_filter, "densities": densities,
+           "landscape": landscape, "landscape_filter": landscape_filter, "landscape_windows": landscape_windows,
+           "densities": densities,
            "grad_vs_eta": grad_diff_vs_eta, "ics": ics, "test": test_curves,
            "lr_sweep": lr_sweep, "curvature": curvature, "controls_training": controls_training,
            "controls_smoothness": controls_smoothness, "controls_sharpness": controls_sharpness,
@@ -57,6 +62,7 @@ FIGURES = {"training": training_curves, "activations": activation_distributions,
 # metrics, which every run has
 NEEDS = {"activation_distributions": ("activations", "p"), "moments": ("activations", "mean"),
          "densities": ("activations", "q"), "landscape": ("probes", PLAIN), "landscape_filter": ("probes", FILTER),
+         "landscape_windows": ("probes", PLAIN),
          "grad_diff_vs_eta": ("probes", PLAIN), "ics": ("probes", "ics"), "curvature": ("probes", "curvature"),
          "test_curves": ("metrics", "test"), "controls_smoothness": ("probes", PLAIN),
          "controls_sharpness": ("probes", "curvature"), "controls_weights": ("probes", "weights"),
@@ -84,11 +90,22 @@ def plot_experiment(experiment: str, results_dir: str = "results", unfinished: b
 def draw_figures(results: Results, exp=None) -> list[Path]:
     """plot_experiment on results already read (the report has read them for its summaries). `exp` (a Manifest or
     an Experiment) overrides the description stored with the results."""
-    exp = exp or results.manifest
     out_dir = results.root / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
-    order = tuple(exp.arms)
     paths = []
+    for name, fig in drawn_figures(results, exp):
+        path = out_dir / f"{name}.png"
+        atomic_write_bytes(path, png_bytes(fig))  # a kill while drawing leaves the previous figure, never half of one
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def drawn_figures(results: Results, exp=None):
+    """(name, figure) for each figure the experiment's manifest (or `exp`) lists that has rows to draw, one at a
+    time; the caller closes each figure."""
+    exp = exp or results.manifest
+    order = tuple(exp.arms)
     sns.set_theme(style="whitegrid", context="notebook")
     figures = [(name, FIGURES[name], results, order, {}) for name in exp.figures]
     figures += [(name, *_view(exp, name, spec, results)) for name, spec in exp.plots.items()]
@@ -96,12 +113,7 @@ def draw_figures(results: Results, exp=None) -> list[Path]:
         if why := missing_rows(draw, shown):
             print(f"bnstudy: warning: {results.experiment}: figure {name} not drawn: {why}", file=sys.stderr)
             continue
-        fig = draw(shown, arms, **options)
-        path = out_dir / f"{name}.png"
-        atomic_write_bytes(path, png_bytes(fig))  # a kill while drawing leaves the previous figure, never half of one
-        plt.close(fig)
-        paths.append(path)
-    return paths
+        yield name, draw(shown, arms, **options)
 
 
 def missing_rows(draw, results: Results) -> str | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -25,10 +26,10 @@ def activation_distributions(results: Results, order: tuple[str, ...] = ()):
     for i, layer in enumerate(layers):
         for j, arm in enumerate(arms):
             _percentile_band(axes[i][j], acts[(acts.layer == layer) & (acts.arm == arm)], colors[arm])
-            axes[i][j].set_title(f"{arm}, layer #{layer}", fontsize=10)
+            axes[i][j].set_title(f"{arm}, layer #{layer}, seed {seed}", fontsize=10)
             axes[i][j].set(xlabel="training step" if i == len(layers) - 1 else None,
                            ylabel="pre-ReLU activation" if j == 0 else None)
-    caption = results.caption() + f" | distribution of one random unit per layer, seed {seed}"
+    caption = results.caption(shown_seed=seed) + " | distribution of one random unit per layer"
     return finish(fig, f"{results.experiment}: activation distributions over training (5/15/50/85/95th percentiles)",
                   caption)
 
@@ -54,7 +55,8 @@ def densities(results: Results, order: tuple[str, ...] = ()):
     1st..99th percentiles, which are a stratified sample of that distribution (1% of the mass each). Colours are
     the steps' (one arm per panel)."""
     acts = results.tables["activations"]
-    acts = acts[acts.stat.isin(DENSITY) & (acts.seed == acts.seed.min())]
+    seed = int(acts.seed.min()) if len(acts) else None
+    acts = acts[acts.stat.isin(DENSITY) & (acts.seed == seed)]
     arms, steps = results.arms(order), sorted(acts.step.unique())
     layers = sorted(acts.layer.unique())
     fig, axes = plt.subplots(len(layers), len(arms), figsize=(3.8 * len(arms), 3.0 * len(layers) + 1.0), squeeze=False)
@@ -68,9 +70,10 @@ def densities(results: Results, order: tuple[str, ...] = ()):
                 values = rows.value[np.isfinite(rows.value)]
                 if values.nunique() > 1:  # a unit with one value everywhere (dead, or diverged) has no density
                     sns.kdeplot(x=values, color=colors[step], label=f"step {step}", ax=ax, cut=0)
-            ax.set(title=f"{arm}, layer #{layer}", xlabel="pre-ReLU activation", ylabel="density" if j == 0 else None)
+            ax.set(title=f"{arm}, layer #{layer}, seed {seed}", xlabel="pre-ReLU activation",
+                   ylabel="density" if j == 0 else None)
             ax.legend(fontsize=7)
-    caption = results.caption() + f" | one random unit per layer, seed {int(acts.seed.min()) if len(acts) else '—'}"
+    caption = results.caption(shown_seed=seed) + " | one random unit per layer"
     return finish(fig, f"{results.experiment}: activation densities (Fig. 6)", caption)
 
 
@@ -97,5 +100,7 @@ def moments(results: Results, order: tuple[str, ...] = ()):
             ax.set_yscale("log")
             ax.set(title=f"layer #{layer}" if i == 0 else None, ylabel=ylabel if j == 0 else None,
                    xlabel="training step" if i == len(MOMENT_ROWS) - 1 else None)
+    for ax in axes[-1]:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))  # '10000', '12500', '15000' ran together
     caption = results.caption() + " | mean over the recorded units"
-    return finish(fig, f"{results.experiment}: change of activation moments (Fig. 8)", caption)
+    return finish(fig, f"{results.experiment}: change of activation moments (Fig. 8)", caption, legend_from=axes[0][0])

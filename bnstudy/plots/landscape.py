@@ -7,18 +7,21 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from bnstudy.analysis import FILTER, PLAIN, landscape_summary, smoothed_training
+from bnstudy.analysis import FILTER, PLAIN, landscape_summary, smoothed_training, window_ratios
 from bnstudy.architectures import NORM_KINDS
-from bnstudy.plots.style import ERRORBAR, NORM_STYLES, TRAIN_LABELS, arm_colors, finish, norm_colors, norm_name
+from bnstudy.plots.style import (ERRORBAR, NORM_STYLES, TRAIN_LABELS, arm_colors, arm_dashes, finish, norm_colors,
+                                 norm_name, plain_log_ticks)
 from bnstudy.reading import Results, caption_of
 
 
-def _band_over_seeds(ax, frame: pd.DataFrame, low: str, high: str, color, label: str) -> None:
-    """The [min over eta, max over eta] band, averaged over seeds, with its edges drawn as lines."""
+def _band_over_seeds(ax, frame: pd.DataFrame, low: str, high: str, color, label: str, dashes: tuple = ()) -> None:
+    """The [min over eta, max over eta] band, averaged over seeds, with its edges drawn as lines (dashed where the
+    norm's style says, and then with a paler fill: such arms lie on another's band)."""
     mean = frame.groupby("step")[[low, high]].mean()
-    ax.fill_between(mean.index, mean[low], mean[high], color=color, alpha=0.3, lw=0, label=label)
-    ax.plot(mean.index, mean[low], color=color, lw=0.8)
-    ax.plot(mean.index, mean[high], color=color, lw=0.8)
+    line = {"color": color, "lw": 1.5, "dashes": dashes} if dashes else {"color": color, "lw": 0.8}
+    ax.fill_between(mean.index, mean[low], mean[high], color=color, alpha=0.12 if dashes else 0.3, lw=0)
+    ax.plot(mean.index, mean[low], label=label, **line)
+    ax.plot(mean.index, mean[high], **line)
 
 
 LANDSCAPE_PANELS = {  # probe -> (band or line columns, y label) of panels (a), (b), (c)
@@ -31,32 +34,88 @@ LANDSCAPE_PANELS = {  # probe -> (band or line columns, y label) of panels (a), 
 }
 
 
-def landscape(results: Results, order: tuple[str, ...] = (), yscales=("log", "log", "log"), probe: str = PLAIN):
+def landscape(results: Results, order: tuple[str, ...] = (), yscales=("log", "log", "log"), probe: str = PLAIN,
+              references: int = 0):
     """Fig. 4: (a) loss along the gradient, (b) gradient predictiveness, (c) effective beta-smoothness. With
-    probe=FILTER the same along the filter-normalized gradient d, in scale-free terms (claims 13a-c)."""
+    probe=FILTER the same along the filter-normalized gradient d, in scale-free terms (claims 13a-c). Every panel on
+    log axes, where the paper's Fig. 4 has linear ones (docs/protocol.md says why). `references` > 0: the first
+    that many arms are drawn in every row, and each other arm has a row of its own beside them (Fig. 12: the l_p
+    arms lie on BN's band, and in one row they hide each other)."""
     arms = results.arms(order)
+    rows = [arms[references:][i:i + 1] for i in range(len(arms) - references)] if references else [[]]
     summary = landscape_summary(results.tables["probes"], probe)
-    colors = arm_colors(results, arms)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-    (band_a, label_a), (band_b, label_b), (line_c, label_c) = LANDSCAPE_PANELS[probe]
-    for arm in arms:
-        frame = summary[summary.arm == arm]
-        _band_over_seeds(axes[0], frame, *band_a, colors[arm], arm)
-        _band_over_seeds(axes[1], frame, *band_b, colors[arm], arm)
-    sns.lineplot(summary, x="step", y=line_c, hue="arm", hue_order=arms, palette=colors, errorbar=ERRORBAR, ax=axes[2])
-    _cancelled_gradient_reading(axes[2], results.tables["probes"], probe, arms, colors)
-    titles = ("(a) loss landscape", "(b) gradient predictiveness", "(c) effective β-smoothness")
-    for ax, title, ylabel, yscale in zip(axes, titles, (label_a, label_b, label_c), yscales):
-        ax.set(title=title, xlabel="training step", ylabel=ylabel + (" (log)" if yscale == "log" else ""),
-               yscale=yscale)
-        ax.legend(fontsize=8, title=None)
+    colors, dashes = arm_colors(results, arms), arm_dashes(results, arms)
+    fig, axes = plt.subplots(len(rows), 3, figsize=(16, 4.2 * len(rows) + 0.4), squeeze=False)
+    for row, extra in zip(axes, rows):
+        shown = arms[:references] + extra if references else arms
+        _landscape_row(row, summary, shown, colors, dashes, probe, yscales)
+        for ax in row[:len(extra)] if extra else []:  # each row's arm, named once where the row starts
+            ax.set_title(f"{ax.get_title()}: {extra[0]}")
+        _cancelled_gradient_reading(row[2], results.tables["probes"], probe, shown, colors)
+        for ax in row:
+            ax.legend(fontsize=8, title=None)
     etas = sorted(results.tables["probes"].query("probe == @probe and eta > 0").eta.unique())
     unit = " of each filter's norm" if probe == FILTER else ""
     caption = results.caption() + (f" | η from {etas[0]:.3g} to {etas[-1]:.3g}{unit} ({len(etas)} points) | band: mean "
                                    f"over seeds of min and max over η")
     caption += results.unnormalized_words(arms) if probe == FILTER else ""
-    direction = "the filter-normalized gradient d" if probe == FILTER else "the gradient (Fig. 4)"
-    return finish(fig, f"{results.experiment}: the loss landscape along {direction}", caption)
+    direction = "the filter-normalized gradient d" if probe == FILTER else "the gradient"
+    beside = f", each arm beside {' and '.join(arms[:references])}" if references else ""
+    return finish(fig, f"{results.experiment}: the loss landscape along {direction}{beside}", caption)
+
+
+def _landscape_row(axes, summary: pd.DataFrame, arms: list[str], colors: dict, dashes: dict, probe: str,
+                   yscales) -> None:
+    """Panels (a), (b), (c) of the arms: the bands over eta of (a) and (b), the line of (c) with its seed band."""
+    (band_a, label_a), (band_b, label_b), (line_c, label_c) = LANDSCAPE_PANELS[probe]
+    for arm in arms:
+        frame = summary[summary.arm == arm]
+        _band_over_seeds(axes[0], frame, *band_a, colors[arm], arm, dashes[arm])
+        _band_over_seeds(axes[1], frame, *band_b, colors[arm], arm, dashes[arm])
+    shown = summary[summary.arm.isin(arms)]
+    sns.lineplot(shown, x="step", y=line_c, hue="arm", hue_order=arms, palette=colors, style="arm",
+                 style_order=arms, dashes={arm: dashes[arm] for arm in arms}, errorbar=ERRORBAR, ax=axes[2])
+    titles = ("(a) loss landscape", "(b) gradient predictiveness", "(c) effective β-smoothness")
+    for ax, title, ylabel, yscale in zip(axes, titles, (label_a, label_b, label_c), yscales):
+        ax.set(title=title, xlabel="training step", ylabel=ylabel + (" (log)" if yscale == "log" else ""),
+               yscale=yscale)
+
+
+WINDOW_PANELS = {  # quantity of analysis.WINDOW_QUANTITIES -> (title, reference lines: value -> label)
+    "grad_diff_max": ("(a) gradient change: max over η of ‖∇L(w − ηg) − g‖",
+                      {3.0: "claim 7's rule: 3×", 100.0: "the paper: about 100×"}),
+    "loss_ratio": ("(b) loss range: max / min over η of L(w − ηg)", {}),
+    "loss_width": ("(c) loss band's width: max − min over η", {}),
+    "loss_width_rel": ("(d) the band's width over L(w)", {}),
+}
+
+
+def landscape_windows(results: Results, order: tuple[str, ...] = ()):
+    """The paper's "especially early", window by window: per seed, the median over each window of training of the
+    first arm's landscape numbers over the second's (standard over batchnorm), on a log axis; 1 is no difference."""
+    arms = results.arms(order)
+    table = window_ratios(results.tables["probes"], arms[0], arms[1])
+    fig, axes = plt.subplots(1, len(WINDOW_PANELS), figsize=(18, 4.8), sharey=True)
+    windows = list(table.window.cat.categories)
+    for ax, (quantity, (title, references)) in zip(axes, WINDOW_PANELS.items()):
+        rows = table[table.quantity == quantity]
+        for seed, marker in zip(sorted(rows.seed.unique()), "osD^v"):
+            one = rows[rows.seed == seed]
+            ax.plot(one.window.cat.codes, one.ratio, marker=marker, ls="none", color="0.25", label=f"seed {seed}")
+        means = rows.groupby("window", observed=False).ratio.mean()
+        ax.plot(range(len(windows)), means.to_numpy(), color=arm_colors(results, arms)[arms[0]], lw=1.5,
+                label="mean over seeds")
+        ax.axhline(1.0, color="0.5", lw=1, label="no difference")
+        for value, label in references.items():
+            ax.axhline(value, color="0.35", ls="--" if value < 10 else ":", lw=0.9, label=label)
+        ax.set_xticks(range(len(windows)), [w.replace("–", "–\n") for w in windows])  # two lines: no overlap
+        ax.set(title=title, xlabel="window of training steps", yscale="log",
+               ylabel=f"{arms[0]} / {arms[1]} (log)")
+        ax.legend(fontsize=7)
+    caption = results.caption() + (f" | per seed: the median over the window's probes along the gradient of "
+                                   f"{arms[0]}'s number over {arms[1]}'s")
+    return finish(fig, f"{results.experiment}: {arms[0]} over {arms[1]} along the gradient, window by window",
+                  caption)
 
 
 def _cancelled_gradient_reading(ax, probes: pd.DataFrame, probe: str, arms, colors) -> None:
@@ -72,9 +131,10 @@ def _cancelled_gradient_reading(ax, probes: pd.DataFrame, probe: str, arms, colo
                          f"smallest η")
 
 
-def landscape_filter(results: Results, order: tuple[str, ...] = (), yscales=("log", "log", "log")):
+def landscape_filter(results: Results, order: tuple[str, ...] = (), yscales=("log", "log", "log"),
+                     references: int = 0):
     """Fig. 4 along the filter-normalized gradient: what is left of the smoothing without BN's free scale."""
-    return landscape(results, order, yscales, probe=FILTER)
+    return landscape(results, order, yscales, probe=FILTER, references=references)
 
 
 def reprobe_panels(probe: str) -> tuple:
@@ -129,11 +189,15 @@ def reprobed_landscape(table: pd.DataFrame, runs: list, experiment: str, probe: 
 
 
 def _grids(arms, facts, probe: str) -> dict[tuple[float, float], str]:
-    """Each distinct own grid of the arms, with the LRs that give it."""
+    """Each distinct own grid of the arms, in the words of its axis: along the filter-normalized gradient the
+    fractions of each filter's norm (the same at every LR), along the gradient the step sizes with the LRs that
+    give them."""
     grids: dict[tuple[float, float], list[str]] = {}
     for arm in arms:
         grids.setdefault(own_grid(facts[arm], probe), []).append(f"LR {facts[arm].config.train.lr:g}")
-    return {grid: ", ".join(dict.fromkeys(lrs)) for grid, lrs in grids.items()}
+    if probe == FILTER:
+        return {(low, high): f"{100 * low:g}–{100 * high:g}% of each filter's norm" for low, high in grids}
+    return {(low, high): f"η {low:g}–{high:g}: {', '.join(dict.fromkeys(lrs))}" for (low, high), lrs in grids.items()}
 
 
 def grad_diff_vs_eta(results: Results, order: tuple[str, ...] = (), xscale: str = "linear"):
@@ -147,12 +211,16 @@ def grad_diff_vs_eta(results: Results, order: tuple[str, ...] = (), xscale: str 
     for ax, arm in zip(axes[0], arms):
         for step, g in land[land.arm == arm].groupby("step"):
             ax.plot(g.eta, g.value, color=plt.cm.viridis(norm(step)), lw=1, alpha=0.8)
-        ax.set(title=arm, xlabel="step size η" + (" (log)" if xscale == "log" else ""), xscale=xscale, yscale="log")
+        ax.set(title=f"{arm}, seed {seed}", xlabel="step size η" + (" (log)" if xscale == "log" else ""),
+               xscale=xscale, yscale="log")
+        if xscale == "log":
+            plain_log_ticks(ax.xaxis)
     axes[0][0].set_ylabel("‖∇L(w − η g) − g‖₂")
     finish(fig, f"{results.experiment}: gradient change against step size (Fig. 11)",
-           results.caption() + f" | seed {seed}", right=0.92)
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), cax=fig.add_axes((0.935, 0.2, 0.012, 0.65)),
-                 label="training step")
+           results.caption(shown_seed=seed), right=0.86)
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), cax=fig.add_axes((0.875, 0.2, 0.012, 0.65)))
+    bar.set_label("training step of the probe")
+    bar.ax.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
     return fig
 
 

@@ -4,8 +4,10 @@ figure shows and in whatever order."""
 from __future__ import annotations
 
 import colorsys
+import textwrap
 from typing import NamedTuple
 
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -34,13 +36,91 @@ def bootstrap_band(values) -> tuple[float, float]:
 ERRORBAR = bootstrap_band  # seaborn draws mean line + this band for every x position
 
 
-def finish(fig, title: str, caption: str, right: float = 1.0):
+TITLE_SIZE, CAPTION_SIZE = 13, 8  # points
+CHAR_WIDTH = 0.6  # a character's mean width in DejaVu Sans, in ems: how many fit on a line of the figure
+LINE_HEIGHT = 1.4  # a line of text's height, in ems
+
+
+def wrapped(text: str, fig, fontsize: float) -> str:
+    """`text` broken into lines as wide as the figure (at `fontsize`), so that no title or caption runs past its
+    edges (a long caption was cut at both sides)."""
+    per_line = max(20, int(fig.get_figwidth() * 72 / (fontsize * CHAR_WIDTH)))
+    return "\n".join(textwrap.wrap(text, per_line, break_long_words=False, break_on_hyphens=False))
+
+
+LEGEND_SIZE = 9  # points
+
+
+def finish(fig, title: str, caption: str, right: float = 1.0, legend_from=None):
     """Title, caption (experiment, preset, data, seeds) and layout, as every figure of bnstudy has them; `right` < 1
-    leaves room for a colorbar."""
-    fig.suptitle(title, fontsize=13)
-    fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=8, color="0.3")
-    fig.tight_layout(rect=(0, 0.03, right, 0.97))
+    leaves room for a colorbar. Both wrap to the figure's width; the panels get what the lines leave. `legend_from`:
+    an axes whose legend moves to one row under the title, where it hides no curve."""
+    title, caption = wrapped(title, fig, TITLE_SIZE), wrapped(caption, fig, CAPTION_SIZE)
+    height = fig.get_figheight() * 72  # points
+    bottom = ((caption.count("\n") + 1) * CAPTION_SIZE * LINE_HEIGHT + 4) / height
+    top = 1.0  # tight_layout keeps the panels clear of the title itself; a legend under it needs its own room
+    if legend_from is not None and legend_from.get_legend() is not None:
+        handles, labels = legend_from.get_legend_handles_labels()
+        legend_from.get_legend().remove()
+        under_title = 1 - ((title.count("\n") + 1) * TITLE_SIZE * LINE_HEIGHT + 10) / height
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, under_title), ncol=len(labels),
+                   fontsize=LEGEND_SIZE, frameon=False)
+        top = under_title - 1.2 * LEGEND_SIZE * LINE_HEIGHT / height
+    fig.suptitle(title, fontsize=TITLE_SIZE)
+    fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=CAPTION_SIZE, color="0.3")
+    fig.tight_layout(rect=(0, bottom, right, top))
+    if _fit_axis_labels(fig):
+        fig.tight_layout(rect=(0, bottom, right, top))
     return fig
+
+
+def _fit_axis_labels(fig) -> bool:
+    """Break each y label longer than its axis into lines that fit it (at spaces outside $math$); whether any was."""
+    renderer = fig.canvas.get_renderer()
+    broken = False
+    for ax in fig.axes:
+        label = ax.yaxis.label
+        text, height = label.get_text(), label.get_window_extent(renderer).height
+        if "\n" in text or height <= ax.bbox.height:
+            continue
+        width = max(8, int(len(text) * ax.bbox.height / height * 0.9))  # characters a line of the axis' length holds
+        label.set_text("\n".join(_lines_outside_math(text, width)))
+        broken = True
+    return broken
+
+
+def _lines_outside_math(text: str, width: int) -> list[str]:
+    """`text` in lines of about `width` characters, broken only at spaces outside $...$ (mathtext must stay whole)."""
+    lines, line = [], ""
+    for word in _words_outside_math(text):
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return lines + [line]
+
+
+def _words_outside_math(text: str) -> list[str]:
+    words, current = [], ""
+    for char in text:
+        if char == " " and current.count("$") % 2 == 0:
+            words.append(current)
+            current = ""
+        else:
+            current += char
+    return [w for w in words + [current] if w]
+
+
+def plain_log_ticks(axis) -> None:
+    """A log axis spanning a decade or two, labelled at 1, 2 and 5 x 10^k in plain numbers ('0.05', '0.2'):
+    matplotlib's default labels its minor ticks too there ('2 x 10^-1', '3 x 10^-1', ...), which run together.
+    A wider axis keeps one label a decade, without its minor ticks' labels."""
+    low, high = sorted(axis.get_view_interval())
+    wide = low <= 0 or high / low > 100
+    axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0,) if wide else (1.0, 2.0, 5.0)))
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -49,6 +129,7 @@ def finish(fig, title: str, caption: str, right: float = 1.0):
 class NormStyle(NamedTuple):
     name: str  # what legends and titles call the norm (the paper's words where it has them)
     color: tuple[float, float, float]
+    dashes: tuple = ()  # its line's dash pattern where colour alone does not tell it apart (solid: empty)
 
 
 # Seaborn's colorblind palette has ten colours; its light blue is left out: it has the hue of the blue, so it would
@@ -59,9 +140,10 @@ NORM_STYLES = {  # architectures.NORM_KINDS, each once (a test checks)
     "batch": NormStyle("batchnorm", _COLORBLIND[1]),  # orange
     "noisy-batch": NormStyle("noisy batchnorm", _COLORBLIND[2]),  # green
     "noise-only": NormStyle("noise only", _COLORBLIND[3]),  # vermilion
-    "l1": NormStyle("ℓ1 norm", _COLORBLIND[4]),  # mauve
-    "l2": NormStyle("ℓ2 norm", _COLORBLIND[5]),  # tan
-    "linf": NormStyle("ℓ∞ norm", _COLORBLIND[6]),  # pink
+    # the l_p norms train and probe as BN does, so their curves lie on BN's: dashes tell them apart (Fig. 12)
+    "l1": NormStyle("ℓ1 norm", _COLORBLIND[4], (6, 2)),  # mauve, dashed
+    "l2": NormStyle("ℓ2 norm", _COLORBLIND[5], (1.5, 1.5)),  # tan, dotted
+    "linf": NormStyle("ℓ∞ norm", _COLORBLIND[6], (6, 2, 1.5, 2)),  # pink, dash-dotted
     "layer": NormStyle("layer norm", _COLORBLIND[8]),  # yellow
     "group": NormStyle("group norm", _COLORBLIND[7]),  # grey
 }
@@ -76,16 +158,31 @@ def kind_name(norm: str, init: str) -> str:
     return f"{norm_name(norm)}, {init} init"
 
 
-DARKEST, LIGHTEST = 0.28, 0.76  # the lightness (HLS) of the darkest and the lightest shade
+DARKEST, LIGHTEST = 0.2, 0.76  # the lightness (HLS) of the darkest and, at most, of the lightest shade
+MIN_CONTRAST = 2.0  # the lightest shade's contrast against the white background (WCAG's ratio): pale LR 0.5 lines
+                    # of Fig. 1 (1.4:1 for BN's orange at LIGHTEST) were hard to see
+MIN_STEP = 0.06  # the least lightness between two shades: many shades take the room they need, contrast or not
+
+
+def contrast_on_white(color) -> float:
+    """WCAG's contrast ratio of an sRGB colour against white: 1 (invisible) to 21 (black)."""
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in color]
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    return 1.05 / (luminance + 0.05)
 
 
 def shades(color, n: int) -> list[tuple]:
     """n colours of `color`'s hue and saturation, dark to light, evenly spaced in lightness (so a pale norm's shades
-    are as far apart as a dark one's); `color` itself where n is 1, so a norm drawn once has its own colour."""
+    are as far apart as a dark one's), the lightest no paler than MIN_CONTRAST allows unless n shades need more
+    room (MIN_STEP apart: five or more of a pale hue); `color` itself where n is 1, so a norm drawn once has its own
+    colour."""
     if n == 1:
         return [tuple(color)]
     hue, _, saturation = colorsys.rgb_to_hls(*color)
-    return [colorsys.hls_to_rgb(hue, float(lightness), saturation) for lightness in np.linspace(DARKEST, LIGHTEST, n)]
+    lightest = next(float(light) for light in np.linspace(LIGHTEST, DARKEST, 113)
+                    if contrast_on_white(colorsys.hls_to_rgb(hue, float(light), saturation)) >= MIN_CONTRAST)
+    lightest = max(lightest, min(LIGHTEST, DARKEST + MIN_STEP * (n - 1)))
+    return [colorsys.hls_to_rgb(hue, float(lightness), saturation) for lightness in np.linspace(DARKEST, lightest, n)]
 
 
 def norm_colors(norms: dict) -> dict:
@@ -96,6 +193,12 @@ def norm_colors(norms: dict) -> dict:
         keys_of.setdefault(norm, []).append(key)
     return {key: color for norm, keys in keys_of.items()
             for key, color in zip(keys, shades(NORM_STYLES[norm].color, len(keys)))}
+
+
+def arm_dashes(results: Results, arms: list[str]) -> dict[str, tuple]:
+    """Arm -> its norm's dash pattern (NORM_STYLES; empty: solid), for seaborn's `dashes` and matplotlib's."""
+    norms = results.meta.drop_duplicates("arm").set_index("arm").norm
+    return {arm: NORM_STYLES[norms[arm]].dashes for arm in arms}
 
 
 def arm_colors(results: Results, arms: list[str]) -> dict[str, tuple]:

@@ -90,8 +90,9 @@ def check_filter_normalized(direction: dict[str, torch.Tensor], params: dict[str
         wrong = (d_norm > 0) & ((d_norm - w_norm).abs() > DIRECTION_RTOL * w_norm)
         if wrong.any():
             f = int(wrong.nonzero()[0])
-            raise DirectionError(f"filter-normalized direction is not: '{name}' filter {f} steps {float(d_norm[f]):.3g} "
-                                 f"against its weights' norm {float(w_norm[f]):.3g} ({int(wrong.sum())} such filters)")
+            raise DirectionError(f"filter-normalized direction is not: '{name}' filter {f} steps "
+                                 f"{float(d_norm[f]):.3g} against its weights' norm {float(w_norm[f]):.3g} "
+                                 f"({int(wrong.sum())} such filters)")
 
 
 def filter_normalized_direction(params: dict[str, torch.Tensor], generator: torch.Generator | None = None):
