@@ -268,7 +268,7 @@ def _check_shapes(path: Path, raw: dict) -> None:
              **{f"presets.{p}.arms": body.get("arms", []) for p, body in raw.get("presets", {}).items()}}
     for key, value in lists.items():
         need(isinstance(value, list) and all(isinstance(v, str) for v in value), key, "a list of strings")
-    _check_plots(path, raw.get("plots", {}))
+    check_plots(path, raw.get("plots", {}))
     for kind in lists["figures"]:
         require(kind in FIGURE_KINDS, f"{path}: figures: unknown kind {kind!r}; known: {', '.join(FIGURE_KINDS)}")
     sweep = raw.get("sweep", {})
@@ -289,7 +289,7 @@ PLOT_KEYS = {"kind": str, "runs": list, "layers": list, "options": dict}
 QUERY_KEYS = {"norm": str, "lr": (int, float), "init": str}  # what a figure's runs are found by (meta.json's fields)
 
 
-def _check_plots(path: Path, plots) -> None:
+def check_plots(path: Path, plots) -> None:
     """[plots.NAME] kind = "...", runs = [{norm = ..., lr = ...}, ...], optionally layers and options."""
     require(isinstance(plots, dict), f"{path}: 'plots' must be a table of figures")
     for name, spec in plots.items():

@@ -4,6 +4,7 @@ the points where the kill-and-resume tests pull the plug. bnstudy.recording lays
 from __future__ import annotations
 
 import csv
+import hashlib
 import fcntl
 import io
 import json
@@ -89,6 +90,16 @@ def json_safe(value):
     return [json_safe(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
+def prefix_sha256(path: Path, size: int) -> str:
+    """SHA-256 of a file's first `size` bytes (all of them if it is shorter), read in chunks."""
+    digest, left = hashlib.sha256(), size
+    with open(path, "rb") as f:
+        while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
 class CsvLog:
     """Append-only tidy CSV with a fixed schema; rows are buffered and flushed (fsynced) on demand.
 
@@ -127,6 +138,10 @@ class CsvLog:
 
     def size(self) -> int:
         return self.path.stat().st_size
+
+    def sha256(self) -> str:
+        """SHA-256 of the file as flushed: with size(), what a checkpoint records of it."""
+        return prefix_sha256(self.path, self.size())
 
     def clear(self) -> None:
         """Back to the header alone (a fresh start of the run)."""

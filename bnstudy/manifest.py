@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bnstudy import config
 from bnstudy.config import PRESETS, ConfigError, Experiment, load_experiment, run_config
 from bnstudy.recording import atomic_write_text, json_safe, read_json
 
@@ -69,9 +70,14 @@ def read_manifest(folder: Path) -> Manifest | None:
     if not path.exists():
         return None
     record = read_json(path, "remove it and rerun `bnstudy run` (finished runs are skipped) to write it again")
+    if record.get("name") != Path(folder).name:
+        raise ConfigError(f"{path}: the manifest of experiment {record.get('name')!r}, not of {Path(folder).name!r} "
+                          f"whose folder it is in (copied from another?); remove it and rerun `bnstudy run "
+                          f"{Path(folder).name}` to write it again")
     if record.get("format") != FORMAT:
         raise ConfigError(f"{path}: manifest format {record.get('format')!r}, this bnstudy reads {FORMAT}; "
                           f"update bnstudy, or remove it and rerun `bnstudy run` to write it again")
+    _check_figures(path, record)
     try:
         return Manifest(name=record["name"], title=record["title"], arms=tuple(record["arms"]),
                         figures=tuple(record["figures"]), plots=record["plots"],
@@ -80,6 +86,23 @@ def read_manifest(folder: Path) -> Manifest | None:
     except (KeyError, TypeError, AttributeError) as err:
         raise ConfigError(f"{path}: not a bnstudy manifest ({type(err).__name__}: {err}); remove it and rerun "
                           f"`bnstudy run` to write it again") from None
+
+
+def _check_figures(path: Path, record: dict) -> None:
+    """The figures a manifest names are kinds bnstudy draws, and its [plots] views are whole (config's own check of an
+    experiment file's), so plot and report never meet one they cannot draw."""
+    figures, plots = record.get("figures"), record.get("plots")
+    hint = "; remove it and rerun `bnstudy run` to write it again"
+    if not isinstance(figures, list) or not all(isinstance(kind, str) for kind in figures):
+        raise ConfigError(f"{path}: 'figures' is not a list of figure kinds{hint}")
+    unknown = [kind for kind in figures if kind not in config.FIGURE_KINDS]
+    if unknown:
+        raise ConfigError(f"{path}: unknown figure kind(s) {', '.join(map(repr, unknown))}; known: "
+                          f"{', '.join(config.FIGURE_KINDS)}{hint}")
+    try:
+        config.check_plots(path, plots)
+    except ConfigError as err:
+        raise ConfigError(f"{err}{hint}") from None
 
 
 def experiment_manifest(results_dir: Path, name: str) -> Manifest:

@@ -33,6 +33,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bnstudy.config import RunConfig, build, config_differences
@@ -58,6 +59,17 @@ DTYPES = {"step": "int64", "arm": "str", "seed": "int64", "split": "str", "metri
 
 PACKED_SUFFIX = ".xz"  # pandas infers the compression from it
 PACKED_LEVEL = 6  # xz's default: a whole CSV fits its 8 MiB dictionary, so 9 would only cost memory
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """The folders in `folder`, in name order; one that cannot be listed is said on stderr and gives none."""
+    try:
+        return sorted(entry for entry in folder.iterdir() if entry.is_dir())
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        print(f"bnstudy: warning: {folder}: cannot read ({err.strerror}): its runs are left out", file=sys.stderr)
+        return []
 
 
 def table_path(folder: Path, name: str) -> Path | None:
@@ -131,11 +143,16 @@ def final_numbers(metrics: pd.DataFrame, window: int = 100) -> dict:
             "final_test_acc": float(test_acc.iloc[-1]) if len(test_acc) else None}
 
 
-def _disagreements(meta: dict, derived: dict, tolerance: float, source: str = "its tables") -> list[str]:
-    """'key: A in meta.json, B in <source>' for each derived value meta.json states otherwise."""
+def _disagreements(meta: dict, derived: dict, tolerance: float, source: str = "its tables",
+                   null_ok: bool = True) -> list[str]:
+    """'key: A in meta.json, B in <source>' for each derived value meta.json states otherwise; with null_ok=False a
+    null (or missing) value there where `source` gives a finite one is one too (NaN is null in strict JSON)."""
     out = []
     for key, value in derived.items():
         said = meta.get(key)
+        if said is None and not null_ok and value is not None and not (isinstance(value, float) and math.isnan(value)):
+            out.append(f"{key}: null in meta.json, {value!r} in {source}")
+            continue
         if said is None or value is None:
             continue
         if isinstance(value, float) and not isinstance(said, (str, bool)):
@@ -158,16 +175,17 @@ class RunDir:
 
     @classmethod
     def of_experiment(cls, results_dir: Path, experiment: str) -> list[RunDir]:
-        """Every run folder of an experiment that has started (has a meta.json), in name order. A folder beside them
-        whose name is not a seed's ('seed-00', 'seed-0.bak') is no run: said on stderr and never read."""
-        root = Path(results_dir) / experiment
+        """Every run folder of an experiment (<arm>/seed-<n>), in name order, whether or not it holds a meta.json
+        (`load` then says it has none: a folder never vanishes without a word). A folder that cannot be listed, or
+        one named like a seed's that is none ('seed-00', 'seed-0.bak'), is said on stderr and never read."""
         runs = []
-        for meta in sorted(root.glob("*/seed-*/meta.json")):
-            if SEED_FOLDER.fullmatch(meta.parent.name):
-                runs.append(cls.at(meta.parent))
-            else:
-                print(f"bnstudy: warning: {meta.parent} is not a run folder (a seed's folder is seed-<n>): not read",
-                      file=sys.stderr)
+        for arm in _subfolders(Path(results_dir) / experiment):
+            for folder in _subfolders(arm):
+                if SEED_FOLDER.fullmatch(folder.name):
+                    runs.append(cls.at(folder))
+                elif folder.name.startswith("seed-"):
+                    print(f"bnstudy: warning: {folder} is not a run folder (a seed's folder is seed-<n>): not read",
+                          file=sys.stderr)
         return runs
 
     def seeds_beside(self) -> list[RunDir]:
@@ -176,6 +194,15 @@ class RunDir:
                 if SEED_FOLDER.fullmatch(f.name) and f != self.path]
 
     def load(self, unfinished: bool = False) -> Run:
+        """The run, verified (`_load`), or RecordError saying in one line why not, a folder that cannot be read
+        included."""
+        try:
+            return self._load(unfinished)
+        except OSError as err:
+            raise RecordError(f"{self.path}: cannot read {Path(err.filename).name if err.filename else 'it'} "
+                              f"({err.strerror or err})") from None
+
+    def _load(self, unfinished: bool = False) -> Run:
         """The run, verified, or RecordError saying in one line why not. The only reader of a run folder's files:
         meta.json must name this folder's experiment, arm and seed and agree with config.json on every
         configuration value it copies; a finished run's files must be the ones meta.json lists (size and SHA-256),
@@ -202,6 +229,7 @@ class RunDir:
         if finished and (why := self.incomplete()):
             raise RecordError(f"{where} finished, but {why}; restore it, or remove the folder to train the run again")
         tables, notes = self._verified_tables(meta, finished)
+        self._check_rows_are_its_own(tables)
         if finished:
             self._check_against_tables(meta, config, tables["metrics"])
         return Run(self, meta | {k: get(config) for k, get in CONFIGURED.items()}, config, tables, notes)
@@ -218,6 +246,16 @@ class RunDir:
             tables[name] = read_table(path, name) if path is not None else pd.DataFrame(columns=SCHEMAS[name])
         return tables, notes
 
+    def _check_rows_are_its_own(self, tables: dict[str, pd.DataFrame]) -> None:
+        """Every row names this folder's arm and seed: rows copied from another run are not believed."""
+        for name, table in tables.items():
+            foreign = table[(table.arm.astype(str) != self.arm) | (table.seed != self.seed)]
+            if len(foreign):
+                first = foreign.iloc[0]
+                raise RecordError(f"{self.path}: {len(foreign)} row(s) of its {name} table name {first.arm}/seed-"
+                                  f"{first.seed}, not this folder's {self.arm}/seed-{self.seed}: rows copied from "
+                                  f"another run are not believed")
+
     def _check_against_tables(self, meta: dict, config: RunConfig, metrics: pd.DataFrame) -> None:
         """A complete run's training rows reach its last step; its final numbers in meta.json are its table's."""
         train_steps = metrics.step[metrics.split == "train"]
@@ -225,11 +263,22 @@ class RunDir:
         if meta.get("status") == "complete" and last != config.train.steps - 1:
             raise RecordError(f"{self.path}: meta.json says complete, but its training rows end at step {last} of "
                               f"{config.train.steps}; remove the folder to train the run again")
+        if meta.get("status") == "diverged" and (why := self._not_diverged(metrics)):
+            raise RecordError(f"{self.path}: meta.json says diverged, but {why}: meta.json is not its tables'")
         derived = final_numbers(metrics)
         derived["steps_done"] = last + 1 if meta.get("status") == "complete" else None
-        wrong = _disagreements(meta, derived, 1e-5)  # the CSV keeps 7 significant digits; meta.json rounds to 5
+        if meta.get("status") == "diverged":  # a diverged run is not evaluated at its end: no final test accuracy
+            derived["final_test_acc"] = None
+        # the CSV keeps 7 significant digits; meta.json rounds to 5. A number the tables give is never null there.
+        wrong = _disagreements(meta, derived, 1e-5, null_ok=False)
         if wrong:
             raise RecordError(f"{self.path}: {'; '.join(wrong)}: meta.json's numbers are not its tables'")
+
+    @staticmethod
+    def _not_diverged(metrics: pd.DataFrame) -> str | None:
+        """Why tables do not show a divergence (every training loss finite), or None."""
+        loss = metrics.value[(metrics.split == "train") & (metrics.metric == "loss")]
+        return "its training loss is finite at every step" if np.isfinite(loss).all() else None
 
     @classmethod
     def at(cls, folder: Path) -> RunDir:
@@ -277,25 +326,34 @@ class RunDir:
             self.csv(name).unlink(missing_ok=True)
 
     def incomplete(self) -> str | None:
-        """Why a finished run is not whole (a file it wrote missing, or not the bytes meta.json lists), or None
-        (also for a run not finished: its files are still being written).
-
-        Runs settled since tables were compressed list their files with size and SHA-256; a finish interrupted
-        before that must still have every table in one form or the other."""
+        """Why a finished run is not whole (a table meta.json does not list, a file it lists missing, or not the bytes
+        it lists), or None (also for a run not finished: its files are still being written). A finished run lists
+        every table's archive with its size and SHA-256 (`finish` writes them with the status, in one write): an
+        empty or missing list is no off switch for the check."""
         meta = self.read_meta()
         if meta.get("status") not in FINISHED:
             return None
         listed = meta.get("files")
-        if not listed:
-            missing = [f"{name}.csv" for name in SCHEMAS if self.table_path(name) is None]
-            return f"{', '.join(missing)} missing" if missing else None
+        if not isinstance(listed, dict) or not all(isinstance(entry, dict) for entry in listed.values()):
+            return "meta.json's 'files' is not a table of files with their sizes and SHA-256"
+        unlisted = [self.packed(name).name for name in SCHEMAS if self.packed(name).name not in listed]
+        if unlisted:
+            return f"meta.json lists no size and SHA-256 for {', '.join(unlisted)}, so its tables cannot be verified"
         for name, entry in listed.items():
-            path = self.path / name
-            if not path.exists():
-                return f"{name} missing"
-            data = path.read_bytes()
-            if len(data) != entry.get("bytes") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
-                return f"{name} is not the file meta.json lists ({len(data)} bytes, {entry.get('bytes')} listed)"
+            if why := self._unlike_listed(self.path / name, entry):
+                return why
+        return None
+
+    @staticmethod
+    def _unlike_listed(path: Path, entry: dict) -> str | None:
+        """Why a file is not the one meta.json lists (missing, another size, another SHA-256), or None."""
+        if not path.exists():
+            return f"{path.name} missing"
+        data = path.read_bytes()
+        if len(data) != entry.get("bytes"):
+            return f"{path.name} is not the file meta.json lists ({len(data)} bytes, {entry.get('bytes')} listed)"
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            return f"{path.name} is not the file meta.json lists (SHA-256 differs at its listed size)"
         return None
 
     def has_packed_tables(self) -> bool:
@@ -303,6 +361,18 @@ class RunDir:
 
     def has_plain_tables(self) -> bool:
         return any(self.csv(name).exists() for name in SCHEMAS)
+
+    def finish(self, fields: dict) -> dict:
+        """A run's end: its tables packed, then one meta.json write that says it finished (`fields`) and lists the
+        archives, then the plain files removed. A kill before that write leaves a run still running (the next `run`
+        resumes it); after it, both forms of the same rows (the next `run` drops the plain ones). So a finished run
+        always lists its files, and one that lists none is not believed."""
+        files = self.pack_tables()
+        fault_point("finish")
+        meta = self.update_meta(**fields, files=files)
+        fault_point("settle")  # a kill here leaves both forms, which hold the same rows
+        self.drop_plain_tables()
+        return meta
 
     def settle(self) -> dict:
         """A finished run's tables in their final form: compressed, listed in meta.json, plain copies removed.
@@ -322,13 +392,10 @@ class RunDir:
             tmp.unlink(missing_ok=True)
 
     def settle_interrupted(self) -> None:
-        """Complete a finish that a kill cut short. Before meta.json listed the archives: settle. After: remove each
-        plain CSV whose archive holds exactly its bytes. A plain CSV that differs from its listed archive is never
-        packed over it (the archive's bytes are the ones meta.json vouches for): it stays, and `load` sets it aside."""
+        """Complete a finish that a kill cut short after meta.json listed the archives (`finish`): remove each plain
+        CSV whose archive holds exactly its bytes. A plain CSV that differs from its listed archive is never packed
+        over it (the archive's bytes are the ones meta.json vouches for): it stays, and `load` sets it aside."""
         if not self.has_plain_tables():
-            return
-        if not self.read_meta().get("files"):
-            self.settle()
             return
         for name in SCHEMAS:
             plain, packed = self.csv(name), self.packed(name)

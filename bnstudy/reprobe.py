@@ -17,6 +17,7 @@ not.
 """
 from __future__ import annotations
 
+import hashlib
 import lzma
 import math
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from bnstudy.plots.landscape import reprobed_landscape
 from bnstudy.probes.landscape import PROBE_NAMES, along_gradient, eta_grid
 from bnstudy.recording import RecordError, Run, RunDir
 from bnstudy.runner import shared_dataset
+from bnstudy.train import foreign_checkpoint
 
 COLUMNS = ("arm", "seed", "direction", "step", "batch", "eta", "loss", "loss0", "grad_diff", "grad_norm",
            "step_norm")
@@ -116,8 +118,37 @@ def chosen_runs(results_dir: str, experiment: str, arms: list[str] | None, seeds
     return chosen
 
 
+def own_checkpoints(run: Run, device: torch.device) -> list[tuple[Path, dict]]:
+    """The run's checkpoints that are its own, loaded: saved by this run (experiment, arm, seed, configuration), at a
+    step it took, beside the tables it went on to write (their first bytes, by SHA-256). One passed over is said;
+    so is reprobing the previous checkpoint alone."""
+    own = []
+    for path in checkpoints(run.dir):
+        state = read_weights(path, device)
+        why = foreign_checkpoint(state, run.config) or unseen_tables(run, state)
+        if why:
+            print(f"bnstudy: {path}: not reprobed: {why}")
+            continue
+        own.append((path, state))
+    if own and all(path != run.dir.checkpoint_path for path, _ in own):
+        print(f"bnstudy: {run.dir.path}: reprobing its previous checkpoint alone ({own[0][0].name})")
+    return own
+
+
+def unseen_tables(run: Run, state: dict) -> str | None:
+    """Why a finished run's tables did not grow from those the checkpoint saw (a step past the run's, or other
+    first bytes: another run's), or None."""
+    if state["step"] > run.meta.get("steps_done", run.config.train.steps):
+        return f"its step {state['step']} is past the run's last, {run.meta.get('steps_done')}"
+    for name, size in state.get("log_sizes", {}).items():
+        data = lzma.decompress(run.dir.packed(name).read_bytes()) if run.dir.packed(name).exists() else b""
+        if len(data) < size or hashlib.sha256(data[:size]).hexdigest() != state["log_sha256"].get(name):
+            return f"the run's {name} table did not grow from the one it saw at step {state['step']} (SHA-256 differs)"
+    return None
+
+
 def probe_run(run: Run, grid: Grid, dataset: Dataset, device: torch.device) -> list[dict]:
-    """along_gradient at each of the run's checkpoints, on `grid.batches` training batches of the run's size
+    """along_gradient at each of the run's own checkpoints, on `grid.batches` training batches of the run's size
     (as stored: no augmentation), with the run's training objective."""
     config = run.config
     generator = torch.Generator().manual_seed(BATCH_SEED + config.seed)
@@ -126,8 +157,7 @@ def probe_run(run: Run, grid: Grid, dataset: Dataset, device: torch.device) -> l
     etas = grid.etas(config.train.lr)
     objective = data_kind(config.data.dataset).task.objective  # the loss the run descended (the DLN's: squared error)
     rows = []
-    for path in checkpoints(run.dir):
-        state = read_weights(path, device)
+    for path, state in own_checkpoints(run, device):
         model = build_model(config.model).to(device)
         try:
             model.load_state_dict(state["model"])
@@ -194,10 +224,13 @@ def reprobe(experiment: str, results_dir: str = "results", arms: list[str] | Non
     rows, datasets = [], {}
     for run in tqdm(runs, desc="reprobe", disable=not progress, dynamic_ncols=True):
         rows += probe_run(run, grid, shared_dataset(datasets, run.config, data_dir, device), device)
+    if not rows:
+        raise ConfigError(f"{Path(results_dir) / experiment}: none of the chosen runs has a checkpoint of its own "
+                          f"(each said above); nothing written")
     root = Path(results_dir) / experiment
+    probed_runs = {(row["arm"], row["seed"], grid.probe) for row in rows}  # a run passed over keeps its earlier rows
     with ResultsLock(root / "reprobe"):  # not the experiment's own lock: its runs may still be training
-        table = write_rows(table_path(root), rows,
-                           {(r.dir.arm, r.dir.seed, grid.probe) for r in runs})
+        table = write_rows(table_path(root), rows, probed_runs)
         table = table[table.direction == grid.probe]
         figure = root / "figures" / f"reprobe-{grid.probe}.png"
         figure.parent.mkdir(parents=True, exist_ok=True)

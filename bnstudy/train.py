@@ -12,7 +12,9 @@ resume must agree on, and reading them side by side is how one checks that it do
 from __future__ import annotations
 
 import copy
+import dataclasses
 import errno
+import json
 import math
 import os
 import platform
@@ -28,12 +30,12 @@ from torch import nn
 from tqdm import tqdm
 
 from bnstudy.backends import backend_policy, memory_format
-from bnstudy.config import RunConfig
+from bnstudy.config import ConfigError, RunConfig, config_differences
 from bnstudy.data import CLASSIFICATION, BatchOrder, Dataset, Task, data_kind, summed_squared_error  # noqa: F401
 from bnstudy.models import build_model, has_noise, set_noise
 from bnstudy.probes import activations, curvature, ics, landscape, spectrum, weights
 from bnstudy.probes.callback import Callback, Probe, StepContext, step_seed  # noqa: F401  (the callback protocol)
-from bnstudy.files import fault_point, previous, removed_on_failure
+from bnstudy.files import fault_point, prefix_sha256, previous, removed_on_failure
 from bnstudy import schema
 from bnstudy.schema import register_options
 from bnstudy.recording import ResultsLock, RunDir, final_numbers, read_table
@@ -178,10 +180,11 @@ def environment(device: torch.device) -> dict:
     return info
 
 
-def save_checkpoint(run: RunDir, state: RunState, logs: dict, elapsed: float) -> None:
+def save_checkpoint(run: RunDir, state: RunState, logs: dict, elapsed: float, config: RunConfig) -> None:
     for log in logs.values():
         log.flush()
     atomic_save({
+        "identity": checkpoint_identity(config),  # whose it is: a checkpoint copied into another run is refused
         "step": state.step,
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
@@ -189,42 +192,94 @@ def save_checkpoint(run: RunDir, state: RunState, logs: dict, elapsed: float) ->
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "log_sizes": {name: log.size() for name, log in logs.items()},
+        "log_sha256": {name: log.sha256() for name, log in logs.items()},  # the tables as they stood at this step
         "elapsed": elapsed,
         "threads": torch.get_num_threads(),  # a CPU run resumes on as many: its float sums then repeat bit for bit
     }, run.checkpoint_path, keep_previous=True)
 
 
-CHECKPOINT_KEYS = {"step", "model", "optimizer", "order", "torch_rng", "cuda_rng", "log_sizes", "elapsed"}
+CHECKPOINT_KEYS = {"identity", "step", "model", "optimizer", "order", "torch_rng", "cuda_rng", "log_sizes",
+                   "log_sha256", "elapsed"}
 
 
-def read_checkpoint(run: RunDir, logs: dict) -> dict | None:
-    """The newest checkpoint that loads, holds a checkpoint and fits the CSVs on disk; else the previous one;
-    None if neither (the run starts again from step 0). Each one passed over is said, with why.
+def checkpoint_identity(config: RunConfig) -> dict:
+    """What a checkpoint records of the run it belongs to: its experiment, arm, seed and whole configuration."""
+    return {"experiment": config.experiment, "arm": config.arm, "seed": config.seed,
+            "config": json.loads(json.dumps(dataclasses.asdict(config)))}
 
-    A CSV shorter than a checkpoint's recorded size (an older copy, a partial sync) cannot resume from it:
-    truncating "up" would pad the file with NUL bytes."""
-    for path in (run.checkpoint_path, previous(run.checkpoint_path)):
-        if not path.exists():
-            continue
-        problem, ckpt = _checkpoint_problem(path, logs)
-        if problem is None:
-            return ckpt
-        print(f"{path}: {problem}; trying an earlier checkpoint", flush=True)
+
+def foreign_checkpoint(ckpt: dict, config: RunConfig) -> str | None:
+    """Why a checkpoint is not this run's (another run's, another configuration's, an older format, a step past
+    the run's schedule), or None."""
+    identity = ckpt.get("identity")
+    if not isinstance(identity, dict) or not isinstance(identity.get("config"), dict):
+        return "a checkpoint without the run's identity (an older format, or not bnstudy's)"
+    theirs = (identity.get("experiment"), identity.get("arm"), identity.get("seed"))
+    if theirs != (config.experiment, config.arm, config.seed):
+        return f"the checkpoint of {theirs[0]}/{theirs[1]}/seed-{theirs[2]}, not of this run"
+    differences = _config_differences(identity["config"], config)
+    if differences:
+        return f"saved under another configuration ({'; '.join(differences[:3])})"
+    step = ckpt.get("step")
+    if not isinstance(step, int) or not 0 <= step <= config.train.steps:
+        return f"its step {step!r} is not one of the run's 0..{config.train.steps}"
     return None
 
 
-def _checkpoint_problem(path, logs: dict) -> tuple[str | None, dict | None]:
+def _config_differences(stored: dict, config: RunConfig) -> list[str]:
+    try:
+        there = schema.build(RunConfig, stored)
+    except (ConfigError, TypeError, ValueError) as err:
+        return [f"an unreadable configuration: {err}"]
+    return config_differences(there, config, ("in the checkpoint", "in this run"))
+
+
+def read_checkpoint(run: RunDir, logs: dict, config: RunConfig) -> dict | None:
+    """The newest checkpoint that loads, is this run's and fits the CSVs on disk; else the previous one; None if
+    neither (the run starts again from step 0). Each one passed over is said, with why; nothing is truncated
+    before one is chosen, so a foreign checkpoint cannot cut the run's own rows.
+
+    A CSV shorter than a checkpoint's recorded size (an older copy, a partial sync) cannot resume from it:
+    truncating "up" would pad the file with NUL bytes; one whose first bytes are not those the checkpoint saw
+    (SHA-256) holds other rows than the checkpoint's weights produced."""
+    for path in (run.checkpoint_path, previous(run.checkpoint_path)):
+        if not path.exists():
+            continue
+        problem, ckpt = _checkpoint_problem(path, logs, config)
+        if problem is None:
+            if path != run.checkpoint_path:
+                print(f"{run.path}: resuming from the previous checkpoint, {path.name}", flush=True)
+            return ckpt
+        print(f"{path}: {problem}; passed over, trying an earlier checkpoint", flush=True)
+    return None
+
+
+def _checkpoint_problem(path, logs: dict, config: RunConfig) -> tuple[str | None, dict | None]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a damaged file fails in many ways (pickle, zip, EOF)
         return f"unreadable checkpoint ({type(err).__name__})", None
-    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
+    if not isinstance(ckpt, dict) or not {"step", "model", "optimizer"} <= set(ckpt):
         return "not a bnstudy checkpoint (keys missing)", None
-    short = {name: (logs[name].size(), size) for name, size in ckpt["log_sizes"].items() if logs[name].size() < size}
-    if short:
-        return "damaged run: " + ", ".join(f"{logs[n].path.name} has {have} bytes, the checkpoint at step "
-                                           f"{ckpt['step']} recorded {want}" for n, (have, want) in short.items()), None
-    return None, ckpt
+    if why := foreign_checkpoint(ckpt, config):
+        return why, None
+    if not CHECKPOINT_KEYS <= set(ckpt):
+        return "not a bnstudy checkpoint (keys missing)", None
+    return _tables_problem(ckpt, logs), ckpt
+
+
+def _tables_problem(ckpt: dict, logs: dict) -> str | None:
+    """Why the tables on disk are not those the checkpoint saw (shorter, or other bytes), or None."""
+    problems = []
+    for name, size in ckpt["log_sizes"].items():
+        log = logs.get(name)
+        if log is None or log.size() < size:
+            have = "no" if log is None else log.size()
+            problems.append(f"{name}.csv has {have} bytes, the checkpoint at step {ckpt['step']} recorded {size}")
+        elif prefix_sha256(log.path, size) != ckpt["log_sha256"].get(name):
+            problems.append(f"{name}.csv's first {size} bytes are not those of the checkpoint at step "
+                            f"{ckpt['step']} (SHA-256 differs)")
+    return ("damaged run: " + "; ".join(problems)) if problems else None
 
 
 def keep_threads(ckpt: dict, config: RunConfig) -> None:
@@ -330,7 +385,7 @@ def train_run(config: RunConfig, run: RunDir, dataset: Dataset, device: torch.de
 def _train_run(config, run, dataset, device, state: RunState, callbacks, progress, backend: dict,
                deadline: float | None) -> dict:
     logs = run.open_logs()
-    ckpt = read_checkpoint(run, logs) if run.read_meta().get("status") == "running" else None
+    ckpt = read_checkpoint(run, logs, config) if run.read_meta().get("status") == "running" else None
     if ckpt is not None:
         load_checkpoint(ckpt, state, logs)
         keep_threads(ckpt, config)
@@ -368,10 +423,10 @@ def _loop(config, run, dataset, state, logs, callbacks, progress, deadline: floa
             logs["metrics"].append(test_rows(state.last_test, config, state.step))
         bar.set_postfix(state.last_train | {"test_acc": state.last_test.get("acc")}, refresh=False)
         if diverged is None and checkpoint_due:
-            save_checkpoint(run, state, logs, state.elapsed + time.perf_counter() - started)
+            save_checkpoint(run, state, logs, state.elapsed + time.perf_counter() - started, config)
         if diverged is None and state.step < t.steps and _stop_here(t, state.step, deadline):
             if not checkpoint_due:
-                save_checkpoint(run, state, logs, state.elapsed + time.perf_counter() - started)
+                save_checkpoint(run, state, logs, state.elapsed + time.perf_counter() - started, config)
             break
     bar.close()
     state.elapsed += time.perf_counter() - started
@@ -448,6 +503,4 @@ def _finish(config, run, dataset, state, logs, diverged: int | None) -> dict:
               **final_training_numbers(run), "steps_done": state.step, "wall_time_s": round(state.elapsed, 2),
               "final_test_acc": final.get("acc"), "final_test_acc_recal": final.get("recal_acc"),
               "final_test_loss": final.get("loss")}
-    run.update_meta(**fields)
-    fault_point("finish")  # a kill here leaves a finished run with plain CSVs: the next `run` settles it
-    return run.settle()
+    return run.finish(fields)

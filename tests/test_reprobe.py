@@ -197,3 +197,30 @@ def test_it_probes_a_run_with_the_loss_the_run_descended(tmp_path):
     step, trained_loss, _ = losses_by_hand(run, lambda out, y: summed_squared_error(out, y, reduction="sum"))
     rows = pd.read_csv(tmp_path / "dln" / "reprobe" / "landscape.csv.xz")
     assert rows[rows.step == step].loss0.iloc[0] == pytest.approx(trained_loss, rel=1e-5)
+
+
+def test_another_runs_checkpoint_is_not_reprobed_and_its_earlier_rows_stay(tmp_path, capsys):
+    """Found: reprobe with another seed's checkpoint wrote rows for steps the run never took."""
+    import shutil
+
+    assert main(["run", "noisy-bn", "--arms", "standard", "--seeds", "0", "1", "--results-dir", str(tmp_path),
+                 *SMOKE, "--set", "train.steps=8", "--set", "train.checkpoint_every=3"]) == 0
+    assert reprobe(tmp_path) == 0
+    before = pd.read_csv(tmp_path / "noisy-bn" / "reprobe" / "landscape.csv.xz")
+    own, other = (RunDir(tmp_path, "noisy-bn", "standard", seed) for seed in (0, 1))
+    shutil.copy(other.checkpoint_path, own.checkpoint_path)  # seed 1's last checkpoint in seed 0's folder
+    capsys.readouterr()
+    assert reprobe(tmp_path) == 0
+    out = capsys.readouterr().out
+    assert f"{own.checkpoint_path}: not reprobed: the checkpoint of noisy-bn/standard/seed-1, not of this run" in out
+    assert f"{own.path}: reprobing its previous checkpoint alone (checkpoint.pt.prev)" in out
+    after = pd.read_csv(tmp_path / "noisy-bn" / "reprobe" / "landscape.csv.xz")
+    seed0 = after[after.seed == 0]
+    assert set(seed0.step) == {int(torch.load(checkpoints(own)[0], weights_only=False)["step"])}
+    assert len(after[after.seed == 1]) == len(before[before.seed == 1])
+    for path in checkpoints(own):  # none of its own left: one line, and its earlier rows kept
+        shutil.copy(other.checkpoint_path, path)
+    assert main(["reprobe", "noisy-bn", "--results-dir", str(tmp_path), "--seeds", "0", "--device", "cpu",
+                 "--no-progress", "--points", "3", "--batches", "1"]) == 2
+    assert "none of the chosen runs has a checkpoint of its own" in capsys.readouterr().err
+    assert pd.read_csv(tmp_path / "noisy-bn" / "reprobe" / "landscape.csv.xz").equals(after)
