@@ -4,6 +4,8 @@ A user's mistake ends with one line `bnstudy: error: ...` and exit code 2, never
 """
 from __future__ import annotations
 
+import codecs
+import os
 import sys
 
 INTERRUPTED = "bnstudy: interrupted; rerun the same command to resume from the last checkpoint"
@@ -252,15 +254,42 @@ COMMANDS = {"run": cmd_run, "plot": cmd_plot, "report": cmd_report, "bench": cmd
             "reprobe": cmd_reprobe, "list": cmd_list}
 
 
+def _denied(path) -> str:
+    """What a refused access was, as far as the file says: 'read' where it exists and may not be read, else 'write'."""
+    return "read" if path and os.path.exists(path) and not os.access(path, os.R_OK) else "write"
+
+
+def _escaped(error: UnicodeEncodeError):
+    """Printing what the terminal's encoding cannot hold: a name read from bytes (a surrogate) as those bytes, any
+    other character as its escape, so that an ASCII locale (LC_ALL=POSIX, PYTHONUTF8=0) prints every line."""
+    try:
+        return codecs.lookup_error("surrogateescape")(error)
+    except UnicodeEncodeError:
+        return codecs.lookup_error("backslashreplace")(error)
+
+
+codecs.register_error("bnstudy-escaped", _escaped)
+
+
+def _printable_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):  # a real text stream (not a test's capture)
+            stream.reconfigure(errors="bnstudy-escaped")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _printable_streams()
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except (*USER_ERRORS, UsageError, FileExistsError) as err:
         print(f"bnstudy: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `bnstudy list | head -1`: the reader took what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0
     except PermissionError as err:
-        print(f"bnstudy: error: cannot write {err.filename}: permission denied", file=sys.stderr)
+        print(f"bnstudy: error: cannot {_denied(err.filename)} {err.filename}: permission denied", file=sys.stderr)
         return 2
     except OSError as err:  # a full disk (28), a read-only folder (30), ...: what and where, in one line
         where = f"{err.filename}: " if err.filename else ""

@@ -33,14 +33,16 @@ def fault_point(name: str) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """UTF-8 text, atomically. A name that is not UTF-8 (a folder named in bytes, which Python reads as surrogates)
+    is written as its escapes ('\\udcff'), never a broken file nor a traceback."""
+    atomic_write_bytes(path, text.encode("utf-8", errors="backslashreplace"))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary name and rename: a reader never sees half a file, a crash leaves the old one.
     The temporary name is the writer's own (pid), so two processes writing one file never mix their bytes."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with removed_on_failure(tmp):
+    with removed_on_failure(tmp), named_on_failure(path):
         with open(tmp, "wb") as f:
             f.write(data[: len(data) // 2])
             fault_point("atomic-write")  # a kill here leaves a half-written temporary file, never a torn `path`
@@ -48,6 +50,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+
+@contextmanager
+def named_on_failure(path: Path):
+    """An OSError that names no file (a write or fsync on a full disk: errno 28) named by the file being written."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+        raise
 
 
 @contextmanager
@@ -69,7 +82,9 @@ def read_json(path: Path, hint: str = "") -> dict:
     """A JSON object from `path`, or RecordError naming the file (torn, empty, null, a list, unreadable)."""
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except OSError as err:  # the file is there but may not be read (permissions), or the disk fails
+        raise RecordError(f"{path}: cannot read ({err.strerror or err}){'; ' + hint if hint else ''}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise RecordError(f"{path}: unreadable ({type(err).__name__}: {err}){'; ' + hint if hint else ''}") from None
     if not isinstance(value, dict):
         raise RecordError(f"{path}: holds {type(value).__name__}, not a JSON object{'; ' + hint if hint else ''}")
@@ -127,7 +142,7 @@ class CsvLog:
         writer = csv.DictWriter(text, fieldnames=self.columns, lineterminator="\n")
         writer.writerows({k: _compact(v) for k, v in row.items()} for row in self.buffer)
         data = text.getvalue()
-        with open(self.path, "a", encoding="utf-8") as f:
+        with named_on_failure(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(data[: len(data) // 2])
             f.flush()
             fault_point("csv-append")  # a kill here leaves a torn tail; resume truncates to the checkpoint's size

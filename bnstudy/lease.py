@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -84,9 +85,19 @@ def _write_part(into: Path, index: int, name: str, data: bytes) -> Path:
     return folder
 
 
+def call_number(folder: Path) -> int | None:
+    """K of a folder named call-K; None for anything else."""
+    match = re.fullmatch(r"call-(\d+)", folder.name)
+    return int(match.group(1)) if match and folder.is_dir() else None
+
+
 def plan_calls(into: Path, minutes: float) -> list[dict]:
     """Each call: the folder it carries and its command. The last one also trains and packs."""
-    folders = sorted(into.glob("call-*"), key=lambda p: int(p.name.split("-")[1]))
+    calls = {p: call_number(p) for p in into.glob("call-*")}
+    strays = sorted(p.name for p, number in calls.items() if number is None)
+    if strays:
+        raise LeaseError(f"{into}: {', '.join(strays)} is no call's folder (call-K, K a number): remove it")
+    folders = sorted(calls, key=calls.get)
     if not folders:
         raise LeaseError(f"no call-* folders in {into}: run `python3 -m bnstudy.lease parts` first")
     calls = [{"carry": [str(f)], "command": f"python3 -m bnstudy.lease stage {f}/*"} for f in folders]
@@ -101,6 +112,8 @@ def stage(files: list[Path], store: Path) -> str:
     """Copy each part into the store (a temporary name, then a rename: a cut call leaves no half part)."""
     store.mkdir(parents=True, exist_ok=True)
     for path in files:
+        if path.is_dir():
+            raise LeaseError(f"{path}: a folder; stage takes the files in it ({path}/*)")
         if not path.is_file():
             raise LeaseError(f"{path}: no such file to stage (was it carried?)")
         tmp = store / f".{path.name}.tmp"
@@ -122,6 +135,11 @@ def prepare_data(store: Path, log) -> Path:
         pass
     parts = staged_parts(store)
     numbers = [part_number(p) for p in parts]
+    duplicated = sorted({n for n in numbers if numbers.count(n) > 1})
+    if duplicated:
+        raise LeaseError(f"staged parts in {store}: part {', '.join(map(str, duplicated))} duplicated (two archives' "
+                         f"parts staged together?): {', '.join(p.name for p in parts)}; clear the store and stage "
+                         f"one archive's parts")
     if not parts or numbers != list(range(len(parts))):
         raise LeaseError(f"staged parts in {store}: {numbers or 'none'}; a part is missing (stage every call's part, "
                          f"calls back to back while the machine is warm)")
@@ -361,6 +379,17 @@ def _log_runs(results: Path, log) -> None:
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
+def minutes(text: str) -> float:
+    """A wall-clock budget in minutes: a finite number above 0 ('nan' and 'inf' are no budget)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a finite number of minutes above 0")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m bnstudy.lease", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -369,14 +398,14 @@ def parser() -> argparse.ArgumentParser:
     parts.add_argument("--into", type=Path, default=Path(".lease"))
     plan = sub.add_parser("plan", help="here: each call's carry and command, as JSON")
     plan.add_argument("--into", type=Path, default=Path(".lease"))
-    plan.add_argument("--minutes", type=float, default=8.0)
+    plan.add_argument("--minutes", type=minutes, default=8.0)
     st = sub.add_parser("stage", help="there: keep carried parts in the store until the last call")
     st.add_argument("files", nargs="+", type=Path)
     st.add_argument("--store", type=Path, default=STORE)
     pa = sub.add_parser("paper", help="there: data, CUDA tests, bench, the runs side by side, the packing")
     pa.add_argument("--out", default=os.environ.get("OUT"), required="OUT" not in os.environ)
     pa.add_argument("--store", type=Path, default=STORE)
-    pa.add_argument("--minutes", type=float, default=8.0, help="the whole command's wall-clock budget")
+    pa.add_argument("--minutes", type=minutes, default=8.0, help="the whole command's wall-clock budget")
     pa.add_argument("--device", default="cuda")
     pa.add_argument("--preset", default="paper")
     pa.add_argument("--seeds", type=int, nargs="+", default=[0])

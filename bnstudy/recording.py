@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnstudy.config import RunConfig, build, config_differences
+from bnstudy.config import ConfigError, RunConfig, build, config_differences
 from bnstudy.errors import RecordError
 from bnstudy.files import (  # noqa: F401  (FAULT_ENV, ResultsLock: importers take a run's file tools from here)
     FAULT_ENV, CsvLog, ResultsLock, atomic_write_bytes, atomic_write_text, fault_point, json_safe, read_json)
@@ -87,7 +87,11 @@ def read_table(path: Path, name: str) -> pd.DataFrame:
     RecordError naming the file: a torn archive, a non-numeric cell or foreign columns never reach a figure."""
     try:
         frame = pd.read_csv(path, dtype={column: DTYPES[column] for column in SCHEMAS[name]})
-    except (ValueError, OSError, EOFError, lzma.LZMAError) as err:  # pandas' ParserError is a ValueError
+    except OSError as err:  # there, but it may not be read (permissions), or the disk fails
+        raise RecordError(f"{path}: cannot read ({err.strerror or err}); restore it, or remove its run "
+                          f"folder") from None
+    except (ValueError, OverflowError, EOFError, lzma.LZMAError) as err:  # ParserError is a ValueError; a number
+        # past int64 (a step of 10**20) an OverflowError
         raise RecordError(f"{path}: unreadable as the {name} table ({str(err).splitlines()[0][:200]}); "
                           f"restore it, or remove its run folder") from None
     if tuple(frame.columns) != SCHEMAS[name]:
@@ -155,11 +159,11 @@ def _disagreements(meta: dict, derived: dict, tolerance: float, source: str = "i
             continue
         if said is None or value is None:
             continue
-        if isinstance(value, float) and not isinstance(said, (str, bool)):
+        if isinstance(value, float) and isinstance(said, (int, float)) and not isinstance(said, bool):
             both_nan = math.isnan(float(said)) and math.isnan(value)  # a diverged run's last loss
             same = both_nan or math.isclose(float(said), value, rel_tol=tolerance, abs_tol=tolerance)
-        else:
-            same = said == value
+        else:  # a string, a list or a table where a number belongs is no number (an edited meta.json)
+            same = said == value and type(said) is type(value)
         if not same:
             out.append(f"{key}: {said!r} in meta.json, {value!r} in {source}")
     return out
@@ -334,6 +338,8 @@ class RunDir:
         if meta.get("status") not in FINISHED:
             return None
         listed = meta.get("files")
+        if not listed:
+            return "meta.json lists none of its files (each table's size and SHA-256), so its tables cannot be verified"
         if not isinstance(listed, dict) or not all(isinstance(entry, dict) for entry in listed.values()):
             return "meta.json's 'files' is not a table of files with their sizes and SHA-256"
         unlisted = [self.packed(name).name for name in SCHEMAS if self.packed(name).name not in listed]
@@ -420,7 +426,10 @@ class RunDir:
         """The configuration config.json holds, rebuilt by config.build (a field added to RunConfig since the run
         was written takes its default, which keeps the behaviour from before it existed), or None."""
         stored = self.read_config()
-        return None if stored is None else build(RunConfig, stored)
+        try:
+            return None if stored is None else build(RunConfig, stored)
+        except ConfigError as err:  # a damaged record, named by its file: the message alone says not whose
+            raise RecordError(f"{self.path / 'config.json'}: {err}; {self.damage_hint()}") from None
 
     def read_config(self) -> dict | None:
         path = self.path / "config.json"

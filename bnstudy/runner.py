@@ -73,7 +73,7 @@ def check_pooled(run: RunDir, config: RunConfig) -> None:
             continue
         try:
             differences = pooling_differences(sibling.stored_config(), config, ("there", "now"))
-        except ConfigError as error:  # a field since removed, or of another type: not this configuration
+        except (ConfigError, RecordError) as error:  # a field since removed, or of another type: not this configuration
             differences = [str(error)]
         if differences:
             raise ConfigError(f"{config.arm}: seed {config.seed} would be pooled with {sibling.path} of another "
@@ -86,7 +86,7 @@ def stored_differences(run: RunDir, config: RunConfig) -> list[str]:
     try:
         stored = run.stored_config()
         return [] if stored is None else config_differences(stored, config)
-    except ConfigError as error:  # a field since removed, or of another type: not this configuration
+    except (ConfigError, RecordError) as error:  # a field since removed, or of another type: not this configuration
         return [str(error)]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -248,11 +249,36 @@ class RunConfig:
 PROBE_OPTIONS: dict[str, type] = {}
 
 
+SETTABLE = (bool, int, float, str)  # what a TOML value (an experiment file, --set) gives: these, and tuples of them
+KEY = re.compile(r"[A-Za-z0-9_-]+")  # a key --set and an experiment file can name (config.parse_override)
+
+
 def register_options(name: str, options: type) -> None:
-    """Experiment files and --set may set `probes.<name>.<field>` from now on, checked against `options`."""
-    if not dataclasses.is_dataclass(options):
-        raise TypeError(f"the options of probe '{name}' must be a dataclass, got {options!r}")
+    """Experiment files and --set may set `probes.<name>.<field>` from now on, checked against `options`: a frozen
+    dataclass (the class, not an instance) whose fields --set can reach and give, with finite defaults. Anything else
+    is refused here (ConfigError: one line where a command catches it), when the probe is registered, not when a run
+    first needs an option."""
+    if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+        raise ConfigError(f"the options of probe '{name}' must be a dataclass class, got {options!r}"
+                        + (" (an instance: pass its class)" if dataclasses.is_dataclass(options) else ""))
+    if not isinstance(name, str) or not KEY.fullmatch(name):
+        raise ConfigError(f"probe name {name!r}: --set probes.NAME.FIELD reaches letters, digits, '_' and '-' only")
+    for f in dataclasses.fields(options):
+        _check_option_field(name, f, field_types(options)[f.name])
     PROBE_OPTIONS[name] = options
+
+
+def _check_option_field(probe: str, f: dataclasses.Field, hint) -> None:
+    where = f"option '{f.name}' of probe '{probe}'"
+    if not KEY.fullmatch(f.name):
+        raise ConfigError(f"{where}: --set reaches names of letters, digits, '_' and '-' only")
+    if not (hint in SETTABLE or typing.get_origin(hint) in (tuple, list) and all(
+            arg in SETTABLE or arg is Ellipsis for arg in typing.get_args(hint))):
+        raise ConfigError(f"{where}: its type {hint!r} is none that an experiment file or --set can give "
+                        f"({', '.join(t.__name__ for t in SETTABLE)}, or a tuple of them)")
+    default = f.default
+    if isinstance(default, float) and not math.isfinite(default):
+        raise ConfigError(f"{where}: its default {default} is not a finite number")
 
 
 def probe_options(config: RunConfig, name: str):
@@ -309,7 +335,10 @@ def check_fields(config, where: str = "") -> None:
 
 
 def check_value(key: str, value, rules) -> None:
-    """One value against its field's declared rules: one sentence naming the key, the bound, the unit and the value."""
+    """One value against its field's declared rules: one sentence naming the key, the bound, the unit and the value.
+    A number that is not finite is refused whatever the rules (a probe's own option may declare none)."""
+    if isinstance(value, float) and not math.isfinite(value) and not rules:
+        raise ConfigError(f"{key} must be a finite number, got {value}")
     if not rules or isinstance(value, bool):  # a bool is an int to Python, but has no bounds to keep
         return
     unit = rules["unit"]

@@ -124,3 +124,26 @@ def test_a_side_by_side_measurement_that_fails_trains_with_the_fewest_processes(
     assert lease.side_by_side("cuda", tmp_path, [2, 1], 0.0625, 8, 0.01, 0.0, logged.append) == 1
     assert "side by side: 2 process(es), 0.0 training steps/s in all (0.0, 0.0 each; 0 = failed)" in logged[0]
     assert logged[-1] == "side by side: no count could be measured; training with 1"
+
+
+def test_the_lease_says_what_is_wrong_in_one_line(tmp_path, capsys):
+    """Found: a stray folder call-x was a traceback for plan, a part staged twice under two archives' names was
+    called missing, stage given a folder said 'no such file', and --minutes nan was taken."""
+    (tmp_path / "call-1").mkdir()
+    (tmp_path / "call-x").mkdir()
+    assert lease.main(["plan", "--into", str(tmp_path)]) == 2
+    assert "call-x is no call's folder (call-K, K a number): remove it" in capsys.readouterr().err
+    store = tmp_path / "store"
+    for name in ("a.tar.part0", "b.tar.part0", "a.tar.part1"):
+        (tmp_path / name).write_bytes(b"x")
+    lease.stage([tmp_path / "a.tar.part0", tmp_path / "b.tar.part0", tmp_path / "a.tar.part1"], store)
+    with pytest.raises(lease.LeaseError, match=r"part 0 duplicated"):
+        lease.prepare_data(store, print)
+    assert lease.main(["stage", str(tmp_path / "call-1"), "--store", str(store)]) == 2
+    assert "a folder; stage takes the files in it" in capsys.readouterr().err
+    for bad in ("nan", "inf", "-1", "soon"):
+        with pytest.raises(SystemExit) as refused:
+            lease.main(["plan", "--into", str(tmp_path), "--minutes", bad])
+        assert refused.value.code == 2
+        err = capsys.readouterr().err
+        assert "--minutes" in err and err.count("\n") <= 3 and "Traceback" not in err

@@ -5,6 +5,7 @@ step, by the shared functional helper (so it leaves no trace). `train.register_p
 `analysis.register_summary` adds its column to every run summary and `plots.register_figure` lets an experiment file
 name its figure. It rides a smoke run of `bnstudy run` and must change nothing else the run records.
 """
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -120,3 +121,43 @@ def test_an_own_probes_options_are_set_by_set_checked_and_stored_with_the_run(tm
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and said in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    every: int = 2
+
+
+@pytest.mark.parametrize("name, options, said", [
+    ("mine", Options(), "must be a dataclass class, got Options(every=2) (an instance: pass its class)"),
+    ("mine.x", Options, "probe name 'mine.x': --set probes.NAME.FIELD reaches letters, digits, '_' and '-' only"),
+    ("mine", dataclasses.make_dataclass("O", [("η", float, 0.1)], frozen=True), "option 'η' of probe 'mine': --set "
+                                                                                 "reaches names of letters"),
+    ("mine", dataclasses.make_dataclass("O", [("at", set, dataclasses.field(default_factory=set))], frozen=True),
+     "option 'at' of probe 'mine': its type <class 'set'> is none that an experiment file or --set can give"),
+    ("mine", dataclasses.make_dataclass("O", [("level", float, float("nan"))], frozen=True),
+     "option 'level' of probe 'mine': its default nan is not a finite number"),
+])
+def test_options_that_set_cannot_reach_or_give_are_refused_when_registered(monkeypatch, name, options, said):
+    from bnstudy.config import ConfigError
+
+    monkeypatch.setattr(schema, "PROBE_OPTIONS", dict(schema.PROBE_OPTIONS))
+    with pytest.raises(ConfigError) as refused:
+        train.register_probe(gradient_norm_probe, options=(name, options))
+    assert said in str(refused.value) and name not in schema.PROBE_OPTIONS
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelOptions:
+    level: float = 0.5  # no declared bounds: a finite number is still required
+
+
+def test_a_nan_option_is_refused_in_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(train, "PROBES", list(train.PROBES))
+    monkeypatch.setattr(schema, "PROBE_OPTIONS", dict(schema.PROBE_OPTIONS))
+    train.register_probe(lambda config, model: [], options=("level", LevelOptions))
+    assert main(["run", "noisy-bn", "--preset", "smoke", "--arms", "batchnorm", "--results-dir", str(tmp_path),
+                 "--no-progress", "--set", "data.dataset=synthetic", "--set", "probes.level.level=nan"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "probes.level.level must be a finite number, got nan" in err, err
+    assert not (tmp_path / "noisy-bn" / "batchnorm").exists()

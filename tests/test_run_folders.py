@@ -209,7 +209,7 @@ def test_complete_written_on_a_run_killed_part_way_is_refused_before_anything_is
     run.write_meta(meta)
     kept = snapshot(run.path)
     code, out = rerun(results, capsys, "1")
-    assert code == 2 and "training rows end at step 5 of 12" in out.err and snapshot(run.path) == kept
+    assert code == 2 and "meta.json lists none of its files" in out.err and snapshot(run.path) == kept
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,10 +260,16 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypa
 
     def no_space(fd):
         raise OSError(errno_.ENOSPC, "No space left on device")
+    assert main(["run", "noisy-bn", "--arms", "standard", *SMOKE, "--results-dir", str(tmp_path / "whole")]) == 0
+    capsys.readouterr()
     monkeypatch.setattr(files.os, "fsync", no_space)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as full_disk:
         files.atomic_write_text(tmp_path / "x.json", "{}")
+    assert full_disk.value.filename == str(tmp_path / "x.json")  # a full disk names the file it could not write
     assert not list(tmp_path.glob(".x.json.*.tmp"))
+    assert main(["report", "--results-dir", str(tmp_path / "whole"), "--no-figures"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"bnstudy: error: {tmp_path / 'whole' / 'noisy-bn' / 'summary.csv'}: No space left on device\n", err
 
 
 def test_a_killed_writers_temporary_file_is_removed_by_the_next_run(results, capsys):

@@ -11,14 +11,16 @@ from bnstudy.analysis.ics import REL_L2, ics_column
 from bnstudy.analysis.landscape import BETA_REL, FILTER_STEPS, LOSS_RATIO, REL_GRAD_DIFF_MAX, filter_column
 from bnstudy.analysis.training import REACH_WINDOW, REACHED_AT, REACHES
 from bnstudy.claims.paper import landscape_ratio, share_below
-from bnstudy.claims.rules import (BN, BN01, FAILS, HOLDS, STANDARD, STANDARD01, Verdict, at_lr, basis, by_word, needs,
-                                  paired, spread)
+from bnstudy.claims.rules import (BN, BN01, FAILS, HOLDS, STANDARD, STANDARD01, Missing, Verdict, at_lr, basis, by_word,
+                                  needs, paired, spread)
 
 FASTER_BY = 0.5  # 1b: batchnorm needs at most half the steps standard needs
 
 
 def claim_1b(s) -> Verdict:
     lr = needs(s, "lr")
+    if REACHED_AT not in lr:  # runs of another kind only (the DLN's): no training accuracy to reach
+        raise Missing(f"no '{REACHED_AT}' in the results")
     steps = paired(lr.assign(reached=lr[REACHED_AT].fillna(np.inf)), "reached", by_word(STANDARD01, BN01))
     ok = bool((np.isfinite(steps.batchnorm) & (steps.batchnorm <= FASTER_BY * steps.standard)).all())
     words = lambda v: spread(v[np.isfinite(v)], "{:.0f}") + (f" ({int(np.isinf(v).sum())} of {len(v)} never)"

@@ -45,6 +45,8 @@ def claim_3(s) -> Verdict:
     # the layers these two arms recorded: pooled runs of other experiments (the DLN's) add columns they lack
     compared = pd.concat([runs_of(runs, NOISY01), runs_of(runs, STANDARD01)]).dropna(axis=1, how="all")
     layers = moment_layers(compared.columns)
+    if not layers:  # runs found by configuration in an experiment that recorded no activations
+        raise Missing("no activation moments recorded by the noisy and standard runs")
     deeper = [layer for layer in layers if layer > 2] or layers
     moves = [paired(runs, moment_column(change, layer), by_word(NOISY01, STANDARD01))
              for change in CHANGES for layer in deeper]

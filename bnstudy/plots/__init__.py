@@ -21,7 +21,7 @@ from PIL import Image  # noqa: E402  (matplotlib's own dependency)
 
 from bnstudy import config  # noqa: E402  (FIGURE_KINDS, which register_figure extends)
 from bnstudy.analysis import FILTER, PLAIN  # noqa: E402
-from bnstudy.config import load_experiment  # noqa: E402
+from bnstudy.config import ConfigError, load_experiment  # noqa: E402
 from bnstudy.plots.activations import activation_distributions, densities, moments  # noqa: E402
 from bnstudy.plots.controls import (controls_init, controls_sharpness, controls_smoothness,  # noqa: E402
                                     controls_training, controls_weights)
@@ -91,6 +91,8 @@ def draw_figures(results: Results, exp=None) -> list[Path]:
     """plot_experiment on results already read (the report has read them for its summaries). `exp` (a Manifest or
     an Experiment) overrides the description stored with the results."""
     out_dir = results.root / "figures"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: a file where the figures' folder should be; move it away and draw again")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fig in drawn_figures(results, exp):
