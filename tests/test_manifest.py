@@ -64,6 +64,8 @@ def test_a_damaged_manifest_is_one_clear_error(tmp_path, damage):
 
 def test_the_manifest_round_trips_through_json(tmp_path):
     experiment = load_experiment("paper-figures")  # [plots] views with queries and options
-    write_manifest(tmp_path, experiment)
-    assert read_manifest(tmp_path) == describe(experiment)
-    assert json.loads((tmp_path / MANIFEST).read_text())["format"] == 1
+    folder = tmp_path / experiment.name  # a manifest sits in its experiment's folder (and is refused elsewhere)
+    folder.mkdir()
+    write_manifest(folder, experiment)
+    assert read_manifest(folder) == describe(experiment)
+    assert json.loads((folder / MANIFEST).read_text())["format"] == 1
