@@ -1,6 +1,7 @@
 """The benchmark's own arithmetic: FLOPs counted from the model, GPU peaks, and its CUDA rows' code path."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -174,3 +175,19 @@ def test_hessian_rows_time_lambda_max_against_arpack_which_finds_the_same_value(
     ours, theirs = (float(part.split("lambda_max ")[1].split(";")[0].split(",")[0])
                     for part in against_arpack.note.split("; ARPACK"))
     assert ours == pytest.approx(theirs, rel=2e-3)
+
+
+def test_the_probe_share_row_counts_every_probe_of_a_group_one_run_at_its_cadence():
+    """The probes' share of a paper-figures group-1 run: each probe the run carries, and the test evaluation."""
+    from bnstudy.bench.share import group_one_config
+    from bnstudy.train import probe_callbacks, make_state
+
+    rows = bench.probe_share_rows(torch.device("cpu"), Path("/nonexistent"), 0.0625, 8, 0.01)
+    assert len(rows) == 1 and np.isfinite(rows[0].value) and rows[0].value >= 1.0
+    for part in ("landscape (gradient)", "landscape (filter-gradient)", "ics", "curvature", "weights", "activation",
+                 "evaluation"):
+        assert f"{part} " in rows[0].note, rows[0].note
+    dataset, _, data = bench.bench_setup(torch.device("cpu"), Path("/nonexistent"), 0.0625)
+    config = group_one_config(data, 0.0625, 8)
+    probes = probe_callbacks(config, make_state(config, dataset, torch.device("cpu")).model)
+    assert sorted(p.every for p in probes) == [100, 100, 100, 200, 200, 500]  # the long cadence, unchanged

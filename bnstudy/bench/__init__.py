@@ -22,6 +22,7 @@ from bnstudy.bench.device import compile_row, cpu_lever_rows, device_rows, step_
 from bnstudy.bench.hessian import CURVATURE, hessian_rows, hvp_rows, spectrum_rows
 from bnstudy.bench.peers import PEER, peer_rows
 from bnstudy.bench.policy import policy_rows
+from bnstudy.bench.share import probe_share_rows
 from bnstudy.config import BackendConfig
 from bnstudy.backends import backend_policy
 from bnstudy.recording import RunDir, atomic_write_text
@@ -29,8 +30,8 @@ from bnstudy.recording import RunDir, atomic_write_text
 # What tests and the CLI reach through the package (each measurement's module owns the rest)
 __all__ = ["CIFAR", "CURVATURE", "PEER", "SYNTHETIC", "Row", "bench_config", "bench_setup", "compile_row",
            "cpu_lever_rows", "device_rows", "end_to_end", "format_header", "format_table", "hessian_rows", "hvp_rows",
-           "our_step", "peer_rows", "policy_rows", "run_bench", "spectrum_rows", "step_flops", "tf32_peak", "trained",
-           "write_rows"]
+           "our_step", "peer_rows", "policy_rows", "probe_share_rows", "run_bench", "spectrum_rows", "step_flops",
+           "tf32_peak", "trained", "write_rows"]
 
 def run_bench(device: torch.device, data_dir: Path | None, width: float, batch: int, min_run_time: float,
               etas: int = 8, levers_only: bool = False, with_compile: bool = True) -> list[Row]:
@@ -41,6 +42,7 @@ def run_bench(device: torch.device, data_dir: Path | None, width: float, batch: 
     if not levers_only:
         with backend_policy(BackendConfig(), device):
             rows = (policy_rows(device, data_dir, width, batch, min_run_time, etas)
+                    + probe_share_rows(device, data_dir, width, batch, min_run_time)
                     + hessian_rows(device, data_dir, width, batch, min_run_time)
                     + peer_rows(device, data_dir, min_run_time))
     levers = device_rows if device.type == "cuda" else cpu_lever_rows

@@ -97,7 +97,7 @@ class _NoLog:
 def our_step(state: RunState, dataset: Dataset, config: RunConfig, callbacks: tuple = ()):
     """The training loop's step itself (train.run_step, no callbacks unless given): next indices, gather, SGD step,
     and the pending metrics turned into rows at each log interval (one host sync), as `config.train` sets them."""
-    task, logs = data_kind(config.data.dataset).task, {"metrics": _NoLog(), "probes": _NoLog()}
+    task, logs = data_kind(config.data.dataset).task, {name: _NoLog() for name in ("metrics", "probes", "activations")}
 
     def step():
         run_step(state, dataset, task, config, logs, callbacks=list(callbacks))
