@@ -61,8 +61,9 @@ def by_preset(summaries: dict[str, pd.DataFrame], manifests: dict | None = None)
 
 
 def has_runs(results_dir: Path, experiment: str) -> bool:
-    """Whether any run of the experiment has finished (Results reads those alone; without one it raises)."""
-    return any(run.is_finished() for run in RunDir.of_experiment(results_dir, experiment))
+    """Whether any run of the experiment has finished or stopped as asked (Results reads those alone; without one
+    it raises)."""
+    return any(run.is_settled() for run in RunDir.of_experiment(results_dir, experiment))
 
 
 def experiments_with_runs(results_dir: Path) -> list[str]:
@@ -144,8 +145,10 @@ def runs_table(results: Results) -> str:
             "|---|---|---|---|---|---|---|"]
     for arm in results.arms():
         runs = meta[meta.arm == arm]
+        stops = runs.get("stopped_at", pd.Series(index=runs.index, dtype=float))
         status = ", ".join(f"{s}" + (f" at step {int(d)}" if pd.notna(d) else "")
-                           for s, d in zip(runs.status, runs.diverged_at))
+                           + (f" at step {int(stop):,} of {int(steps):,}" if pd.notna(stop) else "")
+                           for s, d, stop, steps in zip(runs.status, runs.diverged_at, stops, runs.steps))
         rows.append(f"| {arm} | {', '.join(map(str, sorted(runs.seed)))} | {status} | "
                     f"{_mean_pct(runs.get('final_train_acc_last100'))} | {_mean_pct(runs.get('final_test_acc'))} | "
                     f"{_mean(runs.get('final_train_loss'))} | {_mean(runs.get('wall_time_s'), '{:.0f} s')} |")
