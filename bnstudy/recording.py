@@ -115,7 +115,8 @@ SEED_FOLDER = re.compile(r"seed-(0|[1-9][0-9]*)")  # the one name a seed's folde
 # meta.json's copies of configuration values, each checked against config.json (which decides)
 CONFIGURED = {"experiment": lambda c: c.experiment, "arm": lambda c: c.arm, "seed": lambda c: c.seed,
               "preset": lambda c: c.preset, "lr": lambda c: c.train.lr, "norm": lambda c: c.model.norm,
-              "model": lambda c: c.model.kind, "init": lambda c: c.model.init, "steps": lambda c: c.train.steps}
+              "model": lambda c: c.model.kind, "init": lambda c: c.model.init, "steps": lambda c: c.train.steps,
+              "width": lambda c: c.model.width if c.model.kind == "vgg" else None}  # the DLN's is dln_width
 
 
 @dataclass

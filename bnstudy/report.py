@@ -41,9 +41,10 @@ def collect(results_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Resul
 
 
 def by_preset(summaries: dict[str, pd.DataFrame], manifests: dict | None = None) -> dict[str, dict[str, pd.DataFrame]]:
-    """preset -> the summaries of the runs that count at it: made at it, or at a preset that gives every arm the
-    same configuration (Manifest.same_runs; `manifests` by experiment, else today's experiment files). Claims are
-    judged per preset, never across scales."""
+    """scale -> the summaries of the runs that count at it: made at its preset, or at a preset that gives every arm
+    the same configuration (Manifest.same_runs; `manifests` by experiment, else today's experiment files), and of
+    its width. A scale is its preset's name where the preset's runs share one width, else 'preset (width W)' for
+    each: claims are judged per preset and per width, never across scales or widths."""
     present = {p for table in summaries.values() for p in table.get("preset", ())}
     experiments = {name: (manifests or {}).get(name) or describe(load_experiment(name))
                    for name in summaries if not isinstance(name, StepTable)}
@@ -56,8 +57,29 @@ def by_preset(summaries: dict[str, pd.DataFrame], manifests: dict | None = None)
                     or experiment is not None and experiment.same_runs(p, preset)]
             if len(rows := table[table.preset.isin(same)]):
                 chosen[name] = rows
-        split[preset] = chosen
+        split |= by_width(preset, chosen)
     return split
+
+
+def by_width(preset: str, chosen: dict[str, pd.DataFrame]) -> dict[str, dict[str, pd.DataFrame]]:
+    """The summaries of one preset, split by the width of their runs' network where they have more than one."""
+    widths = sorted({w for table in chosen.values() if "width" in table for w in table.width.dropna()})
+    if len(widths) <= 1:
+        return {preset: chosen}
+    def of_width(table: pd.DataFrame, width: float) -> pd.DataFrame:  # runs of no VGG width (the DLN's): in each
+        return table[(table.width == width) | table.width.isna()] if "width" in table else table
+
+    return {scale_name(preset, width): {name: rows for name, table in chosen.items()
+                                        if len(rows := of_width(table, width))} for width in widths}
+
+
+def scale_name(preset: str, width: float) -> str:
+    return f"{preset} (width {width:g})"
+
+
+def preset_of(scale: str) -> str:
+    """The preset of a scale by_preset names."""
+    return scale.split(" (width ", 1)[0]
 
 
 def has_runs(results_dir: Path, experiment: str) -> bool:
@@ -77,7 +99,8 @@ def verdicts(summaries: dict[str, pd.DataFrame], manifests: dict | None = None) 
     """preset -> [(claim, verdict)] for every claim, on the runs that count at that preset (at least one column,
     so that a report with no results still lists every claim)."""
     split = by_preset(summaries, manifests) or {"quick": {}}
-    return {preset: [(claim, evaluate(claim, chosen, preset)) for claim in CLAIMS] for preset, chosen in split.items()}
+    return {scale: [(claim, evaluate(claim, chosen, preset_of(scale))) for claim in CLAIMS]
+            for scale, chosen in split.items()}
 
 
 def _cells(cells: list[str]) -> str:

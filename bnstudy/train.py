@@ -38,7 +38,7 @@ from bnstudy.probes.callback import Callback, Probe, StepContext, step_seed  # n
 from bnstudy.files import fault_point, prefix_sha256, previous, removed_on_failure
 from bnstudy import schema
 from bnstudy.schema import register_options
-from bnstudy.recording import STOPPED, ResultsLock, RunDir, final_numbers, read_table
+from bnstudy.recording import CONFIGURED, STOPPED, ResultsLock, RunDir, final_numbers, read_table
 
 
 @dataclass
@@ -405,7 +405,7 @@ def _train_run(config, run, dataset, device, state: RunState, callbacks, progres
     run.update_meta(status="running", experiment=config.experiment, arm=config.arm, seed=config.seed,
                     preset=config.preset, dataset=dataset.name, environment=environment(device), backend=backend,
                     norm=config.model.norm, init=config.model.init, lr=config.train.lr, model=config.model.kind,
-                    steps=config.train.steps)
+                    steps=config.train.steps, width=CONFIGURED["width"](config))
     callbacks = list(callbacks or []) + probe_callbacks(config, state.model)
     end = min(config.train.steps, until_step or config.train.steps)
     diverged = _loop(config, run, dataset, state, logs, callbacks, progress, deadline, end)
