@@ -25,19 +25,37 @@ VERDICT_MARK = {"holds": "✅ holds", "does not hold": "❌ does not hold", "tie
 
 
 def collect(results_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Results]]:
-    """Summaries (written to summary.csv) and Results of every experiment that has runs.
+    """Summaries (written to summary.csv) and Results of every experiment that has runs, in the results folder and
+    in each results folder within it (results_trees), the latter named '<folder>/<experiment>'. The claims read an
+    experiment's runs of every folder together: its runs of one preset and width come from one folder, and
+    by_preset judges each preset and width apart.
 
     An experiment without runs is skipped (listed as not run); a malformed experiment file, like any other
     error, stops the report with its one line: it is never taken for "not run yet"."""
     summaries, found = {}, {}
-    for experiment in experiments_with_runs(results_dir):
-        results = Results(results_dir, experiment)
-        summary = run_summary(results.meta, results.tables)
-        atomic_write_text(results.root / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
-        summaries[results.experiment], found[results.experiment] = summary, results
-        for table, steps in step_tables(results.tables["probes"], summary).items():  # per-probe rows (claims 8, 13c)
-            summaries[StepTable(results.experiment, table)] = steps
+    for tree in results_trees(results_dir):
+        for experiment in experiments_with_runs(tree):
+            results = Results(tree, experiment)
+            summary = run_summary(results.meta, results.tables)
+            atomic_write_text(results.root / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
+            found[experiment if tree == Path(results_dir) else f"{tree.name}/{experiment}"] = results
+            _pooled_into(summaries, results.experiment, summary)
+            for table, steps in step_tables(results.tables["probes"], summary).items():  # claims 8, 13c: per probe
+                _pooled_into(summaries, StepTable(results.experiment, table), steps)
     return summaries, found
+
+
+def _pooled_into(summaries: dict, key, frame: pd.DataFrame) -> None:
+    summaries[key] = pd.concat([summaries[key], frame], ignore_index=True) if key in summaries else frame
+
+
+def results_trees(results_dir: Path) -> list[Path]:
+    """The results folder, and each folder in it that holds experiments' runs of its own: a width of the ladder
+    (results/width-0.125), the paper preset's runs a GPU trained (results/paper). Reported with the rest."""
+    root = Path(results_dir)
+    nested = [sub for sub in sorted(root.iterdir()) if sub.is_dir() and experiments_with_runs(sub)] \
+        if root.is_dir() else []
+    return [root] + nested
 
 
 def by_preset(summaries: dict[str, pd.DataFrame], manifests: dict | None = None) -> dict[str, dict[str, pd.DataFrame]]:
@@ -236,7 +254,7 @@ def write_report(results_dir: str | Path = "results", readme: Path | None = None
              "",
              "## The paper's claims",
              "",
-             claims_table(judged := verdicts(summaries, {name: r.manifest for name, r in found.items()})),
+             claims_table(judged := verdicts(summaries, {r.experiment: r.manifest for r in found.values()})),
              ""]
     for name, results in found.items():
         title = results.manifest.title
@@ -245,7 +263,7 @@ def write_report(results_dir: str | Path = "results", readme: Path | None = None
                                                 *results.unnormalized_notes]]
         for figure in sorted((results.root / "figures").glob("*.png")):
             parts += [f"![{name} {figure.stem}]({figure.relative_to(results_dir).as_posix()})", ""]
-    not_run = [e for e in list_experiments() if e not in found]
+    not_run = [e for e in list_experiments() if e not in {r.experiment for r in found.values()}]
     if not_run:
         parts += ["## Not run yet", "", ", ".join(not_run), ""]
     path = results_dir / "REPORT.md"
