@@ -17,7 +17,7 @@ try:  # Ctrl-C while importing is one line and exit 130 too: the console script 
 
     from bnstudy.config import PRESETS, ConfigError, experiment_path, list_experiments
     from bnstudy.errors import USER_ERRORS
-    from bnstudy.schema import declared
+    from bnstudy.schema import MAX_STEPS, declared
 except KeyboardInterrupt:
     print(INTERRUPTED, file=sys.stderr)
     raise SystemExit(130) from None
@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stop-after", type=float, metavar="MINUTES",
                      help="wall-clock budget: runs still training then checkpoint and stop, runs not started stay "
                           "so; the same command resumes them (e.g. the end of a GPU lease)")
+    run.add_argument("--until-step", type=int, metavar="STEP",
+                     help="a planned stop: each run trains its schedule's first STEP steps, checkpoints and ends "
+                          "'stopped' (read as whole up to there); the command without it resumes it to the end")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_common(run)
 
@@ -153,9 +156,11 @@ def cmd_run(args) -> int:
     if args.stop_after is not None:
         _check_positive("--stop-after", args.stop_after, 60 * 24 * 365, "minutes of wall-clock time")
         deadline = time.time() + 60 * args.stop_after
+    if args.until_step is not None and not 1 <= args.until_step <= MAX_STEPS:
+        raise UsageError(f"--until-step must be a step between 1 and {MAX_STEPS:,}, got {args.until_step}")
     run_experiment(args.experiment, args.preset, seeds, args.arms, args.device, args.data_dir,
                    args.results_dir, args.overrides, progress=not args.no_progress, launcher=args.launcher,
-                   deadline=deadline, jobs=args.jobs)
+                   deadline=deadline, jobs=args.jobs, until_step=args.until_step)
     return 0
 
 

@@ -256,7 +256,7 @@ def pack(results: Path, out: Path, budget: int, log) -> list[Path]:
     size = sum(f.stat().st_size for f in files)
     for run in runs:
         checkpoint = run / "checkpoint.pt"
-        if checkpoint.is_file() and priority[run][0]:  # unfinished: its status is "running"
+        if checkpoint.is_file() and priority[run][0]:  # unfinished: "running", or "stopped" as asked (--until-step)
             if size + checkpoint.stat().st_size <= budget:
                 files.append(checkpoint)
                 size += checkpoint.stat().st_size
@@ -273,7 +273,8 @@ def pack(results: Path, out: Path, budget: int, log) -> list[Path]:
 def _priority(run: Path) -> tuple:
     meta = json.loads((run / "meta.json").read_text()) if (run / "meta.json").is_file() else {}
     arm = run.parent.name
-    return (meta.get("status") == "running", ORDER.index(arm) if arm in ORDER else len(ORDER), str(run))
+    resumable = meta.get("status") in ("running", "stopped")  # a later lease goes on from its checkpoint
+    return (resumable, ORDER.index(arm) if arm in ORDER else len(ORDER), str(run))
 
 
 def _is_checkpoint(path: Path) -> bool:

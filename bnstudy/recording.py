@@ -51,6 +51,8 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     "probes": ("step", "arm", "seed", "probe", "layer", "eta", "metric", "value"),
 }
 FINISHED = ("complete", "diverged")  # statuses of a run that will write nothing more
+STOPPED = "stopped"  # a run that stopped where it was asked to (--until-step): whole up to there, resumable
+SETTLED = FINISHED + (STOPPED,)  # a run whose tables are packed and listed, read like a finished one
 
 # Every column's dtype, for every schema. Nullable integers: a probe row without a layer leaves it empty.
 DTYPES = {"step": "int64", "arm": "str", "seed": "int64", "split": "str", "metric": "str", "value": "float64",
@@ -113,7 +115,8 @@ SEED_FOLDER = re.compile(r"seed-(0|[1-9][0-9]*)")  # the one name a seed's folde
 # meta.json's copies of configuration values, each checked against config.json (which decides)
 CONFIGURED = {"experiment": lambda c: c.experiment, "arm": lambda c: c.arm, "seed": lambda c: c.seed,
               "preset": lambda c: c.preset, "lr": lambda c: c.train.lr, "norm": lambda c: c.model.norm,
-              "model": lambda c: c.model.kind, "init": lambda c: c.model.init, "steps": lambda c: c.train.steps}
+              "model": lambda c: c.model.kind, "init": lambda c: c.model.init, "steps": lambda c: c.train.steps,
+              "width": lambda c: c.model.width if c.model.kind == "vgg" else None}  # the DLN's is dln_width
 
 
 @dataclass
@@ -216,7 +219,7 @@ class RunDir:
         where = f"{self.path}:"
         if not meta:
             raise RecordError(f"{where} meta.json is missing or empty; {self.damage_hint()}")
-        finished = meta.get("status") in FINISHED
+        finished = meta.get("status") in SETTLED
         if not finished and not unfinished:
             raise RecordError(f"{where} not finished ({meta.get('status', 'no status')}): left out of every figure "
                               f"and number until it is")
@@ -264,13 +267,16 @@ class RunDir:
         """A complete run's training rows reach its last step; its final numbers in meta.json are its table's."""
         train_steps = metrics.step[metrics.split == "train"]
         last = int(train_steps.max()) if len(train_steps) else -1
+        if meta.get("status") == STOPPED and last != meta.get("stopped_at", -1) - 1:
+            raise RecordError(f"{self.path}: meta.json says stopped at step {meta.get('stopped_at')}, but its training "
+                              f"rows end at step {last}; remove the folder to train the run again")
         if meta.get("status") == "complete" and last != config.train.steps - 1:
             raise RecordError(f"{self.path}: meta.json says complete, but its training rows end at step {last} of "
                               f"{config.train.steps}; remove the folder to train the run again")
         if meta.get("status") == "diverged" and (why := self._not_diverged(metrics)):
             raise RecordError(f"{self.path}: meta.json says diverged, but {why}: meta.json is not its tables'")
         derived = final_numbers(metrics)
-        derived["steps_done"] = last + 1 if meta.get("status") == "complete" else None
+        derived["steps_done"] = last + 1 if meta.get("status") in ("complete", STOPPED) else None
         if meta.get("status") == "diverged":  # a diverged run is not evaluated at its end: no final test accuracy
             derived["final_test_acc"] = None
         # the CSV keeps 7 significant digits; meta.json rounds to 5. A number the tables give is never null there.
@@ -335,7 +341,7 @@ class RunDir:
         every table's archive with its size and SHA-256 (`finish` writes them with the status, in one write): an
         empty or missing list is no off switch for the check."""
         meta = self.read_meta()
-        if meta.get("status") not in FINISHED:
+        if meta.get("status") not in SETTLED:
             return None
         listed = meta.get("files")
         if not listed:
@@ -379,6 +385,20 @@ class RunDir:
         fault_point("settle")  # a kill here leaves both forms, which hold the same rows
         self.drop_plain_tables()
         return meta
+
+    def reopen(self) -> None:
+        """A stopped run made ready to train on: its verified archives unpacked to the plain CSVs a run appends to
+        (the bytes its checkpoint recorded), then meta.json says running and lists no files, then the archives go.
+        A kill between leaves either the stopped run (its plain copies set aside by `load`, written again here) or
+        a running one beside archives that its end packs anew."""
+        if why := self.incomplete():
+            raise RecordError(f"{self.path}: stopped, but {why}; restore it, or remove the folder to train again")
+        for name in SCHEMAS:
+            atomic_write_bytes(self.csv(name), lzma.decompress(self.packed(name).read_bytes()))
+        meta = {k: v for k, v in self.read_meta().items() if k not in ("files", "stopped_at")}
+        self.write_meta(meta | {"status": "running"})
+        for name in SCHEMAS:
+            self.packed(name).unlink(missing_ok=True)
 
     def settle(self) -> dict:
         """A finished run's tables in their final form: compressed, listed in meta.json, plain copies removed.
@@ -447,6 +467,10 @@ class RunDir:
 
     def is_finished(self) -> bool:
         return self.read_meta().get("status") in FINISHED
+
+    def is_settled(self) -> bool:
+        """Finished, or stopped where it was asked to: its tables packed and listed, read by plot and report."""
+        return self.read_meta().get("status") in SETTLED
 
     def write_config(self, config) -> None:
         atomic_write_text(self.path / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")

@@ -25,25 +25,44 @@ VERDICT_MARK = {"holds": "✅ holds", "does not hold": "❌ does not hold", "tie
 
 
 def collect(results_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, Results]]:
-    """Summaries (written to summary.csv) and Results of every experiment that has runs.
+    """Summaries (written to summary.csv) and Results of every experiment that has runs, in the results folder and
+    in each results folder within it (results_trees), the latter named '<folder>/<experiment>'. The claims read an
+    experiment's runs of every folder together: its runs of one preset and width come from one folder, and
+    by_preset judges each preset and width apart.
 
     An experiment without runs is skipped (listed as not run); a malformed experiment file, like any other
     error, stops the report with its one line: it is never taken for "not run yet"."""
     summaries, found = {}, {}
-    for experiment in experiments_with_runs(results_dir):
-        results = Results(results_dir, experiment)
-        summary = run_summary(results.meta, results.tables)
-        atomic_write_text(results.root / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
-        summaries[results.experiment], found[results.experiment] = summary, results
-        for table, steps in step_tables(results.tables["probes"], summary).items():  # per-probe rows (claims 8, 13c)
-            summaries[StepTable(results.experiment, table)] = steps
+    for tree in results_trees(results_dir):
+        for experiment in experiments_with_runs(tree):
+            results = Results(tree, experiment)
+            summary = run_summary(results.meta, results.tables)
+            atomic_write_text(results.root / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
+            found[experiment if tree == Path(results_dir) else f"{tree.name}/{experiment}"] = results
+            _pooled_into(summaries, results.experiment, summary)
+            for table, steps in step_tables(results.tables["probes"], summary).items():  # claims 8, 13c: per probe
+                _pooled_into(summaries, StepTable(results.experiment, table), steps)
     return summaries, found
 
 
+def _pooled_into(summaries: dict, key, frame: pd.DataFrame) -> None:
+    summaries[key] = pd.concat([summaries[key], frame], ignore_index=True) if key in summaries else frame
+
+
+def results_trees(results_dir: Path) -> list[Path]:
+    """The results folder, and each folder in it that holds experiments' runs of its own: a width of the ladder
+    (results/width-0.125), the paper preset's runs a GPU trained (results/paper). Reported with the rest."""
+    root = Path(results_dir)
+    nested = [sub for sub in sorted(root.iterdir()) if sub.is_dir() and experiments_with_runs(sub)] \
+        if root.is_dir() else []
+    return [root] + nested
+
+
 def by_preset(summaries: dict[str, pd.DataFrame], manifests: dict | None = None) -> dict[str, dict[str, pd.DataFrame]]:
-    """preset -> the summaries of the runs that count at it: made at it, or at a preset that gives every arm the
-    same configuration (Manifest.same_runs; `manifests` by experiment, else today's experiment files). Claims are
-    judged per preset, never across scales."""
+    """scale -> the summaries of the runs that count at it: made at its preset, or at a preset that gives every arm
+    the same configuration (Manifest.same_runs; `manifests` by experiment, else today's experiment files), and of
+    its width. A scale is its preset's name where the preset's runs share one width, else 'preset (width W)' for
+    each: claims are judged per preset and per width, never across scales or widths."""
     present = {p for table in summaries.values() for p in table.get("preset", ())}
     experiments = {name: (manifests or {}).get(name) or describe(load_experiment(name))
                    for name in summaries if not isinstance(name, StepTable)}
@@ -56,13 +75,35 @@ def by_preset(summaries: dict[str, pd.DataFrame], manifests: dict | None = None)
                     or experiment is not None and experiment.same_runs(p, preset)]
             if len(rows := table[table.preset.isin(same)]):
                 chosen[name] = rows
-        split[preset] = chosen
+        split |= by_width(preset, chosen)
     return split
 
 
+def by_width(preset: str, chosen: dict[str, pd.DataFrame]) -> dict[str, dict[str, pd.DataFrame]]:
+    """The summaries of one preset, split by the width of their runs' network where they have more than one."""
+    widths = sorted({w for table in chosen.values() if "width" in table for w in table.width.dropna()})
+    if len(widths) <= 1:
+        return {preset: chosen}
+    def of_width(table: pd.DataFrame, width: float) -> pd.DataFrame:  # runs of no VGG width (the DLN's): in each
+        return table[(table.width == width) | table.width.isna()] if "width" in table else table
+
+    return {scale_name(preset, width): {name: rows for name, table in chosen.items()
+                                        if len(rows := of_width(table, width))} for width in widths}
+
+
+def scale_name(preset: str, width: float) -> str:
+    return f"{preset} (width {width:g})"
+
+
+def preset_of(scale: str) -> str:
+    """The preset of a scale by_preset names."""
+    return scale.split(" (width ", 1)[0]
+
+
 def has_runs(results_dir: Path, experiment: str) -> bool:
-    """Whether any run of the experiment has finished (Results reads those alone; without one it raises)."""
-    return any(run.is_finished() for run in RunDir.of_experiment(results_dir, experiment))
+    """Whether any run of the experiment has finished or stopped as asked (Results reads those alone; without one
+    it raises)."""
+    return any(run.is_settled() for run in RunDir.of_experiment(results_dir, experiment))
 
 
 def experiments_with_runs(results_dir: Path) -> list[str]:
@@ -76,7 +117,8 @@ def verdicts(summaries: dict[str, pd.DataFrame], manifests: dict | None = None) 
     """preset -> [(claim, verdict)] for every claim, on the runs that count at that preset (at least one column,
     so that a report with no results still lists every claim)."""
     split = by_preset(summaries, manifests) or {"quick": {}}
-    return {preset: [(claim, evaluate(claim, chosen, preset)) for claim in CLAIMS] for preset, chosen in split.items()}
+    return {scale: [(claim, evaluate(claim, chosen, preset_of(scale))) for claim in CLAIMS]
+            for scale, chosen in split.items()}
 
 
 def _cells(cells: list[str]) -> str:
@@ -144,8 +186,10 @@ def runs_table(results: Results) -> str:
             "|---|---|---|---|---|---|---|"]
     for arm in results.arms():
         runs = meta[meta.arm == arm]
+        stops = runs.get("stopped_at", pd.Series(index=runs.index, dtype=float))
         status = ", ".join(f"{s}" + (f" at step {int(d)}" if pd.notna(d) else "")
-                           for s, d in zip(runs.status, runs.diverged_at))
+                           + (f" at step {int(stop):,} of {int(steps):,}" if pd.notna(stop) else "")
+                           for s, d, stop, steps in zip(runs.status, runs.diverged_at, stops, runs.steps))
         rows.append(f"| {arm} | {', '.join(map(str, sorted(runs.seed)))} | {status} | "
                     f"{_mean_pct(runs.get('final_train_acc_last100'))} | {_mean_pct(runs.get('final_test_acc'))} | "
                     f"{_mean(runs.get('final_train_loss'))} | {_mean(runs.get('wall_time_s'), '{:.0f} s')} |")
@@ -210,7 +254,7 @@ def write_report(results_dir: str | Path = "results", readme: Path | None = None
              "",
              "## The paper's claims",
              "",
-             claims_table(judged := verdicts(summaries, {name: r.manifest for name, r in found.items()})),
+             claims_table(judged := verdicts(summaries, {r.experiment: r.manifest for r in found.values()})),
              ""]
     for name, results in found.items():
         title = results.manifest.title
@@ -219,7 +263,7 @@ def write_report(results_dir: str | Path = "results", readme: Path | None = None
                                                 *results.unnormalized_notes]]
         for figure in sorted((results.root / "figures").glob("*.png")):
             parts += [f"![{name} {figure.stem}]({figure.relative_to(results_dir).as_posix()})", ""]
-    not_run = [e for e in list_experiments() if e not in found]
+    not_run = [e for e in list_experiments() if e not in {r.experiment for r in found.values()}]
     if not_run:
         parts += ["## Not run yet", "", ", ".join(not_run), ""]
     path = results_dir / "REPORT.md"

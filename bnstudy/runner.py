@@ -15,7 +15,7 @@ from tqdm import tqdm
 from bnstudy.config import ConfigError, Experiment, RunConfig, config_differences, load_experiment, run_config
 from bnstudy.data import Dataset, data_kind
 from bnstudy.manifest import write_manifest
-from bnstudy.recording import RecordError, ResultsLock, RunDir, pooling_differences
+from bnstudy.recording import STOPPED, RecordError, ResultsLock, RunDir, pooling_differences
 from bnstudy.train import Registrations, own_registrations, train_run
 
 
@@ -100,10 +100,12 @@ def plan(exp: Experiment, preset: str, seeds: list[int], arms: list[str] | None,
 def run_experiment(experiment: str, preset: str, seeds: list[int], arms: list[str] | None = None,
                    device: str = "auto", data_dir: str | None = None, results_dir: str = "results",
                    overrides: list[str] = (), progress: bool = True, launcher: str = "local",
-                   deadline: float | None = None, jobs: int = 2) -> list[dict]:
+                   deadline: float | None = None, jobs: int = 2, until_step: int | None = None) -> list[dict]:
     """Every run of the experiment: finished ones skipped, the rest trained by the chosen launcher. With a
     `deadline` (a time.time() value), runs still training then checkpoint and stop, and runs not yet started
-    stay so: the same call resumes them. `jobs`: runs at a time for the `processes` launcher."""
+    stay so: the same call resumes them. `jobs`: runs at a time for the `processes` launcher. `until_step`: each
+    run stops at that step of its schedule (train.train_run); a run stopped there already is skipped, and one
+    stopped earlier, or any stopped run where no `until_step` is given, goes on."""
     if launcher not in LAUNCHERS:
         raise ConfigError(f"unknown launcher '{launcher}'; known: {', '.join(LAUNCHERS)}")
     exp = load_experiment(experiment)
@@ -120,20 +122,34 @@ def run_experiment(experiment: str, preset: str, seeds: list[int], arms: list[st
         pending = []
         for config, run in runs:
             run.remove_stale_temporaries()
-            if run.is_finished():
+            if run.is_finished() or stopped_at_or_past(run, until_step):
                 run.load()  # believed only when it checks out (before anything is packed), else one line saying why
                 run.settle_interrupted()  # a finish a kill cut short, before or after its tables were compressed
-                print(f"{config.experiment}/{config.run_name}: already {run.read_meta()['status']}, skipped")
+                print(f"{config.experiment}/{config.run_name}: already {status_words(run.read_meta())}, skipped")
             else:
                 pending.append((config, run))
         if pending:
-            LAUNCHERS[launcher](pending, dev, data_dir, progress, Schedule(deadline, jobs))
-    unfinished = sum(not run.is_finished() for _, run in pending)
-    print(what_was_done(configs, len(runs) - len(pending), Path(results_dir), unfinished), flush=True)
+            LAUNCHERS[launcher](pending, dev, data_dir, progress, Schedule(deadline, jobs, until_step))
+    unfinished = sum(not run.is_settled() for _, run in pending)
+    print(what_was_done(configs, len(runs) - len(pending), Path(results_dir), unfinished, until_step), flush=True)
     return [run.read_meta() for _, run in runs]
 
 
-def what_was_done(configs: list[RunConfig], skipped: int, results_dir: Path, unfinished: int = 0) -> str:
+def stopped_at_or_past(run: RunDir, until_step: int | None) -> bool:
+    """A run stopped as asked at `until_step` or later: nothing to do for a command that stops there."""
+    meta = run.read_meta()
+    return until_step is not None and meta.get("status") == STOPPED and meta.get("stopped_at", 0) >= until_step
+
+
+def status_words(meta: dict) -> str:
+    """A settled run's status as the closing lines say it."""
+    if meta.get("status") == STOPPED:
+        return f"stopped at step {meta.get('stopped_at')} of {meta.get('steps')} as asked (--until-step)"
+    return meta["status"]
+
+
+def what_was_done(configs: list[RunConfig], skipped: int, results_dir: Path, unfinished: int = 0,
+                  until_step: int | None = None) -> str:
     """The closing line of `bnstudy run`: what was already there, what trained, what --stop-after left to resume,
     and how to train another seed (on a fresh clone the committed seed 0 is already there, and `make noisy-bn`
     only redraws its figures)."""
@@ -141,8 +157,9 @@ def what_was_done(configs: list[RunConfig], skipped: int, results_dir: Path, unf
     seeds = sorted({c.seed for c in configs})
     stopped = f"{unfinished} stopped or not started by --stop-after (the same command resumes them), " \
         if unfinished else ""
+    until = f" until step {until_step:,}" if until_step else ""
     line = (f"{first.experiment} (preset {first.preset}, seed{'s' if len(seeds) > 1 else ''} "
-            f"{', '.join(map(str, seeds))}): {len(configs) - skipped - unfinished} run(s) trained, {stopped}"
+            f"{', '.join(map(str, seeds))}): {len(configs) - skipped - unfinished} run(s) trained{until}, {stopped}"
             f"{skipped} already there and skipped; results in {results_dir / first.experiment}")
     if skipped == len(configs):
         line += f". A new seed trains with --seeds {max(seeds) + 1} (make {first.experiment} SEED={max(seeds) + 1})"
@@ -167,6 +184,7 @@ class Schedule:
     chooses (`processes`)."""
     deadline: float | None = None
     jobs: int = 2
+    until_step: int | None = None  # each run's planned stop (train.train_run), or None: the schedule's end
 
     def expired(self) -> bool:
         return self.deadline is not None and time.time() >= self.deadline
@@ -185,7 +203,8 @@ def run_local(pending: list[tuple[RunConfig, RunDir]], device: torch.device, dat
             print(not_started(config), flush=True)
             continue
         dataset = shared_dataset(datasets, config, data_dir, device)
-        meta = train_run(config, run, dataset, device, progress=progress, deadline=schedule.deadline)
+        meta = train_run(config, run, dataset, device, progress=progress, deadline=schedule.deadline,
+                         until_step=schedule.until_step)
         print(summary_line(meta), flush=True)
 
 
@@ -198,7 +217,8 @@ def shared_dataset(datasets: dict, config: RunConfig, data_dir: str | None, devi
 
 
 def train_one(config: RunConfig, results_dir: str, device_name: str, data_dir: str | None, threads: int,
-              registrations: Registrations = Registrations(), deadline: float | None = None) -> dict | None:
+              registrations: Registrations = Registrations(), deadline: float | None = None,
+              until_step: int | None = None) -> dict | None:
     """One run in a worker process (a Ray task, a `processes` worker): its own data, its own threads, the
     driver's own probes; returns meta.json, or None where the deadline passed before it started."""
     if deadline is not None and time.time() >= deadline:
@@ -207,7 +227,8 @@ def train_one(config: RunConfig, results_dir: str, device_name: str, data_dir: s
     torch.set_num_threads(config.train.threads or threads)
     device = torch.device(device_name)
     run = RunDir(results_dir, config.experiment, config.arm, config.seed)
-    return train_run(config, run, load_dataset(config, data_dir, device), device, progress=False, deadline=deadline)
+    return train_run(config, run, load_dataset(config, data_dir, device), device, progress=False, deadline=deadline,
+                     until_step=until_step)
 
 
 def run_ray(pending: list[tuple[RunConfig, RunDir]], device: torch.device, data_dir: str | None,
@@ -234,7 +255,7 @@ def run_ray(pending: list[tuple[RunConfig, RunDir]], device: torch.device, data_
     data = str(resolve_data_dir(data_dir).resolve())
     registrations = shipped_by_value(own_registrations(), ray.cloudpickle)
     futures = {task.remote(config, results_dir, "cuda" if device.type == "cuda" else "cpu", data, cpus_per_run,
-                           registrations, schedule.deadline): config
+                           registrations, schedule.deadline, schedule.until_step): config
                for config, _ in pending}
     failed = 0
     with tqdm(total=len(futures), desc="runs", disable=not progress, dynamic_ncols=True) as bar:
@@ -269,7 +290,7 @@ def run_processes(pending: list[tuple[RunConfig, RunDir]], device: torch.device,
                              initargs=(os.getpid(),)) as pool, \
             tqdm(total=len(pending), desc="runs", disable=not progress, dynamic_ncols=True) as bar:
         futures = {pool.submit(train_one, config, results_dir, str(device), data, threads, own_registrations(),
-                               schedule.deadline): config for config, _ in pending}
+                               schedule.deadline, schedule.until_step): config for config, _ in pending}
         for future in as_completed(futures):
             try:
                 print(outcome_line(future.result(), futures[future]), flush=True)
@@ -338,7 +359,9 @@ def load_dataset(config: RunConfig, data_dir: str | None, device: torch.device) 
 def summary_line(meta: dict) -> str:
     status = {"diverged": f"diverged at step {meta.get('diverged_at')}",
               "running": f"stopped at step {meta.get('steps_done')} of {meta.get('steps')} (--stop-after), "
-                         f"checkpointed; the same command resumes it"}.get(meta["status"], meta["status"])
+                         f"checkpointed; the same command resumes it",
+              STOPPED: f"{status_words(meta)}, checkpointed; the command without --until-step resumes it"
+              }.get(meta["status"], meta["status"])
     parts = [f"{meta['experiment']}/{meta['arm']}/seed-{meta['seed']}: {status}"]
     if meta.get("final_train_acc_last100") is not None:
         parts.append(f"train acc (last 100 steps) {meta['final_train_acc_last100']:.3f}")

@@ -38,7 +38,7 @@ from bnstudy.probes.callback import Callback, Probe, StepContext, step_seed  # n
 from bnstudy.files import fault_point, prefix_sha256, previous, removed_on_failure
 from bnstudy import schema
 from bnstudy.schema import register_options
-from bnstudy.recording import ResultsLock, RunDir, final_numbers, read_table
+from bnstudy.recording import CONFIGURED, STOPPED, ResultsLock, RunDir, final_numbers, read_table
 
 
 @dataclass
@@ -364,11 +364,15 @@ def make_state(config: RunConfig, dataset: Dataset, device: torch.device) -> Run
 
 
 def train_run(config: RunConfig, run: RunDir, dataset: Dataset, device: torch.device,
-              callbacks: list | None = None, progress: bool = True, deadline: float | None = None) -> dict:
+              callbacks: list | None = None, progress: bool = True, deadline: float | None = None,
+              until_step: int | None = None) -> dict:
     """Train one run to completion (or divergence), resuming if a checkpoint exists; return meta.json.
 
     `deadline` (a time.time() value, e.g. the end of a GPU lease): at the first log interval past it the run
-    checkpoints and returns, still "running" in meta.json with its `steps_done`; the same command resumes it."""
+    checkpoints and returns, still "running" in meta.json with its `steps_done`; the same command resumes it.
+    `until_step`: a planned stop. The run trains its configured schedule's first `until_step` steps, checkpoints
+    there and ends "stopped" (its tables packed and listed, read as a whole run up to there); a later command
+    without it resumes the run to the end of its schedule, here or on another machine."""
     threads = torch.get_num_threads()
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -377,13 +381,16 @@ def train_run(config: RunConfig, run: RunDir, dataset: Dataset, device: torch.de
             state = make_state(config, dataset, device)  # checks the config against the data: bad input writes nothing
             # one writer per run folder, whoever launched it: a worker that outlived its launcher still holds its run
             with ResultsLock(run.path):
-                return _train_run(config, run, dataset, device, state, callbacks, progress, backend, deadline)
+                return _train_run(config, run, dataset, device, state, callbacks, progress, backend, deadline,
+                                  until_step)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train_run(config, run, dataset, device, state: RunState, callbacks, progress, backend: dict,
-               deadline: float | None) -> dict:
+               deadline: float | None, until_step: int | None = None) -> dict:
+    if run.read_meta().get("status") == STOPPED:  # resumed past its planned stop: its tables become plain again
+        run.reopen()
     logs = run.open_logs()
     ckpt = read_checkpoint(run, logs, config) if run.read_meta().get("status") == "running" else None
     if ckpt is not None:
@@ -398,23 +405,38 @@ def _train_run(config, run, dataset, device, state: RunState, callbacks, progres
     run.update_meta(status="running", experiment=config.experiment, arm=config.arm, seed=config.seed,
                     preset=config.preset, dataset=dataset.name, environment=environment(device), backend=backend,
                     norm=config.model.norm, init=config.model.init, lr=config.train.lr, model=config.model.kind,
-                    steps=config.train.steps)
+                    steps=config.train.steps, width=CONFIGURED["width"](config))
     callbacks = list(callbacks or []) + probe_callbacks(config, state.model)
-    diverged = _loop(config, run, dataset, state, logs, callbacks, progress, deadline)
+    end = min(config.train.steps, until_step or config.train.steps)
+    diverged = _loop(config, run, dataset, state, logs, callbacks, progress, deadline, end)
+    if diverged is None and state.step == end < config.train.steps:  # the planned stop
+        return _stop(config, run, state, logs)
     if diverged is None and state.step < config.train.steps:  # stopped at the deadline, checkpointed
         run.update_meta(steps_done=state.step, wall_time_s=round(state.elapsed, 2))
         return run.read_meta()
     return _finish(config, run, dataset, state, logs, diverged)
 
 
-def _loop(config, run, dataset, state, logs, callbacks, progress, deadline: float | None = None) -> int | None:
+def _stop(config, run, state, logs) -> dict:
+    """The planned stop (train_run's `until_step`): a checkpoint at this step, and a run read as whole up to it."""
+    save_checkpoint(run, state, logs, state.elapsed, config)
+    numbers = final_numbers(read_table(run.table_path("metrics"), "metrics"))
+    return run.finish({"status": STOPPED, "stopped_at": state.step, "steps_done": state.step, "diverged_at": None,
+                       "wall_time_s": round(state.elapsed, 2), **numbers})
+
+
+def _loop(config, run, dataset, state, logs, callbacks, progress, deadline: float | None = None,
+          end: int | None = None) -> int | None:
+    """Steps until `end` (the schedule's end, or a planned stop before it), divergence or the deadline; at `end`
+    every pending row is written, so that a checkpoint there holds the run's whole state."""
     t = config.train
+    end = t.steps if end is None else end
     started = time.perf_counter()
-    bar = tqdm(total=t.steps, initial=state.step, desc=f"{config.experiment}/{config.run_name}",
+    bar = tqdm(total=end, initial=state.step, desc=f"{config.experiment}/{config.run_name}",
                disable=not progress, dynamic_ncols=True, mininterval=1.0)
     task = data_kind(config.data.dataset).task
     diverged = None
-    while state.step < t.steps and diverged is None:
+    while state.step < end and diverged is None:
         diverged = run_step(state, dataset, task, config, logs, callbacks)
         bar.update(1)
         eval_due, checkpoint_due = eval_due_at(t, state.step), checkpoint_due_at(t, state.step)
@@ -428,6 +450,8 @@ def _loop(config, run, dataset, state, logs, callbacks, progress, deadline: floa
             if not checkpoint_due:
                 save_checkpoint(run, state, logs, state.elapsed + time.perf_counter() - started, config)
             break
+    if diverged is None and state.step == end < t.steps:  # a planned stop between two log intervals
+        diverged = flush_train_metrics(state, logs, config)
     bar.close()
     state.elapsed += time.perf_counter() - started
     return diverged

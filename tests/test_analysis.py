@@ -41,13 +41,17 @@ def test_a_probe_cancels_where_the_smallest_step_takes_the_whole_gradient_away(c
         assert row.beta_eff == pytest.approx(1 / min(etas))
 
 
-def test_early_is_the_first_quarter_of_each_run():
-    frame = pd.DataFrame({"arm": ["a"] * 11 + ["b"] * 5, "seed": 0, "step": list(range(0, 101, 10)) + list(range(5)),
-                          "x": range(16)})
-    assert list(phase(frame)[:11]) == ["early"] * 3 + ["late"] * 8
-    assert list(phase(frame)[11:]) == ["early", "early", "late", "late", "late"]
-    medians = phase_medians(frame, ["x"]).set_index("arm")
+def test_early_is_the_first_quarter_of_each_runs_configured_schedule():
+    """Steps 0-24 of a 100-step schedule, whether the run went to the end (a) or stopped at step 50 (b): the
+    first quarter of the schedule, not of the steps probed (b's would end at step 12)."""
+    frame = pd.DataFrame({"arm": ["a"] * 11 + ["b"] * 6, "seed": 0,
+                          "step": list(range(0, 101, 10)) + list(range(0, 51, 10)), "x": range(17)})
+    meta = pd.DataFrame({"arm": ["a", "b"], "seed": 0, "steps": 100})
+    assert list(phase(frame, meta)[:11]) == ["early"] * 3 + ["late"] * 8
+    assert list(phase(frame, meta)[11:]) == ["early"] * 3 + ["late"] * 3
+    medians = phase_medians(frame, ["x"], meta).set_index("arm")
     assert medians.loc["a", "early_x"] == 1 and medians.loc["a", "late_x"] == 6.5
+    assert medians.loc["b", "early_x"] == 12 and medians.loc["b", "late_x"] == 15
 
 
 def test_sweep_table_and_largest_trainable_lr():

@@ -391,3 +391,46 @@ def test_the_share_below_says_how_much_of_it_differences_beyond_a_few_percent_de
     # seed 0: 10->20 and 20->30 differ by > 5% (2 of 4), one tie; seed 1: 20 vs 25 (1 of 4), three ties
     assert decided_note(wide) == ("; the two differ by more than 5% at 37.5% (25.0%..50.0%, n=2) of the probed steps, "
                                   "and are equal (a tie, counted as not below) at 50.0% (25.0%..75.0%, n=2)")
+
+
+def stopped(summaries: dict, at: int, steps: int = 15_000) -> dict:
+    """The same runs, stopped as asked at step `at` of a `steps`-step schedule (--until-step)."""
+    return {name: table.assign(status="stopped", stopped_at=at, steps=steps, steps_done=at)
+            for name, table in summaries.items()}
+
+
+def test_a_claim_reading_the_whole_run_is_not_measured_on_runs_stopped_before_their_end():
+    verdict = evaluate(next(c for c in CLAIMS if c.number == "1"), stopped(lr_runs(0.40, 0.70, 0.10, 0.65), 3750))
+    assert verdict.verdict == NOT_MEASURED and verdict.measured.startswith("stopped at 3,750 of 15,000 (")
+
+
+def test_a_first_quarter_claim_is_judged_on_runs_that_reached_the_quarters_end():
+    """Claims 6, 6b, 7, 11, 13a, 13b and 1b read the first quarter of the configured schedule: a run stopped at
+    step 3,750 of 15,000 decides them, one stopped at 2,000 cannot."""
+    runs = landscape_runs(0.5, 0.01, "early_grad_diff_max")
+    assert check("7", stopped(runs, 3750)) == HOLDS
+    early = evaluate(next(c for c in CLAIMS if c.number == "7"), stopped(runs, 2000))
+    assert early.verdict == NOT_MEASURED and "stopped at 2,000, before the first quarter's end (3,750 of 15,000)" in \
+        early.measured
+    reads = {c.number: c.reads for c in CLAIMS}
+    assert {n for n, r in reads.items() if r == "first quarter"} == {"1b (ours)", "6", "6b (ours)", "7",
+                                                                     "11 (ours, beyond the paper)", "13a (ours)",
+                                                                     "13b (ours)"}
+
+
+def test_claim_1b_says_not_reached_by_the_step_a_stopped_run_got_to():
+    runs = {"lr": frame({"standard-lr0.1": {"reached_at": float("nan")}, "batchnorm-lr0.1": {"reached_at": 500.0}})}
+    verdict = evaluate(next(c for c in CLAIMS if c.number == "1b (ours)"), stopped(runs, 3750))
+    assert verdict.verdict == HOLDS and "standard not reached by step 3,750 (n=2)" in verdict.measured
+
+
+def test_no_claim_pools_two_widths():
+    """Two widths at one preset are two scales, each judged on its own runs (report.by_preset)."""
+    from bnstudy.report import by_preset
+
+    narrow = landscape_runs(0.5, 0.01, "early_grad_diff_max")["landscape"].assign(width=0.125)
+    wide = landscape_runs(0.01, 0.5, "early_grad_diff_max")["landscape"].assign(width=1.0)
+    scales = by_preset({"landscape": pd.concat([narrow, wide], ignore_index=True)})
+    assert sorted(scales) == ["quick (width 0.125)", "quick (width 1)"]
+    assert check("7", scales["quick (width 0.125)"]) == HOLDS and check("7", scales["quick (width 1)"]) == FAILS
+    assert list(by_preset({"landscape": narrow})) == ["quick"]  # one width: the preset's own name

@@ -607,7 +607,7 @@ def long_per_eta(probe: str) -> pd.DataFrame:
     runs = long_runs()
     table = per_eta_table(long_probes(), probe).merge(runs[["arm", "seed", "norm"]], on=["arm", "seed"])
     by_probe = table.groupby(["arm", "seed", "step"])
-    return table.assign(phase=phase(table), at_min=table.eta == table.eta.min(),
+    return table.assign(phase=phase(table, runs), at_min=table.eta == table.eta.min(),
                         is_max=table.beta_rel == by_probe.beta_rel.transform("max"))
 
 
@@ -698,7 +698,7 @@ def _long_late_cancels(probe, arm):
     from bnstudy.analysis.common import phase
     from bnstudy.analysis.landscape import CANCELS, landscape_summary
     table = landscape_summary(long_probes(), long_probe(probe)).merge(long_runs()[["arm", "seed", "norm"]])
-    late = table[(phase(table) == "late") & (table.norm == LONG_ARMS[arm])]
+    late = table[(phase(table, long_runs()) == "late") & (table.norm == LONG_ARMS[arm])]
     return pct_span(late.groupby("seed")[CANCELS].mean())
 
 
@@ -782,9 +782,9 @@ def _long_lambda_init_batch():
 @fact("long-lambda-batch-above")
 def _long_lambda_batch_above():
     """The first quarter's probed steps at which BN's lambda_max is above standard's in every seed."""
-    from bnstudy.analysis.common import EARLY
+    from bnstudy.analysis.common import first_quarter_end
     table = long_lambda()
-    early = table[table.index <= table.index.min() + EARLY * (table.index.max() - table.index.min())]
+    early = table[table.index < first_quarter_end(long_runs().steps.max())]
     above = (early["batch"] > early["none"]).all(axis=1)
     return listed([steps(step) for step in above[above].index])
 

@@ -40,9 +40,9 @@ SUMMARIES: list = [landscape_columns, filter_columns, reach_columns, ics_columns
                    spectrum_columns, moment_columns]
 
 # What run_summary keeps of meta.json (bnstudy.train writes it)
-META_COLUMNS = ["arm", "seed", "norm", "init", "lr", "steps", "preset", "dataset", "status", "diverged_at",
-                "steps_done", "wall_time_s", "final_train_acc_last100", "final_test_acc", "final_test_acc_recal",
-                "final_train_loss"]
+META_COLUMNS = ["arm", "seed", "norm", "init", "lr", "width", "steps", "preset", "dataset", "status", "diverged_at",
+                "steps_done", "stopped_at", "wall_time_s", "final_train_acc_last100", "final_test_acc",
+                "final_test_acc_recal", "final_train_loss"]
 
 
 def register_summary(summarize) -> None:

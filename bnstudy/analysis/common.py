@@ -27,7 +27,7 @@ def matches(frame: pd.DataFrame, query: dict) -> pd.Series:
     return mask
 
 
-EARLY = 0.25  # "early in training": the first quarter of the probed steps of a run
+EARLY = 0.25  # "early in training": the first quarter of the run's configured schedule (steps 0-3,750 of 15,000)
 EARLY_PHASE, LATE_PHASE = "early", "late"
 
 
@@ -36,16 +36,22 @@ def phase_column(phase: str, column: str) -> str:
     return f"{phase}_{column}"
 
 
-def phase(frame: pd.DataFrame) -> pd.Series:
-    """EARLY_PHASE for each run's probes in the first EARLY of its probed steps, LATE_PHASE after."""
-    def label(steps: pd.Series) -> pd.Series:
-        return (steps > steps.min() + EARLY * (steps.max() - steps.min())).map({False: EARLY_PHASE, True: LATE_PHASE})
-    return frame.groupby(KEYS).step.transform(label)
+def first_quarter_end(steps) -> float:
+    """The step that ends the first quarter of a schedule of `steps` steps: early is every step before it."""
+    return EARLY * steps
 
 
-def phase_medians(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+def phase(frame: pd.DataFrame, meta: pd.DataFrame) -> pd.Series:
+    """EARLY_PHASE for each run's rows at steps in the first quarter of its configured schedule (meta's `steps`),
+    LATE_PHASE after, however far the run went (a run stopped at the quarter's end has no late rows)."""
+    schedule = frame[KEYS].merge(meta[KEYS + ["steps"]].drop_duplicates(KEYS), on=KEYS, how="left").steps
+    early = frame.step.to_numpy() < first_quarter_end(schedule.to_numpy())
+    return pd.Series(np.where(early, EARLY_PHASE, LATE_PHASE), index=frame.index)
+
+
+def phase_medians(frame: pd.DataFrame, columns: list[str], meta: pd.DataFrame) -> pd.DataFrame:
     """Per run, the median of each column early and late, as columns phase_column(phase, column)."""
-    medians = frame.assign(phase=phase(frame)).groupby(KEYS + ["phase"])[columns].median().unstack()
+    medians = frame.assign(phase=phase(frame, meta)).groupby(KEYS + ["phase"])[columns].median().unstack()
     medians.columns = [phase_column(p, column) for column, p in medians.columns]
     return medians.reset_index()
 

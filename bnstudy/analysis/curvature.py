@@ -46,4 +46,4 @@ def curvature_columns(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
         return []
     curv = curvature_summary(tables["probes"], meta)
     curv[ETA_LAMBDA] = curv.lr * curv[LAMBDA_MAX]
-    return [phase_medians(curv, PHASED)]
+    return [phase_medians(curv, PHASED, meta)]

@@ -134,7 +134,8 @@ def landscape_columns(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
     if not (probes.probe == PLAIN).any():
         return []
     land = landscape_summary(probes)
-    return [phase_medians(land, PHASED), land.groupby(KEYS)[BETA_EFF].median().rename(BETA_EFF_MEDIAN).reset_index()]
+    beta_median = land.groupby(KEYS)[BETA_EFF].median().rename(BETA_EFF_MEDIAN).reset_index()
+    return [phase_medians(land, PHASED, meta), beta_median]
 
 
 def filter_columns(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
@@ -142,7 +143,7 @@ def filter_columns(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
     probes = tables["probes"]
     if not (probes.probe == FILTER).any():
         return []
-    medians = phase_medians(landscape_summary(probes, FILTER), FILTER_PHASED)
+    medians = phase_medians(landscape_summary(probes, FILTER), FILTER_PHASED, meta)
     return [medians.rename(columns=lambda c: c if c in KEYS else filter_column(c))]
 
 
@@ -155,5 +156,6 @@ STEP_TABLES = {PLAIN: STEPS, FILTER: FILTER_STEPS}
 def step_tables(probes: pd.DataFrame, summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Table name (STEP_TABLES) -> landscape_summary of that probe with each run's preset, for each probe the runs
     have."""
-    return {name: landscape_summary(probes, probe).merge(summary[KEYS + ["preset"]], on=KEYS)
+    scale = [c for c in ("preset", "width") if c in summary]  # what report.by_preset splits verdicts by
+    return {name: landscape_summary(probes, probe).merge(summary[KEYS + scale], on=KEYS)
             for probe, name in STEP_TABLES.items() if (probes.probe == probe).any()}

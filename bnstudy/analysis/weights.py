@@ -57,5 +57,5 @@ def weights_columns(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
         return []
     per_step = weights_per_step(weights_summary(tables["probes"], meta))
     identity = per_step.groupby(KEYS)[IDENTITY_ERROR].median().rename(IDENTITY_ERROR_MEDIAN)
-    return [phase_medians(per_step, [EFF_STEP]).merge(identity.reset_index(), on=KEYS),
+    return [phase_medians(per_step, [EFF_STEP], meta).merge(identity.reset_index(), on=KEYS),
             left_chance_at(tables["metrics"])]

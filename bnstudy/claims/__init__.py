@@ -16,8 +16,9 @@ from bnstudy.claims.companions import claim_1b, claim_13a, claim_13b, claim_13c,
 from bnstudy.claims.controls import claim_12a, claim_12b, claim_12c, claim_12d, claim_12e
 from bnstudy.claims.paper import (claim_1, claim_2, claim_3, claim_4, claim_5, claim_6, claim_6b, claim_7, claim_8,
                                   claim_9, claim_10, claim_11)
-from bnstudy.claims.rules import (BY_CONFIGURATION, FAILS, HOLDS, NOT_MEASURED, TIE, Claim, Missing, Sources, Verdict,
-                                  needs, pooled)
+from bnstudy.analysis.common import first_quarter_end
+from bnstudy.claims.rules import (BY_CONFIGURATION, FAILS, FIRST_QUARTER, HOLDS, NOT_MEASURED, TIE, WHOLE_RUN, Claim,
+                                  Missing, Sources, Verdict, needs, pooled)
 from bnstudy.claims.spectrum import claim_12f, claim_12g, claim_12h
 
 __all__ = ["CLAIMS", "FAILS", "HOLDS", "NOT_MEASURED", "TIE", "Claim", "Missing", "Sources", "Verdict", "evaluate",
@@ -31,7 +32,7 @@ CLAIMS = [
                        "(claim 1's rule reads the final accuracy, which both arms may reach on the paper's schedule).",
           "at LR 0.1: the first step at which the 100-step mean training accuracy reaches 60%: batchnorm reaches it, "
           "at ≤ 0.5 × standard's step, in every seed (a standard run that never reaches it counts as infinitely many "
-          "steps)", ("lr",), claim_1b),
+          "steps)", ("lr",), claim_1b, reads=FIRST_QUARTER),
     Claim("2", "Test accuracy without augmentation: 83% with BN, 80% without.",
           "paper preset only: batchnorm's test accuracy > standard's in every seed, and the means within 3 points "
           "of 83% and 80%", ("noisy-bn",), claim_2, presets=("paper",)),
@@ -49,15 +50,15 @@ CLAIMS = [
           "least 0.3 lower; in every seed", ("ics", "dln"), claim_5),
     Claim("6", "Along the gradient, standard's loss varies over a much wider range, especially early (Fig. 4a).",
           "first quarter of training: median over probes of max/min loss over η, standard > batchnorm in every seed",
-          ("landscape",), claim_6),
+          ("landscape",), claim_6, reads=FIRST_QUARTER),
     Claim("6b (ours)", "Standard's wider loss range along the gradient is an overshoot: a step of η ≤ 4 LR raises its "
                        "loss above L(w), more than BN's (claim 6's max/min cannot tell overshoot from steep descent).",
           "first quarter of training: median over probes of max over η of L(w − ηg) / L(w), standard's > 1 and "
-          "standard / batchnorm ≥ 1, in every seed", ("landscape",), claim_6b),
+          "standard / batchnorm ≥ 1, in every seed", ("landscape",), claim_6b, reads=FIRST_QUARTER),
     Claim("7", "Gradient predictiveness: standard's gradient change is about two orders of magnitude larger, "
                "especially early (Fig. 4b).",
           "first quarter of training: median of the max over η of ‖∇L(w − ηg) − g‖, standard / batchnorm ≥ 3 in "
-          "every seed", ("landscape",), claim_7),
+          "every seed", ("landscape",), claim_7, reads=FIRST_QUARTER),
     Claim("8", "Effective β-smoothness is lower with BN throughout (Fig. 4c).",
           "batchnorm's β_eff < standard's at ≥ 75% of the probed steps, in every seed", ("landscape",), claim_8),
     Claim("9", "ℓp normalizations train comparably to BN; on the DLN ℓ1 beats BN (Fig. 5).",
@@ -69,7 +70,8 @@ CLAIMS = [
           "in every seed",
           ("dln",), claim_10),
     Claim("11 (ours, beyond the paper)", "BN lowers λ_max, the top Hessian eigenvalue, early in training.",
-          "first quarter of training: batchnorm's median λ_max < standard's in every seed", ("curvature",), claim_11),
+          "first quarter of training: batchnorm's median λ_max < standard's in every seed", ("curvature",), claim_11,
+          reads=FIRST_QUARTER),
     Claim("12a (ours)", "With He (Kaiming) init, the VGG without BN leaves chance within the first 5% of training "
                         "at its best LR: Glorot's plateau is the init's, not the missing BN's.",
           "standard-kaiming at its best LR (highest training accuracy, last 100 steps, mean over seeds; diverged = "
@@ -109,11 +111,11 @@ CLAIMS = [
     Claim("13a (ours)", "Along the filter-normalized gradient (each filter's step a fraction of its own norm, blind to "
                         "BN's free scale), standard's loss still varies over a wider range than BN's.",
           "first quarter of training, steps of 0.5–4% of each filter's norm: median over probes of max/min loss over "
-          "the step, standard > batchnorm in every seed", ("landscape",), claim_13a),
+          "the step, standard > batchnorm in every seed", ("landscape",), claim_13a, reads=FIRST_QUARTER),
     Claim("13b (ours)", "Along the filter-normalized gradient, standard's gradient changes more, relative to ‖g‖, "
                         "than BN's: claim 7 without BN's free scale.",
           "first quarter of training: median over probes of the max over the step of ‖∇L(w − ηd) − g‖ / ‖g‖, "
-          "standard / batchnorm ≥ 3 in every seed", ("landscape",), claim_13b),
+          "standard / batchnorm ≥ 3 in every seed", ("landscape",), claim_13b, reads=FIRST_QUARTER),
     Claim("13c (ours)", "A scale-free β-smoothness is lower with BN: claim 8 without BN's free scale.",
           "max over the step of (‖∇L(w − ηd) − g‖ / ‖g‖) / η along the filter-normalized gradient d (η the step as a "
           "fraction of each filter's norm): batchnorm's < standard's at ≥ 75% of the probed steps, in every seed",
@@ -123,6 +125,20 @@ CLAIMS = [
           "in every seed",
           ("ics",), claim_13d),
 ]
+
+
+def not_covered(claim: Claim, stops: set) -> str | None:
+    """Why runs stopped before the end of their schedule (--until-step) cannot decide the claim, or None: a claim
+    that reads the whole run needs runs that went to the end; one that reads the first quarter, runs that got there."""
+    if not stops:
+        return None
+    stopped_at, steps = min(stops)
+    if claim.reads == WHOLE_RUN:
+        return f"stopped at {stopped_at:,} of {steps:,}"
+    if stopped_at < first_quarter_end(steps):
+        end = first_quarter_end(steps)
+        return f"stopped at {stopped_at:,}, before the first quarter's end ({end:,.0f} of {steps:,})"
+    return None
 
 
 def evaluate_claims(summaries: dict[str, pd.DataFrame]) -> list[tuple[Claim, Verdict]]:
@@ -141,6 +157,8 @@ def evaluate(claim: Claim, summaries: dict[str, pd.DataFrame], preset: str | Non
         waiting = [name for name in claim.experiments
                    if name not in summaries and not (name in BY_CONFIGURATION and found_elsewhere)]
         return Verdict(NOT_MEASURED, f"waiting for {', '.join(waiting)} (no results yet)" if waiting else str(why))
+    if why := not_covered(claim, sources.stops):
+        return Verdict(NOT_MEASURED, f"{why} ({verdict.measured})", verdict.basis)
     # judged at one preset (report.by_preset: the runs that count there, the DLN's shared ones included), or at
     # the presets of the runs the rule read
     presets = (preset,) if preset else tuple(sorted(sources.presets))

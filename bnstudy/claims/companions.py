@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 
 from bnstudy.analysis.common import EARLY_PHASE, phase_column
 from bnstudy.analysis.ics import REL_L2, ics_column
@@ -23,9 +24,12 @@ def claim_1b(s) -> Verdict:
         raise Missing(f"no '{REACHED_AT}' in the results")
     steps = paired(lr.assign(reached=lr[REACHED_AT].fillna(np.inf)), "reached", by_word(STANDARD01, BN01))
     ok = bool((np.isfinite(steps.batchnorm) & (steps.batchnorm <= FASTER_BY * steps.standard)).all())
-    words = lambda v: spread(v[np.isfinite(v)], "{:.0f}") + (f" ({int(np.isinf(v).sum())} of {len(v)} never)"
+    stops = lr.stopped_at.dropna() if "stopped_at" in lr else pd.Series(dtype=float)
+    # a run stopped as asked (--until-step) that has not reached the level: counted as never, said as far as it went
+    never = f"not reached by step {int(stops.min()):,}" if len(stops) else "never"
+    words = lambda v: spread(v[np.isfinite(v)], "{:.0f}") + (f" ({int(np.isinf(v).sum())} of {len(v)} {never})"
                                                                if np.isinf(v).any() else "") if np.isfinite(v).any() \
-        else f"never (n={len(v)})"
+        else f"{never} (n={len(v)})"
     return Verdict(HOLDS if ok else FAILS, f"steps to reach {REACHES:.0%} training accuracy ({REACH_WINDOW}-step "
                    f"mean) at LR 0.1: batchnorm {words(steps.batchnorm)}, standard {words(steps.standard)}",
                    basis(lr, [STANDARD01, BN01]))

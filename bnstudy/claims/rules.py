@@ -29,6 +29,11 @@ class Claim:
     experiments: tuple[str, ...]
     check: Callable[[dict[str, pd.DataFrame]], Verdict]
     presets: tuple[str, ...] = ("quick", "long", "paper")  # scales whose runs the rule accepts (smoke: tests only)
+    reads: str = "whole run"  # WHOLE_RUN or FIRST_QUARTER of each run's configured schedule: what a stopped run
+    # (--until-step) must have covered for a verdict
+
+
+WHOLE_RUN, FIRST_QUARTER = "whole run", "first quarter"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,13 +125,15 @@ BY_CONFIGURATION = ("lr", "noisy-bn", "ics", "landscape", "lp-norm", "curvature"
 
 class Sources(dict):
     """The summaries a rule reads (experiment -> runs; analysis.StepTable(experiment, table) -> one row per probed
-    step), and the presets of the runs it read, so that the verdict names them."""
+    step), the presets of the runs it read, so that the verdict names them, and where runs it read stopped before
+    the end of their schedule ((stopped_at, steps) pairs: runs stopped as asked, --until-step)."""
 
     presets: set
+    stops: set
 
     def __init__(self, summaries: dict):
         super().__init__(summaries)
-        self.presets = set()
+        self.presets, self.stops = set(), set()
 
 
 def table_of(key: str | StepTable) -> str | None:
@@ -156,6 +163,9 @@ def needs(summaries: dict, name: str | StepTable) -> pd.DataFrame:
         raise Missing(f"experiment '{experiment}' has no results")
     if isinstance(summaries, Sources) and "preset" in table:
         summaries.presets |= set(table.preset)
+    if isinstance(summaries, Sources) and "stopped_at" in table:
+        stopped = table[table.stopped_at.notna()]
+        summaries.stops |= {(int(a), int(b)) for a, b in zip(stopped.stopped_at, stopped.steps)}
     return table
 
 

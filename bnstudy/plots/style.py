@@ -68,6 +68,7 @@ def finish(fig, title: str, caption: str, right: float = 1.0, legend_from=None):
         top = under_title - 1.2 * LEGEND_SIZE * LINE_HEIGHT / height
     fig.suptitle(title, fontsize=TITLE_SIZE)
     fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=CAPTION_SIZE, color="0.3")
+    _plain_short_log_axes(fig)
     fig.tight_layout(rect=(0, bottom, right, top))
     if _fit_axis_labels(fig):
         fig.tight_layout(rect=(0, bottom, right, top))
@@ -110,6 +111,16 @@ def _words_outside_math(text: str) -> list[str]:
         else:
             current += char
     return [w for w in words + [current] if w]
+
+
+def _plain_short_log_axes(fig) -> None:
+    """Every log axis of two decades or less labelled in plain numbers (1, 2, 5): '2 x 10^0' reads slower than '2',
+    and such an axis may hold no decade at all to label."""
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            if axis.get_scale() == "log" and 0 < low and high / low <= 100:
+                plain_log_ticks(axis)
 
 
 def plain_log_ticks(axis) -> None:
