@@ -434,3 +434,12 @@ def test_no_claim_pools_two_widths():
     assert sorted(scales) == ["quick (width 0.125)", "quick (width 1)"]
     assert check("7", scales["quick (width 0.125)"]) == HOLDS and check("7", scales["quick (width 1)"]) == FAILS
     assert list(by_preset({"landscape": narrow})) == ["quick"]  # one width: the preset's own name
+
+
+def test_claim_3_without_recorded_moments_is_not_measured():
+    """Found: a report of some experiments alone (noisy and standard runs of an experiment that recorded no
+    activations) concatenated nothing and crashed."""
+    accuracy = {"standard": 0.3, "batchnorm": 0.7, "noisy-batchnorm": 0.68}
+    runs = {"noisy-bn": frame({arm: {"final_train_acc_last100": acc} for arm, acc in accuracy.items()})}
+    verdict = evaluate(next(c for c in CLAIMS if c.number == "3"), runs)
+    assert verdict.verdict == NOT_MEASURED and "no activation moments" in verdict.measured

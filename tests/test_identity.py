@@ -300,3 +300,15 @@ def test_an_ascii_locale_and_a_results_folder_named_in_bytes_are_one_report(tmp_
         assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr[-1000:]
     report = (folder / "REPORT.md").read_bytes().decode("utf-8")  # valid UTF-8: the byte written as its escape
     assert "r\\udcff" in report
+
+
+def test_an_archive_of_its_listed_size_but_other_bytes_says_sha256_differs(tmp_path):
+    from bnstudy.reading import Results
+
+    arm = two_seeds(tmp_path)
+    archive = arm / "seed-1" / "probes.csv.xz"
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    assert "probes.csv.xz is not the file meta.json lists (SHA-256 differs at its listed size)" in \
+        Results(tmp_path, "noisy-bn").left_out[str(arm / "seed-1")]
