@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -100,7 +101,8 @@ def plan_calls(into: Path, minutes: float) -> list[dict]:
     folders = sorted(calls, key=calls.get)
     if not folders:
         raise LeaseError(f"no call-* folders in {into}: run `python3 -m bnstudy.lease parts` first")
-    calls = [{"carry": [str(f)], "command": f"python3 -m bnstudy.lease stage {f}/*"} for f in folders]
+    calls = [{"carry": [str(f)], "command": f"python3 -m bnstudy.lease stage {shlex.quote(str(f))}/*"}
+             for f in folders]
     calls[-1]["command"] += f" && make gpu-paper NOVENV=1 MINUTES={minutes:g}"
     return calls
 

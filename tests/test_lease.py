@@ -2,6 +2,7 @@
 device (a store folder and $OUT), the paper-figures runs side by side on the CPU at smoke, and what comes back."""
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -96,10 +97,13 @@ def test_the_lease_rehearsed_on_the_cpu_at_smoke(tmp_path, cifar_dir):
     assert len(folders) == 3
     out, results = tmp_path / "out", tmp_path / "results"
     env = dict(os.environ, OUT=str(out), BNSTUDY_LEASE_STORE=str(tmp_path / "store"), OMP_NUM_THREADS="1")
-    rehearsal = (f" DEVICE=cpu PRESET=smoke PYTHON={sys.executable} LEASE_ARGS='--results-dir {results} "
+    python = tmp_path / "python"  # the checkout may lie under a path with spaces, which make's $(PYTHON) splits
+    python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    python.chmod(0o755)
+    rehearsal = (f" DEVICE=cpu PRESET=smoke PYTHON={python} LEASE_ARGS='--results-dir {results} "
                  f"--try-jobs 1 2 --settle-seconds 2 --bench-seconds 0.05 --width 0.0625 --set train.threads=1'")
     for call in lease.plan_calls(tmp_path / ".lease", minutes=6):
-        command = call["command"].replace("python3 ", f"{sys.executable} ")
+        command = call["command"].replace("python3 ", f"{python} ")
         done = subprocess.run(["bash", "-c", command + (rehearsal if "gpu-paper" in command else "")], cwd=ROOT,
                               env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

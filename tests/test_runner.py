@@ -15,7 +15,8 @@ CPU = torch.device("cpu")
 def fake_runs(monkeypatch):
     seen = []
     monkeypatch.setattr(runner, "train_run",
-                        lambda config, run, dataset, device, progress, deadline: seen.append(dataset) or {})
+                        lambda config, run, dataset, device, progress, deadline, until_step=None:
+                        seen.append(dataset) or {})
     monkeypatch.setattr(runner, "summary_line", lambda meta: "")
     return seen
 
