@@ -32,7 +32,7 @@ EXPERIMENTS := $(sort $(subst _,-,$(basename $(notdir $(wildcard experiments/*.t
 RUNS        := $(addprefix run-,$(EXPERIMENTS))
 # `with = ["lp-norm-dln"]` in lp_norm.toml: make lp-norm makes lp-norm-dln as well. Read as pairs
 # lp-norm:lp-norm-dln with tomllib (Python 3.11 or later, as the venv needs anyway); no venv needed.
-EXPERIMENTS_WITH := $(shell $(PYTHON) -c 'import pathlib, tomllib; [print(p.stem.replace("_", "-") + ":" + w) for p in sorted(pathlib.Path("experiments").glob("*.toml")) for w in tomllib.loads(p.read_text()).get("with", [])]' 2>/dev/null || echo FAILED)
+EXPERIMENTS_WITH := $(shell "$(PYTHON)" -c 'import pathlib, tomllib; [print(p.stem.replace("_", "-") + ":" + w) for p in sorted(pathlib.Path("experiments").glob("*.toml")) for w in tomllib.loads(p.read_text()).get("with", [])]' 2>/dev/null || echo FAILED)
 ifneq ($(filter FAILED,$(EXPERIMENTS_WITH)),)
 $(warning cannot read 'with' from experiments/*.toml with $(PYTHON) (3.11 or later needed): each experiment runs alone)
 EXPERIMENTS_WITH :=
@@ -45,7 +45,7 @@ help:
 	@echo "#   EXPERIMENT (experiments/*.toml): $(EXPERIMENTS)"
 
 $(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
+	"$(PYTHON)" -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,ray]'
@@ -96,7 +96,7 @@ test: lint
 # the tests marked `cuda` alone (tests/test_cuda.py); each skips, saying why, where torch sees no GPU
 ifdef NOVENV
 test-gpu:
-	PYTHONPATH=. $(PYTHON) -m pytest -q -m cuda -rs -p no:cacheprovider tests/test_cuda.py
+	PYTHONPATH=. "$(PYTHON)" -m pytest -q -m cuda -rs -p no:cacheprovider tests/test_cuda.py
 else
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m cuda -rs tests/test_cuda.py
@@ -111,7 +111,7 @@ LEASE    = -m bnstudy.lease paper --minutes $(MINUTES) \
            --preset $(if $(filter command line environment,$(origin PRESET)),$(PRESET),paper) $(LEASE_ARGS)
 ifdef NOVENV
 gpu-paper:
-	PYTHONPATH=. $(PYTHON) $(LEASE)
+	PYTHONPATH=. "$(PYTHON)" $(LEASE)
 else
 gpu-paper: $(STAMP)
 	$(BIN)/python $(LEASE)
@@ -127,7 +127,7 @@ NO_DEPS     := curvlinops-for-pytorch==3.0.1 backpack-for-pytorch==1.7.1
 NO_DEPS_USE := einops unfoldNd einconv linear_operator opt-einsum
 
 $(PEERS_STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(PEERS_VENV)
+	"$(PYTHON)" -m venv $(PEERS_VENV)
 	$(PEERS_BIN)/pip install --quiet --upgrade pip
 	$(PEERS_BIN)/pip install --quiet -c constraints.txt torch
 	$(PEERS_BIN)/pip install --quiet -c constraints.txt -e '.[dev,peers]'
