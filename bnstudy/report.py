@@ -149,9 +149,11 @@ DECIDING_CLAUSE = {"12a (ours)": 1, "12b (ours)": 1, "12c (ours)": 1, "12e (ours
 def _without_asides(text: str) -> str:
     """The text without its parenthesized asides (spreads over seeds, figure numbers), except ONE_SEED's: a number
     from one seed keeps saying so; L(w) keeps its brackets."""
-    while (shorter := re.sub(rf" (?!{re.escape(ONE_SEED)})\([^()]*\)", "", text)) != text:
+    kept = "\x00"  # ONE_SEED without its brackets while the asides around it go
+    text = text.replace(ONE_SEED, kept)
+    while (shorter := re.sub(r" \([^()]*\)", "", text)) != text:
         text = shorter
-    return text
+    return text.replace(kept, ONE_SEED)
 
 
 def deciding_number(claim, verdict) -> str:

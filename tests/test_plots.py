@@ -307,3 +307,11 @@ def test_the_reprobe_figures_grey_box_names_the_grid_in_its_axis_units():
     assert _grids(list(facts), facts, "landscape-filter") == {(0.005, 0.04): "0.5–4% of each filter's norm"}
     assert _grids(list(facts), facts, "landscape") == {(0.05, 0.4): "η 0.05–0.4: LR 0.1",
                                                        (0.25, 2.0): "η 0.25–2: LR 0.5"}
+
+
+def test_a_figure_of_references_and_no_other_arm_is_one_row():
+    """Fig. 12 of a results folder that has only standard and batchnorm (the width ladder's): one row, no crash."""
+    results = quadratic_landscape({"plain": ("none", 0.1), "bn": ("batch", 0.1)}, {"plain": 1.0, "bn": 3.0})
+    fig = plots.landscape(results, ("plain", "bn"), references=2)
+    assert len(fig.axes) == 3
+    plt.close(fig)

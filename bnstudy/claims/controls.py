@@ -9,8 +9,8 @@ from bnstudy.analysis.curvature import ETA_LAMBDA
 from bnstudy.analysis.landscape import BETA_EFF_MEDIAN, GRAD_DIFF_MAX
 from bnstudy.analysis.training import LEFT_CHANCE_AT, best_lr, kind_label, largest_trainable_lr, sweep_table
 from bnstudy.analysis.weights import EFF_STEP, IDENTITY_ERROR_MEDIAN
-from bnstudy.claims.rules import (FAILS, HOLDS, Missing, Verdict, at_lr, basis, describe, needs, paired, pct, runs_of,
-                                  spread, word)
+from bnstudy.claims.rules import (FAILS, HOLDS, TIMES, Missing, Verdict, at_lr, basis, describe, needs, paired, pct,
+                                  runs_of, spread, word)
 
 INITS = ("glorot", "kaiming")
 LEAVES_WITHIN = 0.05  # (a): "within the first 5% of training"
@@ -76,7 +76,7 @@ def claim_12b(s) -> Verdict:
         ratio = change["std"] / change.bn
         ok &= bool((ratio >= SMOOTHER_BY).all())
         parts.append(f"{init}: standard (LR {groups['std']['lr']:g}) / batchnorm (LR {groups['bn']['lr']:g}) "
-                     f"{spread(ratio)}x")
+                     + spread(ratio, TIMES))
     return Verdict(HOLDS if ok else FAILS, "early median of max over η of ‖∇L(w−ηg)−g‖, " + "; ".join(parts),
                    basis(runs, [arm("none", i) for i in INITS] + [arm("batch", i) for i in INITS]))
 
@@ -98,7 +98,7 @@ def claim_12c(s) -> Verdict:
             "std": at_lr(std, eta), "bn": at_lr(bn, eta)})) for eta in etas}, axis=1)
         ok &= bool((ratios[etas[-1]] > ratios[etas[0]]).all())
         parts.append(f"{init} (standard trains up to LR {top:g}): β_eff standard/batchnorm " +
-                     ", ".join(f"{spread(ratios[eta])}x at LR {eta:g}" for eta in etas))
+                     ", ".join(f"{spread(ratios[eta], TIMES)} at LR {eta:g}" for eta in etas))
     if not measured_any:
         raise Missing("; ".join(parts))
     return Verdict(HOLDS if ok else FAILS, "; ".join(parts), basis(runs, [arm("none", i) for i in INITS]))

@@ -11,8 +11,8 @@ from bnstudy.analysis.curvature import LAMBDA_MAX
 from bnstudy.analysis.ics import COSINE, L2, ics_column
 from bnstudy.analysis.landscape import BETA_EFF, CANCELS, GRAD_DIFF_MAX, LOSS_RATIO, OVERSHOOT, STEPS
 from bnstudy.claims.rules import (BN, BN01, FAILS, HOLDS, NOISE_ONLY, NOISE_ONLY01, NOISY01, STANDARD, STANDARD01,
-                                  TIE, VGG_LR, Missing, StepTable, Verdict, at_lr, basis, by_word, lp, needs, paired,
-                                  pct, runs_of, spread, word)
+                                  TIE, TIMES, VGG_LR, Missing, StepTable, Verdict, at_lr, basis, by_word, lp, needs,
+                                  paired, pct, runs_of, spread, word)
 
 
 def claim_1(s) -> Verdict:
@@ -56,7 +56,7 @@ def claim_3(s) -> Verdict:
     return Verdict(HOLDS if trains and less_stable else FAILS,
                    f"train acc: noisy {pct(acc.noisy)}, batchnorm {pct(acc.batchnorm)}, standard "
                    f"{pct(acc.standard)}; noisy/standard step-to-step |Δμ|, |Δσ²| at layers "
-                   f"{', '.join(f'#{layer}' for layer in deeper)}: {spread(ratio)}x",
+                   f"{', '.join(f'#{layer}' for layer in deeper)}: {spread(ratio, TIMES)}",
                    basis(runs, list(groups.values())))
 
 
@@ -79,8 +79,8 @@ def claim_5(s) -> Verdict:
             l2 = paired(vgg, ics_column(L2, layer), groups)
             cos = paired(vgg, ics_column(COSINE, layer), groups)
             ok &= bool((l2.bn >= 0.5 * l2["std"]).all() and (cos.bn <= cos["std"] + 0.05).all())
-            parts.append(f"VGG LR {lr:g} #{layer}: ‖G−G′‖ bn/std {spread(l2.bn / l2['std'])}x, cos bn {spread(cos.bn)} "
-                         f"vs std {spread(cos['std'])}")
+            parts.append(f"VGG LR {lr:g} #{layer}: ‖G−G′‖ bn/std {spread(l2.bn / l2['std'], TIMES)}, "
+                         f"cos bn {spread(cos.bn)} vs std {spread(cos['std'])}")
     cos = paired(dln, ics_column(COSINE, 17), {"std": at_lr(STANDARD, 1e-6), "bn": at_lr(BN, 1e-6)})
     ok &= bool((cos["std"] > 0.9).all() and (cos["std"] - cos.bn >= 0.3).all())
     parts.append(f"DLN #17 cos: standard {spread(cos['std'])}, batchnorm {spread(cos.bn)}")
@@ -95,7 +95,7 @@ def landscape_ratio(s, column: str, threshold: float, name: str, above_one: bool
     ratio = values.standard / values.batchnorm
     ok = bool((ratio >= threshold).all()) and (not above_one or bool((values.standard > 1).all()))
     return Verdict(HOLDS if ok else FAILS,
-                   f"{name}, standard / batchnorm: {spread(ratio)}x (standard {spread(values.standard)}, "
+                   f"{name}, standard / batchnorm: {spread(ratio, TIMES)} (standard {spread(values.standard)}, "
                    f"batchnorm {spread(values.batchnorm)})", basis(runs, [STANDARD01, BN01]))
 
 

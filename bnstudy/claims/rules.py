@@ -92,6 +92,7 @@ def paired(summary: pd.DataFrame, column: str, groups: dict) -> pd.DataFrame:
 
 
 ONE_SEED = "(n=1)"
+TIMES = "{:.3g}x"  # a ratio's format for spread: '2.47x (1.9x..2.8x, n=3)', '0.904x (n=1)'
 
 
 def spread(values: pd.Series | np.ndarray, fmt: str = "{:.3g}") -> str:

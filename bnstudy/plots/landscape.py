@@ -42,7 +42,8 @@ def landscape(results: Results, order: tuple[str, ...] = (), yscales=("log", "lo
     that many arms are drawn in every row, and each other arm has a row of its own beside them (Fig. 12: the l_p
     arms lie on BN's band, and in one row they hide each other)."""
     arms = results.arms(order)
-    rows = [arms[references:][i:i + 1] for i in range(len(arms) - references)] if references else [[]]
+    rows = [[arm] for arm in arms[references:]] if references else []
+    rows = rows or [[]]  # no arm beyond the references, or none given: one row of every arm
     summary = landscape_summary(results.tables["probes"], probe)
     colors, dashes = arm_colors(results, arms), arm_dashes(results, arms)
     fig, axes = plt.subplots(len(rows), 3, figsize=(16, 4.2 * len(rows) + 0.4), squeeze=False)
