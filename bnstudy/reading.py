@@ -150,7 +150,9 @@ def caption_of(experiment: str, meta: pd.DataFrame, shown_seed: int | None = Non
     seeds = _seed_words(meta)
     if shown_seed is not None:
         seeds = f"every panel: seed {shown_seed} alone (n=1), of the runs' {seeds}"
-    return f"{experiment} | preset: {presets} | data: {datasets} | {seeds}{_gpu_words(meta)}"
+    widths = sorted(set(meta.width.dropna())) if "width" in meta else []  # the VGG's; a DLN has none
+    width = f" | width: {_listed(f'{w:g}' for w in widths)}" if widths else ""
+    return f"{experiment} | preset: {presets}{width} | data: {datasets} | {seeds}{_gpu_words(meta)}"
 
 
 def _seed_words(meta: pd.DataFrame) -> str:

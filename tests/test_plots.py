@@ -315,3 +315,12 @@ def test_a_figure_of_references_and_no_other_arm_is_one_row():
     fig = plots.landscape(results, ("plain", "bn"), references=2)
     assert len(fig.axes) == 3
     plt.close(fig)
+
+
+def test_the_caption_names_the_networks_width():
+    """A figure of the width ladder says its width: 'long' alone means width 1/4. The DLN's networks have none."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "results"
+    assert "| preset: long | width: 0.125 | data:" in Results(root / "width-0.125", "paper-figures").caption()
+    assert "width" not in Results(root, "dln").caption()
