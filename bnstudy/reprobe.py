@@ -37,7 +37,7 @@ from bnstudy.plots.landscape import reprobed_landscape
 from bnstudy.probes.landscape import PROBE_NAMES, along_gradient, eta_grid
 from bnstudy.recording import RecordError, Run, RunDir
 from bnstudy.runner import shared_dataset
-from bnstudy.train import foreign_checkpoint
+from bnstudy.train import foreign_checkpoint, tables_unlike
 
 COLUMNS = ("arm", "seed", "direction", "step", "batch", "eta", "loss", "loss0", "grad_diff", "grad_norm",
            "step_norm")
@@ -140,11 +140,10 @@ def unseen_tables(run: Run, state: dict) -> str | None:
     first bytes: another run's), or None."""
     if state["step"] > run.meta.get("steps_done", run.config.train.steps):
         return f"its step {state['step']} is past the run's last, {run.meta.get('steps_done')}"
-    for name, size in state.get("log_sizes", {}).items():
-        data = lzma.decompress(run.dir.packed(name).read_bytes()) if run.dir.packed(name).exists() else b""
-        if len(data) < size or hashlib.sha256(data[:size]).hexdigest() != state["log_sha256"].get(name):
-            return f"the run's {name} table did not grow from the one it saw at step {state['step']} (SHA-256 differs)"
-    return None
+    tables = {name: lzma.decompress(run.dir.packed(name).read_bytes()) for name in state["log_sizes"]
+              if run.dir.packed(name).exists()}
+    return tables_unlike(state, {name: len(data) for name, data in tables.items()},
+                         lambda name, size: hashlib.sha256(tables[name][:size]).hexdigest())
 
 
 def probe_run(run: Run, grid: Grid, dataset: Dataset, device: torch.device) -> list[dict]:

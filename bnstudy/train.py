@@ -270,16 +270,26 @@ def _checkpoint_problem(path, logs: dict, config: RunConfig) -> tuple[str | None
 
 def _tables_problem(ckpt: dict, logs: dict) -> str | None:
     """Why the tables on disk are not those the checkpoint saw (shorter, or other bytes), or None."""
+    why = tables_unlike(ckpt, {name: log.size() for name, log in logs.items()},
+                        lambda name, size: prefix_sha256(logs[name].path, size))
+    return f"damaged run: {why}" if why else None
+
+
+def tables_unlike(ckpt: dict, sizes: dict[str, int], digest) -> str | None:
+    """Why tables of these byte `sizes` did not grow from those the checkpoint saw: one shorter than it recorded,
+    or whose first bytes are others (`digest(name, size)`: SHA-256 of a table's first `size` bytes), or None. The
+    one check of a checkpoint's tables, on the plain CSVs a run resumes (train) or a finished run's archives
+    (reprobe)."""
     problems = []
     for name, size in ckpt["log_sizes"].items():
-        log = logs.get(name)
-        if log is None or log.size() < size:
-            have = "no" if log is None else log.size()
-            problems.append(f"{name}.csv has {have} bytes, the checkpoint at step {ckpt['step']} recorded {size}")
-        elif prefix_sha256(log.path, size) != ckpt["log_sha256"].get(name):
+        have = sizes.get(name)
+        if have is None or have < size:
+            problems.append(f"{name}.csv has {'no' if have is None else have} bytes, the checkpoint at step "
+                            f"{ckpt['step']} recorded {size}")
+        elif digest(name, size) != ckpt["log_sha256"].get(name):
             problems.append(f"{name}.csv's first {size} bytes are not those of the checkpoint at step "
                             f"{ckpt['step']} (SHA-256 differs)")
-    return ("damaged run: " + "; ".join(problems)) if problems else None
+    return "; ".join(problems) or None
 
 
 def keep_threads(ckpt: dict, config: RunConfig) -> None:

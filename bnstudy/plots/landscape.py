@@ -10,7 +10,7 @@ import seaborn as sns
 from bnstudy.analysis import FILTER, PLAIN, landscape_summary, smoothed_training, window_ratios
 from bnstudy.architectures import NORM_KINDS
 from bnstudy.plots.style import (ERRORBAR, NORM_STYLES, TRAIN_LABELS, arm_colors, arm_dashes, finish, norm_colors,
-                                 norm_name, plain_log_ticks)
+                                 norm_name)
 from bnstudy.reading import Results, caption_of
 
 
@@ -213,9 +213,7 @@ def grad_diff_vs_eta(results: Results, order: tuple[str, ...] = (), xscale: str 
         for step, g in land[land.arm == arm].groupby("step"):
             ax.plot(g.eta, g.value, color=plt.cm.viridis(norm(step)), lw=1, alpha=0.8)
         ax.set(title=f"{arm}, seed {seed}", xlabel="step size η" + (" (log)" if xscale == "log" else ""),
-               xscale=xscale, yscale="log")
-        if xscale == "log":
-            plain_log_ticks(ax.xaxis)
+               xscale=xscale, yscale="log")  # a short log axis is labelled in plain numbers by `finish`
     axes[0][0].set_ylabel("‖∇L(w − η g) − g‖₂")
     finish(fig, f"{results.experiment}: gradient change against step size (Fig. 11)",
            results.caption(shown_seed=seed), right=0.86)

@@ -125,11 +125,8 @@ def _plain_short_log_axes(fig) -> None:
 
 def plain_log_ticks(axis) -> None:
     """A log axis spanning a decade or two, labelled at 1, 2 and 5 x 10^k in plain numbers ('0.05', '0.2'):
-    matplotlib's default labels its minor ticks too there ('2 x 10^-1', '3 x 10^-1', ...), which run together.
-    A wider axis keeps one label a decade, without its minor ticks' labels."""
-    low, high = sorted(axis.get_view_interval())
-    wide = low <= 0 or high / low > 100
-    axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0,) if wide else (1.0, 2.0, 5.0)))
+    matplotlib's default labels its minor ticks too there ('2 x 10^-1', '3 x 10^-1', ...), which run together."""
+    axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
