@@ -13,10 +13,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from bnstudy.analysis import StepTable, experiment_of, run_summary, step_tables
-from bnstudy.claims import CLAIMS, evaluate
+from bnstudy.claims import CLAIMS, NOT_MEASURED, evaluate
+from bnstudy.claims.ladder import ladder_points, ladder_scales, width_label, width_of
 from bnstudy.claims.rules import ONE_SEED
 from bnstudy.config import PRESETS, ConfigError, list_experiments, load_experiment
 from bnstudy.manifest import describe
+from bnstudy.files import atomic_write_bytes
 from bnstudy.recording import RunDir, atomic_write_text
 from bnstudy.reading import Results
 
@@ -116,7 +118,10 @@ def experiments_with_runs(results_dir: Path) -> list[str]:
 def verdicts(summaries: dict[str, pd.DataFrame], manifests: dict | None = None) -> dict[str, list]:
     """preset -> [(claim, verdict)] for every claim, on the runs that count at that preset (at least one column,
     so that a report with no results still lists every claim)."""
-    split = by_preset(summaries, manifests) or {"quick": {}}
+    return judge(by_preset(summaries, manifests) or {"quick": {}})
+
+
+def judge(split: dict[str, dict[str, pd.DataFrame]]) -> dict[str, list]:
     return {scale: [(claim, evaluate(claim, chosen, preset_of(scale))) for claim in CLAIMS]
             for scale, chosen in split.items()}
 
@@ -167,12 +172,14 @@ def deciding_number(claim, verdict) -> str:
     return label.split(": ")[-1].split(", ")[-1] + colon + value if colon else clause
 
 
-def verdicts_table(judged: dict[str, list]) -> str:
-    """The README's compact table: per claim, at each preset its verdict and the number that decided it (the rules,
-    every number with its spread and the runs behind them are in REPORT.md)."""
+def verdicts_table(judged: dict[str, list], claims: list | None = None) -> str:
+    """The README's compact table: per claim (every one, or those of `claims`), at each preset its verdict and the
+    number that decided it (the rules, every number with its spread and the runs behind them are in REPORT.md)."""
     presets = list(judged)
     lines = [_cells(["#", "claim"] + presets), _cells(["---"] * (2 + len(presets)))]
     for i, claim in enumerate(CLAIMS):
+        if claims is not None and claim not in claims:
+            continue
         statement = _without_asides(claim.statement).split("; ")[0].rstrip(".")
         cells = [claim.number.replace(", beyond the paper", ""), statement]
         for preset in presets:
@@ -180,6 +187,72 @@ def verdicts_table(judged: dict[str, list]) -> str:
             cells.append(" ".join(filter(None, [README_MARK[verdict.verdict], deciding_number(claim, verdict)])))
         lines.append(_cells(cells))
     return "\n".join(lines)
+
+
+WIDTHLESS = {"dln", "lp-norm-dln", "curvature-dln"}  # experiments of the deep linear network: no VGG width
+LADDER_FIGURES = "figures"  # in the results folder: the ladder's figures read every tree's runs, no one experiment's
+
+
+def ladder_section(judged: dict[str, list], split: dict, results_dir: Path, figures: bool) -> list[str]:
+    """REPORT.md's width ladder: each claim's verdict at each width of the paper's schedule, and a figure per claim
+    with a deciding statistic (plots.ladder); nothing where fewer than two widths have runs."""
+    rungs = ladder_scales({scale: width_of(chosen) for scale, chosen in split.items()}, preset_of)
+    if len(rungs) < 2:
+        return []
+    heads = {scale: f"width {width_label(width)} ({preset_of(scale)}{_stop_words(split[scale])})"
+             for scale, width in rungs.items()}
+    parts = ["## The width ladder", "",
+             "Each claim at each width of the VGG trained on the paper's schedule (15,000 steps; docs/long.md, "
+             "\"The width ladder\"): its verdict and the number that decided it, judged on that width's runs alone. "
+             "Claims measured at no width, and those that read only the deep linear network (no width), are left out.",
+             "", verdicts_table({heads[scale]: judged[scale] for scale in rungs}, on_ladder(judged, rungs)), ""]
+    points = ladder_points(judged, rungs, preset_of)
+    if figures and len(points):
+        for path in draw_ladder(points, split, rungs, results_dir / LADDER_FIGURES):
+            parts += [f"![width ladder {path.stem}]({path.relative_to(results_dir).as_posix()})", ""]
+    return parts
+
+
+def on_ladder(judged: dict[str, list], rungs: dict[str, float]) -> list:
+    """The claims measured at some width that read a network with one (the VGG's): not those of the deep linear
+    network alone, whose runs would repeat at every width."""
+    measured = {claim.number for scale in rungs for claim, verdict in judged[scale] if verdict.verdict != NOT_MEASURED}
+    return [claim for claim in CLAIMS if claim.number in measured and not set(claim.experiments) <= WIDTHLESS]
+
+
+def _stop_words(chosen: dict[str, pd.DataFrame]) -> str:
+    stops = {int(s) for table in chosen.values() if "stopped_at" in table for s in table.stopped_at.dropna()}
+    return f", stopped at step {min(stops):,}" if stops else ""
+
+
+def draw_ladder(points: pd.DataFrame, split: dict, rungs: dict[str, float], folder: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    from bnstudy.plots import png_bytes
+    from bnstudy.plots.ladder import ladder_figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    caption = ladder_caption(points, split, rungs)
+    paths = []
+    for claim in CLAIMS:
+        mine = points[points.claim == claim.number]
+        if claim.statistic is None or mine.empty:
+            continue
+        fig = ladder_figure(mine, claim, caption)
+        path = folder / f"ladder-claim-{claim.number.split()[0]}.png"
+        atomic_write_bytes(path, png_bytes(fig))
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def ladder_caption(points: pd.DataFrame, split: dict, rungs: dict[str, float]) -> str:
+    datasets = sorted({d for scale in rungs for t in split[scale].values() if {"width", "dataset"} <= set(t)
+                       for d in t.dataset[t.width.notna()]})
+    presets = "; ".join(f"width {width_label(w)}: {preset_of(scale)}{_stop_words(split[scale])}, seeds "
+                        f"{', '.join(map(str, sorted(points[points.width == w].seed.unique())))}"
+                        for scale, w in rungs.items())
+    return f"the paper's schedule (15,000 steps), LR 0.1 | {presets} | data: {', '.join(datasets)}"
 
 
 def runs_table(results: Results) -> str:
@@ -249,6 +322,7 @@ def write_report(results_dir: str | Path = "results", readme: Path | None = None
         raise ConfigError(f"no results under {results_dir}; run an experiment first (e.g. make noisy-bn)")
     if figures:
         redraw_figures(found)
+    split = by_preset(summaries, {r.experiment: r.manifest for r in found.values()}) or {"quick": {}}
     parts = ["# bnstudy report",
              "",
              "Santurkar et al., *How Does Batch Normalization Help Optimization?* (NeurIPS 2018), measured. "
@@ -256,8 +330,9 @@ def write_report(results_dir: str | Path = "results", readme: Path | None = None
              "",
              "## The paper's claims",
              "",
-             claims_table(judged := verdicts(summaries, {r.experiment: r.manifest for r in found.values()})),
+             claims_table(judged := judge(split)),
              ""]
+    parts += ladder_section(judged, split, results_dir, figures)
     for name, results in found.items():
         title = results.manifest.title
         parts += [f"## {name}: {title}", "", results.caption(), "", runs_table(results), ""]

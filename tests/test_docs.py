@@ -1032,6 +1032,80 @@ def test_prose_that_reads_results_types_no_number(name):
     assert not stray, f"{name}: numbers neither marked nor allowed (mark them and add a fact, or drop them): {stray}"
 
 
+# --- the width ladder: paper-figures' standard and batchnorm at LR 0.1 on the paper's schedule, a results folder
+# per width (docs/long.md); width 1/4's are results/paper-figures' long runs
+LADDER_WIDTHS = {"w8": 0.125, "w4": 0.25, "w2": 0.5, "w1": 1.0}  # the fact keys' words for each width
+WIDTH_WORD = "(" + "|".join(LADDER_WIDTHS) + ")"
+LADDER_RATIOS = ("early_grad_diff_max", "early_loss_ratio", "early_overshoot", "early_lambda_max",
+                 "filter_early_loss_ratio", "filter_early_rel_grad_diff_max")
+
+
+@functools.cache
+def ladder_runs(width: str) -> pd.DataFrame:
+    runs = pd.concat([pd.read_csv(path) for path in sorted(RESULTS.glob("**/paper-figures/summary.csv"))])
+    runs = runs[runs.status.isin(FINISHED + ("stopped",)) & runs.preset.isin(["long", "paper"])
+                & np.isclose(runs.lr, 0.1) & runs.norm.isin(list(LONG_ARMS.values()))]
+    return runs[np.isclose(runs.width, LADDER_WIDTHS[width])]
+
+
+def ladder_arm(width: str, arm: str) -> pd.DataFrame:
+    runs = ladder_runs(width)
+    return runs[runs.norm == LONG_ARMS[arm]]
+
+
+@fact("ladder-seeds-" + WIDTH_WORD)
+def _ladder_seeds(width):
+    return seeds(ladder_runs(width))
+
+
+@fact(f"ladder-ratio-({'|'.join(LADDER_RATIOS)})-" + WIDTH_WORD)
+def _ladder_ratio(column, width):
+    """standard / batchnorm per seed, in seed order: the statistic of claims 6, 6b, 7, 11, 13a and 13b."""
+    a, b = paired(ladder_arm(width, "standard"), ladder_arm(width, "batch"), column)
+    return listed([f"{x:.2g}" for x in (a / b).sort_index()])
+
+
+@fact("ladder-(reached|left-chance)-(standard|batch)-" + WIDTH_WORD)
+def _ladder_steps(event, arm, width):
+    return first_steps(ladder_arm(width, arm)[{"reached": "reached_at", "left-chance": "left_chance_at"}[event]])
+
+
+@fact("ladder-(train|test)-(standard|batch)-" + WIDTH_WORD)
+def _ladder_accuracy(split, arm, width):
+    return pct_span(ladder_arm(width, arm)[ACCURACY[split]])
+
+
+@fact("ladder-lambda-(standard|batch)-" + WIDTH_WORD)
+def _ladder_lambda(arm, width):
+    return span(ladder_arm(width, arm).early_lambda_max)
+
+
+COLLAPSE_WINDOW = 250  # steps: the training accuracy's mean over each such window
+
+
+def fell_back(width: str) -> dict[int, tuple[int, int]]:
+    """Standard's seeds whose training accuracy, once it had left chance, fell back to it (a window mean below
+    11%) for a while: seed -> (first, end) step of the windows at chance."""
+    from bnstudy.analysis import CHANCE
+    folder = {"w8": "width-0.125", "w4": ".", "w2": "width-0.5", "w1": "paper"}[width]
+    found = {}
+    for seed in sorted(ladder_arm(width, "standard").seed):
+        metrics = pd.read_csv(RESULTS / folder / "paper-figures" / "standard" / f"seed-{seed}" / "metrics.csv.xz")
+        acc = metrics[(metrics.split == "train") & (metrics.metric == "acc")]
+        windows = acc.groupby(acc.step // COLLAPSE_WINDOW * COLLAPSE_WINDOW).value.mean()
+        left = windows.index[windows > CHANCE + 0.01]
+        at_chance = windows[(windows.index > left.min()) & (windows <= CHANCE + 0.01)] if len(left) else []
+        if len(at_chance):
+            found[int(seed)] = (int(at_chance.index.min()), int(at_chance.index.max()) + COLLAPSE_WINDOW)
+    return found
+
+
+@fact("ladder-fell-back-" + WIDTH_WORD)
+def _ladder_fell_back(width):
+    runs = fell_back(width)
+    return listed([f"seed {seed}, steps {steps(a)}–{steps(b)}" for seed, (a, b) in runs.items()]) if runs else "none"
+
+
 # ----------------------------------------------------------------------------------------------
 # python tests/test_docs.py --write: every marked value and the benchmark table from the results
 # ----------------------------------------------------------------------------------------------

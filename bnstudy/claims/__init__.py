@@ -18,7 +18,7 @@ from bnstudy.claims.paper import (claim_1, claim_2, claim_3, claim_4, claim_5, c
                                   claim_9, claim_10, claim_11)
 from bnstudy.analysis.common import first_quarter_end
 from bnstudy.claims.rules import (BY_CONFIGURATION, FAILS, FIRST_QUARTER, HOLDS, NOT_MEASURED, TIE, WHOLE_RUN, Claim,
-                                  Missing, Sources, Verdict, needs, pooled)
+                                  Missing, Sources, Statistic, Verdict, needs, pooled)
 from bnstudy.claims.spectrum import claim_12f, claim_12g, claim_12h
 
 __all__ = ["CLAIMS", "FAILS", "HOLDS", "NOT_MEASURED", "TIE", "Claim", "Missing", "Sources", "Verdict", "evaluate",
@@ -32,7 +32,9 @@ CLAIMS = [
                        "(claim 1's rule reads the final accuracy, which both arms may reach on the paper's schedule).",
           "at LR 0.1: the first step at which the 100-step mean training accuracy reaches 60%: batchnorm reaches it, "
           "at ≤ 0.5 × standard's step, in every seed (a standard run that never reaches it counts as infinitely many "
-          "steps)", ("lr",), claim_1b, reads=FIRST_QUARTER),
+          "steps)", ("lr",), claim_1b, reads=FIRST_QUARTER,
+          statistic=Statistic("steps to reach 60% training accuracy, batchnorm / standard", 0.5, holds_above=False,
+                              log=False)),
     Claim("2", "Test accuracy without augmentation: 83% with BN, 80% without.",
           "paper preset only: batchnorm's test accuracy > standard's in every seed, and the means within 3 points "
           "of 83% and 80%", ("noisy-bn",), claim_2, presets=("paper",)),
@@ -50,17 +52,22 @@ CLAIMS = [
           "least 0.3 lower; in every seed", ("ics", "dln"), claim_5),
     Claim("6", "Along the gradient, standard's loss varies over a much wider range, especially early (Fig. 4a).",
           "first quarter of training: median over probes of max/min loss over η, standard > batchnorm in every seed",
-          ("landscape",), claim_6, reads=FIRST_QUARTER),
+          ("landscape",), claim_6, reads=FIRST_QUARTER,
+          statistic=Statistic("early median of max / min loss over η, standard / batchnorm", 1.0)),
     Claim("6b (ours)", "Standard's wider loss range along the gradient is an overshoot: a step of η ≤ 4 LR raises its "
                        "loss above L(w), more than BN's (claim 6's max/min cannot tell overshoot from steep descent).",
           "first quarter of training: median over probes of max over η of L(w − ηg) / L(w), standard's > 1 and "
-          "standard / batchnorm ≥ 1, in every seed", ("landscape",), claim_6b, reads=FIRST_QUARTER),
+          "standard / batchnorm ≥ 1, in every seed", ("landscape",), claim_6b, reads=FIRST_QUARTER,
+          statistic=Statistic("early median of max over η of L(w − ηg) / L(w), standard / batchnorm", 1.0)),
     Claim("7", "Gradient predictiveness: standard's gradient change is about two orders of magnitude larger, "
                "especially early (Fig. 4b).",
           "first quarter of training: median of the max over η of ‖∇L(w − ηg) − g‖, standard / batchnorm ≥ 3 in "
-          "every seed", ("landscape",), claim_7, reads=FIRST_QUARTER),
+          "every seed", ("landscape",), claim_7, reads=FIRST_QUARTER,
+          statistic=Statistic("early median of max over η of ‖∇L(w − ηg) − g‖, standard / batchnorm", 3.0,
+                              paper=100.0, paper_words="about two orders of magnitude")),
     Claim("8", "Effective β-smoothness is lower with BN throughout (Fig. 4c).",
-          "batchnorm's β_eff < standard's at ≥ 75% of the probed steps, in every seed", ("landscape",), claim_8),
+          "batchnorm's β_eff < standard's at ≥ 75% of the probed steps, in every seed", ("landscape",), claim_8,
+          statistic=Statistic("share of probed steps with batchnorm's β_eff below standard's", 0.75, log=False)),
     Claim("9", "ℓp normalizations train comparably to BN; on the DLN ℓ1 beats BN (Fig. 5).",
           "VGG: l1, l2, linf each ≥ standard + 10 points of training accuracy; DLN: l1's final training loss below "
           "batchnorm's by more than 0.1%, in every seed (within 0.1% in some seed, none worse: a tie)",
@@ -71,7 +78,7 @@ CLAIMS = [
           ("dln",), claim_10),
     Claim("11 (ours, beyond the paper)", "BN lowers λ_max, the top Hessian eigenvalue, early in training.",
           "first quarter of training: batchnorm's median λ_max < standard's in every seed", ("curvature",), claim_11,
-          reads=FIRST_QUARTER),
+          reads=FIRST_QUARTER, statistic=Statistic("early median λ_max, standard / batchnorm", 1.0)),
     Claim("12a (ours)", "With He (Kaiming) init, the VGG without BN leaves chance within the first 5% of training "
                         "at its best LR: Glorot's plateau is the init's, not the missing BN's.",
           "standard-kaiming at its best LR (highest training accuracy, last 100 steps, mean over seeds; diverged = "
@@ -111,15 +118,20 @@ CLAIMS = [
     Claim("13a (ours)", "Along the filter-normalized gradient (each filter's step a fraction of its own norm, blind to "
                         "BN's free scale), standard's loss still varies over a wider range than BN's.",
           "first quarter of training, steps of 0.5–4% of each filter's norm: median over probes of max/min loss over "
-          "the step, standard > batchnorm in every seed", ("landscape",), claim_13a, reads=FIRST_QUARTER),
+          "the step, standard > batchnorm in every seed", ("landscape",), claim_13a, reads=FIRST_QUARTER,
+          statistic=Statistic("filter-normalized: early median of max / min loss, standard / batchnorm", 1.0)),
     Claim("13b (ours)", "Along the filter-normalized gradient, standard's gradient changes more, relative to ‖g‖, "
                         "than BN's: claim 7 without BN's free scale.",
           "first quarter of training: median over probes of the max over the step of ‖∇L(w − ηd) − g‖ / ‖g‖, "
-          "standard / batchnorm ≥ 3 in every seed", ("landscape",), claim_13b, reads=FIRST_QUARTER),
+          "standard / batchnorm ≥ 3 in every seed", ("landscape",), claim_13b, reads=FIRST_QUARTER,
+          statistic=Statistic("filter-normalized: early median of max ‖∇L(w − ηd) − g‖ / ‖g‖, standard / batchnorm",
+                              3.0)),
     Claim("13c (ours)", "A scale-free β-smoothness is lower with BN: claim 8 without BN's free scale.",
           "max over the step of (‖∇L(w − ηd) − g‖ / ‖g‖) / η along the filter-normalized gradient d (η the step as a "
           "fraction of each filter's norm): batchnorm's < standard's at ≥ 75% of the probed steps, in every seed",
-          ("landscape",), claim_13c),
+          ("landscape",), claim_13c,
+          statistic=Statistic("share of probed steps with batchnorm's scale-free β below standard's", 0.75,
+                              log=False)),
     Claim("13d (ours)", "BN does not reduce ICS in scale-free terms either: claim 5's ‖G − G′‖ relative to ‖G‖.",
           "VGG, layers #5 and #10, LR 0.1 and 0.01: batchnorm's median ‖G − G′‖ / ‖G‖ ≥ 0.5 × standard's, "
           "in every seed",

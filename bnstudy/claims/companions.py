@@ -32,7 +32,10 @@ def claim_1b(s) -> Verdict:
         else f"{never} (n={len(v)})"
     return Verdict(HOLDS if ok else FAILS, f"steps to reach {REACHES:.0%} training accuracy ({REACH_WINDOW}-step "
                    f"mean) at LR 0.1: batchnorm {words(steps.batchnorm)}, standard {words(steps.standard)}",
-                   basis(lr, [STANDARD01, BN01]))
+                   basis(lr, [STANDARD01, BN01]),
+                   # the number the rule bounds: 0 where only batchnorm reached the level, inf where only standard did,
+                   # NaN where neither did
+                   values=steps.batchnorm / steps.standard)
 
 
 def claim_13a(s) -> Verdict:

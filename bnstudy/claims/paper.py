@@ -17,6 +17,8 @@ from bnstudy.claims.rules import (BN, BN01, FAILS, HOLDS, NOISE_ONLY, NOISE_ONLY
 
 def claim_1(s) -> Verdict:
     lr = needs(s, "lr")
+    if "final_train_acc_last100" not in lr:  # runs that recorded no training accuracy (summaries of probes alone)
+        raise Missing("no 'final_train_acc_last100' in the results")
     groups = {(word(q), rate): at_lr(q, rate) for rate in (0.1, 0.5) for q in (STANDARD, BN)}
     scored = lr.assign(acc=lr.final_train_acc_last100.where(lr.status != "diverged", CHANCE))  # diverged = chance
     acc = paired(scored, "acc", groups)
@@ -96,7 +98,7 @@ def landscape_ratio(s, column: str, threshold: float, name: str, above_one: bool
     ok = bool((ratio >= threshold).all()) and (not above_one or bool((values.standard > 1).all()))
     return Verdict(HOLDS if ok else FAILS,
                    f"{name}, standard / batchnorm: {spread(ratio, TIMES)} (standard {spread(values.standard)}, "
-                   f"batchnorm {spread(values.batchnorm)})", basis(runs, [STANDARD01, BN01]))
+                   f"batchnorm {spread(values.batchnorm)})", basis(runs, [STANDARD01, BN01]), values=ratio)
 
 
 def claim_6(s) -> Verdict:
@@ -128,7 +130,7 @@ def share_below(s, column: str, name: str, table: str = STEPS) -> Verdict:
     share = (wide.batchnorm < wide.standard).groupby(level="seed").mean()
     return Verdict(HOLDS if bool((share >= 0.75).all()) else FAILS,
                    f"share of probed steps with batchnorm's {name} below standard's: {pct(share)}"
-                   + decided_note(wide) + cancelled_note(steps), basis(runs, [STANDARD01, BN01]))
+                   + decided_note(wide) + cancelled_note(steps), basis(runs, [STANDARD01, BN01]), values=share)
 
 
 DECIDED_RTOL = 0.05  # a difference of a few percent between two values at one ceiling: counted by the rule, said here
@@ -202,4 +204,4 @@ def claim_11(s) -> Verdict:
     lam = paired(runs, phase_column(EARLY_PHASE, LAMBDA_MAX), by_word(STANDARD01, BN01))
     return Verdict(HOLDS if bool((lam.batchnorm < lam.standard).all()) else FAILS,
                    f"early median λ_max: batchnorm {spread(lam.batchnorm)}, standard {spread(lam.standard)}",
-                   basis(runs, [STANDARD01, BN01]))
+                   basis(runs, [STANDARD01, BN01]), values=lam.standard / lam.batchnorm)

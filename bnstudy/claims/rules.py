@@ -2,7 +2,7 @@
 seeds, and the summaries a rule reads (`needs`, `Sources`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -19,6 +19,20 @@ class Verdict:
     measured: str  # the numbers, with their spread over seeds
     basis: str = ""  # preset, data and seeds behind it
     presets: tuple[str, ...] = ()  # the presets of the runs behind it: a verdict is never carried across scales
+    values: pd.Series | None = field(default=None, compare=False)  # per seed, the number the rule compared with
+    # its claim's Statistic's threshold (claims that have one): what the width ladder plots
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """The one number per seed a claim's rule compares with a threshold, as the width ladder draws it: its name on
+    the axis, the threshold and its side, and the paper's own value where the paper gives a number."""
+    name: str
+    threshold: float
+    holds_above: bool = True  # the rule asks for >= threshold (else <=)
+    paper: float | None = None
+    paper_words: str = ""
+    log: bool = True  # a ratio (log axis); shares and step ratios that may be 0 are drawn on a linear one
 
 
 @dataclass(frozen=True)
@@ -31,6 +45,7 @@ class Claim:
     presets: tuple[str, ...] = ("quick", "long", "paper")  # scales whose runs the rule accepts (smoke: tests only)
     reads: str = "whole run"  # WHOLE_RUN or FIRST_QUARTER of each run's configured schedule: what a stopped run
     # (--until-step) must have covered for a verdict
+    statistic: Statistic | None = None  # the number its rule decides by, where it is one per seed
 
 
 WHOLE_RUN, FIRST_QUARTER = "whole run", "first quarter"

@@ -119,7 +119,8 @@ def _plain_short_log_axes(fig) -> None:
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
             low, high = sorted(axis.get_view_interval())
-            if axis.get_scale() == "log" and 0 < low and high / low <= 100:
+            # base 10 only: a log2 axis (the width ladder's) keeps the ticks its figure set
+            if axis.get_scale() == "log" and axis.get_transform().base == 10 and 0 < low and high / low <= 100:
                 plain_log_ticks(axis)
 
 
