@@ -15,10 +15,13 @@ VGG_CFGS = {
 
 # dataset kind -> the model kinds that train on it (data.DATASETS adds each kind's task and reader; a test checks
 # the kinds agree)
-DATASET_MODELS = {"cifar10": ("vgg",), "synthetic": ("vgg",), "gaussian": ("dln",)}
+DATASET_MODELS = {"cifar10": ("vgg",), "synthetic": ("vgg", "mlp"), "gaussian": ("dln",), "mnist": ("mlp",)}
 
 # Weight initializations (models.inits.INITS has exactly these): glorot is the paper's
-INIT_KINDS = ("glorot", "kaiming")
+INIT_KINDS = ("glorot", "kaiming", "lecun")
+
+# The nonlinearities of the MLP family (models.mlp.ACTIVATIONS has exactly these)
+ACTIVATION_KINDS = ("sigmoid", "relu", "tanh")
 
 # The normalizations models.norms.make_norm builds (tests/test_vgg.py checks that NORMS has exactly these)
 NORM_KINDS = ("none", "batch", "noisy-batch", "noise-only", "l1", "l2", "linf", "layer", "group")
@@ -33,9 +36,13 @@ def dln_weight_layer_count(cfg) -> int:
     return cfg.dln_depth
 
 
+def mlp_weight_layer_count(cfg) -> int:
+    return cfg.mlp_depth + 1
+
+
 # model kind -> its weight-layer count; models.MODELS adds each kind's builder (a test checks the kinds agree)
-WEIGHT_LAYERS = {"vgg": vgg_weight_layer_count, "dln": dln_weight_layer_count}
-MODEL_KINDS = tuple(WEIGHT_LAYERS)
+WEIGHT_LAYERS = {"vgg": vgg_weight_layer_count, "dln": dln_weight_layer_count, "mlp": mlp_weight_layer_count}
+MODEL_KINDS = tuple(WEIGHT_LAYERS)  # the package's own; models.register_model adds to WEIGHT_LAYERS
 
 
 def count_weight_layers(cfg) -> int:

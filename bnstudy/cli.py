@@ -84,9 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also draw runs still training or killed part way (left out by default, and said)")
     _add_common(plot)
 
-    data = sub.add_parser("data", help="check or download CIFAR-10")
+    data = sub.add_parser("data", help="check or download CIFAR-10 or MNIST")
     data.add_argument("action", choices=["check", "download"],
-                      help="check: verify checksums and say which copy was found; download: fetch the official archive")
+                      help="check: verify checksums and say which copy was found; download: fetch the official files")
+    data.add_argument("--dataset", choices=["cifar10", "mnist"], default="cifar10",
+                      help="cifar10 (default): cifar-10-batches-py/; mnist: mnist/, the four official IDX files")
     data.add_argument("--data-dir", metavar="PATH", help="default: $BNSTUDY_DATA, else data/")
 
     report = sub.add_parser("report", help="write results/REPORT.md: figures and each paper claim with its verdict",
@@ -218,12 +220,22 @@ def cmd_data(args) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     if data_dir.exists() and not data_dir.is_dir():
         raise UsageError(f"--data-dir {data_dir} is a file; give the folder that holds (or is to hold) "
-                         f"cifar-10-batches-py/")
+                         f"{'mnist' if args.dataset == 'mnist' else 'cifar-10-batches-py'}/")
+    if args.dataset == "mnist":
+        return _mnist_data(args.action, data_dir)
     if args.action == "download":
         folder = download_cifar(data_dir)
         print(f"downloaded CIFAR-10 to {folder}")
     folder = cifar_folder(data_dir)
     print(f"{folder}: CIFAR-10, {verify_cifar(folder)}, checksums verified")
+    return 0
+
+
+def _mnist_data(action: str, data_dir) -> int:
+    from bnstudy.mnist import fetch_mnist, mnist_folder, verify_mnist
+
+    folder = fetch_mnist(data_dir) if action == "download" else mnist_folder(data_dir)
+    print(f"{folder}: MNIST, {verify_mnist(folder)} IDX files, checksums verified")
     return 0
 
 

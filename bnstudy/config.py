@@ -284,7 +284,7 @@ def _check_shapes(path: Path, raw: dict) -> None:
 # experiment file naming another is refused when it loads, not after its runs have trained
 FIGURE_KINDS = ("training", "activations", "moments", "landscape", "landscape_filter", "landscape_windows", "densities",
                 "grad_vs_eta", "ics", "test", "lr_sweep", "curvature", "controls_training", "controls_smoothness",
-                "controls_sharpness", "controls_weights", "controls_init", "spectrum")
+                "controls_sharpness", "controls_weights", "controls_init", "spectrum", "ioffe_fig1")
 PLOT_KEYS = {"kind": str, "runs": list, "layers": list, "options": dict}
 QUERY_KEYS = {"norm": str, "lr": (int, float), "init": str}  # what a figure's runs are found by (meta.json's fields)
 

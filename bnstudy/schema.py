@@ -19,7 +19,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from bnstudy.architectures import DATASET_MODELS, INIT_KINDS, MODEL_KINDS, NORM_KINDS, VGG_CFGS, count_weight_layers
+from bnstudy.architectures import (ACTIVATION_KINDS, DATASET_MODELS, INIT_KINDS, NORM_KINDS, VGG_CFGS, WEIGHT_LAYERS,
+                                   count_weight_layers)
 from bnstudy.errors import ConfigError
 
 BATCH_STATISTICS = ("batch", "noisy-batch", "l1", "l2", "linf")  # norms whose statistics are taken over the batch
@@ -52,8 +53,9 @@ def in_steps(default, unit: str = "steps", **lower_bound):
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DataConfig:
-    # cifar10 | synthetic (a tiny labelled-synthetic set, tests only) | gaussian (DLN)
-    dataset: str = setting("cifar10", "a dataset", choices=tuple(DATASET_MODELS))
+    # cifar10 | synthetic (a tiny labelled-synthetic set, tests only) | gaussian (DLN) | mnist, and any that
+    # data.register_dataset adds (the choices are the live registry)
+    dataset: str = setting("cifar10", "a dataset", choices=DATASET_MODELS)
     # training examples used; 0 = the whole split (CIFAR-10: 50,000; DLN: 1,000)
     train_size: int = setting(0, "examples", at_least=0, at_most=MAX_EXAMPLES)
     # test examples evaluated; 0 = the whole split (CIFAR-10: 10,000)
@@ -82,7 +84,7 @@ class NoiseConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: str = setting("vgg", "a model", choices=MODEL_KINDS)  # vgg | dln
+    kind: str = setting("vgg", "a model", choices=WEIGHT_LAYERS)  # vgg | dln | mlp, and any models.register_model adds
     # VGG depth: 11 | 13 | 16 | 19 (paper: VGG-like with >= 13 weight layers -> 16)
     cfg: int = setting(16, "a VGG depth", choices=tuple(VGG_CFGS))
     # multiplier on every channel count and head width (paper: 1); at most 64: VGG-16 at 64 has 32,768 channels,
@@ -100,6 +102,12 @@ class ModelConfig:
     dln_depth: int = setting(25, "linear layers", at_least=1, at_most=MAX_LAYER)
     # DLN: input, hidden and output width (paper: 10); at most 4,096: a 4,096^2 layer per depth, 64 MiB each
     dln_width: int = setting(10, "units per layer", at_least=1, at_most=4_096)
+    # MLP (Ioffe & Szegedy's MNIST network: 3 hidden layers of 100 sigmoid units on 28 x 28 inputs); at most 1,024
+    # layers and 65,536 units, as the DLN's and the VGG head's bounds
+    mlp_depth: int = setting(3, "hidden layers", at_least=1, at_most=MAX_LAYER)
+    mlp_width: int = setting(100, "units per hidden layer", at_least=1, at_most=65_536)
+    mlp_inputs: int = setting(784, "input features (the image's pixels)", at_least=1, at_most=1_000_000)
+    activation: str = setting("sigmoid", "a nonlinearity", choices=ACTIVATION_KINDS)  # the MLP's: sigmoid | relu | tanh
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,7 @@ def test_a_family_file_is_not_an_experiment(capsys):
     from bnstudy.config import EXPERIMENTS_DIR, experiment_path, list_experiments
 
     families = {p.stem for p in (EXPERIMENTS_DIR / "families").glob("*.toml")}
-    assert families == {"vgg", "dln"}  # the family "dln" and the experiment "dln" are two files
+    assert families == {"vgg", "dln", "mlp"}  # the family "dln" and the experiment "dln" are two files
     assert {experiment_path(name).parent for name in list_experiments()} == {EXPERIMENTS_DIR}
     assert "vgg" not in list_experiments() and "families" not in list_experiments()
     assert main(["list"]) == 0

@@ -113,11 +113,11 @@ def test_the_registry_names_every_kind_with_its_task_and_loader(tmp_path):
     from bnstudy.config import DataConfig, ModelConfig, RunConfig, validate
     from bnstudy.data import CLASSIFICATION, DATASET_KINDS, DATASETS, REGRESSION, data_kind
 
-    assert DATASET_KINDS == ("cifar10", "synthetic", "gaussian")
-    assert DATASETS["cifar10"].task is CLASSIFICATION is DATASETS["synthetic"].task
+    assert DATASET_KINDS == ("cifar10", "synthetic", "gaussian", "mnist")
+    assert DATASETS["cifar10"].task is CLASSIFICATION is DATASETS["synthetic"].task is DATASETS["mnist"].task
     assert DATASETS["gaussian"].task is REGRESSION and not REGRESSION.classification
     for kind, entry in DATASETS.items():  # config accepts each kind with each model kind the registry pairs it with
         for model in entry.models:
             validate(RunConfig(data=DataConfig(dataset=kind), model=ModelConfig(kind=model)))
-    with pytest.raises(DataError, match="unknown data.dataset 'mnist'; known: cifar10, synthetic, gaussian"):
-        data_kind("mnist")
+    with pytest.raises(DataError, match="unknown data.dataset 'svhn'; known: cifar10, synthetic, gaussian, mnist"):
+        data_kind("svhn")

@@ -51,7 +51,7 @@ def just_past_and_inside(typ, rules):
     """For each declared bound: (a value just past it, the nearest value that keeps it)."""
     kind = element_type(typ)
     if "choices" in rules:
-        outside = "not-" + rules["choices"][0] if kind is str else max(rules["choices"]) + 1
+        outside = "not-" + next(iter(rules["choices"])) if kind is str else max(rules["choices"]) + 1
         yield from ((outside, choice) for choice in rules["choices"])
     if "above" in rules:
         yield kind(rules["above"]), beyond(rules["above"], +1, kind)

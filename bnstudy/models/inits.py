@@ -6,6 +6,9 @@ from torch import nn
 INITS = {
     "glorot": nn.init.xavier_uniform_,  # the paper's: Var = 2 / (fan_in + fan_out), so each ReLU halves the signal
     "kaiming": lambda w: nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu"),  # Var = 2 / fan_in (He)
+    # Gaussian, Var = 1 / fan_in: LeCun et al. (1998)'s scale for sigmoid units; Ioffe & Szegedy's MNIST network
+    # starts from "small random Gaussian values" and names no scale (docs/protocol.md)
+    "lecun": lambda w: nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="linear"),
 }
 
 

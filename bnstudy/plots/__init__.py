@@ -26,6 +26,7 @@ from bnstudy.plots.activations import activation_distributions, densities, momen
 from bnstudy.plots.controls import (controls_init, controls_sharpness, controls_smoothness,  # noqa: E402
                                     controls_training, controls_weights)
 from bnstudy.plots.curvature import curvature, spectrum  # noqa: E402
+from bnstudy.plots.ioffe import ioffe_fig1  # noqa: E402
 from bnstudy.plots.landscape import (grad_diff_vs_eta, ics, landscape, landscape_filter,  # noqa: E402
                                     landscape_windows)
 from bnstudy.plots.style import (ERRORBAR, MIN_CONTRAST, N_BOOT, NORM_STYLES, TRAIN_LABELS,  # noqa: E402
@@ -43,7 +44,8 @@ __all__ = [
     "contrast_on_white", "finish", "kind_styles", "norm_colors", "norm_name", "shades",
     # the figure kinds
     "activation_distributions", "controls_init", "controls_sharpness", "controls_smoothness", "controls_training",
-    "controls_weights", "curvature", "densities", "grad_diff_vs_eta", "ics", "landscape", "landscape_filter",
+    "controls_weights", "curvature", "densities", "grad_diff_vs_eta", "ics", "ioffe_fig1", "landscape",
+    "landscape_filter",
     "landscape_windows",
     "lr_sweep", "moments", "spectrum", "test_curves", "training_curves",
 ]
@@ -55,7 +57,8 @@ FIGURES = {"training": training_curves, "activations": activation_distributions,
            "grad_vs_eta": grad_diff_vs_eta, "ics": ics, "test": test_curves,
            "lr_sweep": lr_sweep, "curvature": curvature, "controls_training": controls_training,
            "controls_smoothness": controls_smoothness, "controls_sharpness": controls_sharpness,
-           "controls_weights": controls_weights, "controls_init": controls_init, "spectrum": spectrum}
+           "controls_weights": controls_weights, "controls_init": controls_init, "spectrum": spectrum,
+           "ioffe_fig1": ioffe_fig1}
 
 
 # What each figure kind reads: (table, the prefix of its rows' probe, stat or split); kinds not listed read training
@@ -66,7 +69,8 @@ NEEDS = {"activation_distributions": ("activations", "p"), "moments": ("activati
          "grad_diff_vs_eta": ("probes", PLAIN), "ics": ("probes", "ics"), "curvature": ("probes", "curvature"),
          "test_curves": ("metrics", "test"), "controls_smoothness": ("probes", PLAIN),
          "controls_sharpness": ("probes", "curvature"), "controls_weights": ("probes", "weights"),
-         "controls_init": ("probes", "weights"), "spectrum": ("probes", "spectrum-")}
+         "controls_init": ("probes", "weights"), "spectrum": ("probes", "spectrum-"),
+         "ioffe_fig1": ("activations", "p")}
 
 
 def register_figure(kind: str, draw, needs: tuple[str, str] | None = None) -> None:
