@@ -38,7 +38,7 @@ $(warning cannot read 'with' from experiments/*.toml with $(PYTHON) (3.11 or lat
 EXPERIMENTS_WITH :=
 endif
 
-.PHONY: help install data $(EXPERIMENTS) $(RUNS) all report bench plot lint test test-gpu gpu-paper crosscheck clean-venv
+.PHONY: help install data mnist-data $(EXPERIMENTS) $(RUNS) all report bench plot lint test test-gpu gpu-paper crosscheck clean-venv
 
 help:
 	@sed -n '1,7p' Makefile
@@ -63,6 +63,12 @@ data: $(DATA)/cifar-10-batches-py/batches.meta
 # run-noisy-bn, ...: train the experiment's arms x seeds (finished runs are skipped)
 $(RUNS): run-%: $(STAMP) data
 	$(BNSTUDY) run $* $(RUN_ARGS)
+
+# MNIST (Ioffe & Szegedy's experiment): the four official IDX files, fetched and verified (bnstudy/mnist.py)
+mnist-data: $(DATA)/mnist/t10k-labels-idx1-ubyte
+$(DATA)/mnist/t10k-labels-idx1-ubyte: | $(STAMP)
+	$(BNSTUDY) data download --dataset mnist --data-dir $(DATA)
+run-ioffe-mnist: mnist-data
 
 # make noisy-bn, make landscape, ...: train, then draw the experiment's figures
 $(EXPERIMENTS): %: run-%

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bnstudy.analysis.activations import DENSITY, PERCENTILES, moment_changes, moment_columns
+from bnstudy.analysis.activations import DENSITY, PERCENTILES, drift_columns, moment_changes, moment_columns
 from bnstudy.analysis.common import (CHANCE, EARLY, KEYS, StepTable, at_mid_training, experiment_of, matches, phase,
                                      phase_medians, probe_row)
 from bnstudy.analysis.curvature import curvature_columns, curvature_summary
@@ -37,7 +37,7 @@ __all__ = [  # what the package has always offered (figures, report, tests impor
 # What a run's summary holds beyond its meta.json: each entry reads the tables and returns frames keyed by
 # (arm, seed), merged in this order (so summary.csv's columns keep it). register_summary adds one of your own.
 SUMMARIES: list = [landscape_columns, filter_columns, reach_columns, ics_columns, curvature_columns, weights_columns,
-                   spectrum_columns, moment_columns]
+                   spectrum_columns, moment_columns, drift_columns]
 
 # What run_summary keeps of meta.json (bnstudy.train writes it)
 META_COLUMNS = ["arm", "seed", "norm", "init", "lr", "width", "steps", "preset", "dataset", "status", "diverged_at",

@@ -50,6 +50,36 @@ def moment_layers(columns, change: str = D_MEAN) -> list[int]:
     return sorted(int(c.removeprefix(prefix)) for c in columns if c.startswith(prefix))
 
 
+P50_DRIFT = "p50_drift"  # claim 14b's measure; the run summary's columns are drift_column(layer)
+
+
+def percentile_drift(acts: pd.DataFrame) -> pd.DataFrame:
+    """Per run and layer, how far the median of a unit's input to its nonlinearity travels over training, in units of
+    its own spread: (max over recordings of p50 - min over recordings of p50) / the median over recordings of
+    (p85 - p15), the median over the recorded units (claim 14b, written before the runs). 0: it stays put; 1: its
+    median moves by as much as the middle 70% of its values span."""
+    wide = acts[acts.stat.isin(["p15", "p50", "p85"])].pivot_table(index=KEYS + ["layer", "unit", "step"],
+                                                                   columns="stat", values="value")
+    per_unit = wide.groupby(KEYS + ["layer", "unit"]).agg(low=("p50", "min"), high=("p50", "max"))
+    spread = (wide.p85 - wide.p15).groupby(KEYS + ["layer", "unit"]).median()
+    drift = ((per_unit.high - per_unit.low) / spread).rename(P50_DRIFT)
+    return drift.groupby(KEYS + ["layer"]).median().reset_index()
+
+
+def drift_column(layer: int) -> str:
+    return f"{P50_DRIFT}_L{layer}"
+
+
+def drift_columns(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
+    """drift_column(layer): percentile_drift per recorded layer."""
+    acts = tables["activations"]
+    if not len(acts) or not acts.stat.eq("p50").any():
+        return []
+    drift = percentile_drift(acts).set_index(KEYS + ["layer"])[P50_DRIFT].unstack("layer")
+    drift.columns = [drift_column(layer) for layer in drift.columns]
+    return [drift.reset_index()]
+
+
 def moment_columns(meta: pd.DataFrame, tables: dict) -> list[pd.DataFrame]:
     """moment_column(change, layer) of CHANGES: mean step-to-step moment changes."""
     if not len(tables["activations"]):

@@ -90,15 +90,20 @@ def claim_5(s) -> Verdict:
                    basis(dln, [at_lr(STANDARD, 1e-6)]) + " (DLN)")
 
 
-def landscape_ratio(s, column: str, threshold: float, name: str, above_one: bool = False) -> Verdict:
-    """standard / batchnorm of `column` >= threshold in every seed (and, with above_one, standard's > 1)."""
-    runs = needs(s, "landscape")
-    values = paired(runs, column, by_word(STANDARD01, BN01))
+PAIR = (STANDARD01, BN01)  # the runs the landscape rules compare: standard and batchnorm at the paper's LR
+
+
+def landscape_ratio(s, column: str, threshold: float, name: str, above_one: bool = False,
+                    experiment: str = "landscape", pair: tuple[dict, dict] = PAIR) -> Verdict:
+    """standard / batchnorm of `column` >= threshold in every seed (and, with above_one, standard's > 1), on the
+    runs of `experiment` that `pair`'s queries find."""
+    runs = needs(s, experiment)
+    values = paired(runs, column, by_word(*pair))
     ratio = values.standard / values.batchnorm
     ok = bool((ratio >= threshold).all()) and (not above_one or bool((values.standard > 1).all()))
     return Verdict(HOLDS if ok else FAILS,
                    f"{name}, standard / batchnorm: {spread(ratio, TIMES)} (standard {spread(values.standard)}, "
-                   f"batchnorm {spread(values.batchnorm)})", basis(runs, [STANDARD01, BN01]), values=ratio)
+                   f"batchnorm {spread(values.batchnorm)})", basis(runs, list(pair)), values=ratio)
 
 
 def claim_6(s) -> Verdict:
@@ -115,12 +120,13 @@ def claim_7(s) -> Verdict:
                            "early median of max over η of ‖∇L(w−ηg)−g‖")
 
 
-def share_below(s, column: str, name: str, table: str = STEPS) -> Verdict:
-    """batchnorm's `column` in the landscape experiment's StepTable `table` below standard's at >= 75% of the probed
-    steps, in every seed."""
-    runs = needs(s, "landscape")
-    steps = needs(s, StepTable("landscape", table))  # per-probe rows: runs by their experiment's and arm's names
-    named = {word(q): set(zip(*[runs_of(runs, q)[k] for k in ("experiment", "arm")])) for q in (STANDARD01, BN01)}
+def share_below(s, column: str, name: str, table: str = STEPS, experiment: str = "landscape",
+                pair: tuple[dict, dict] = PAIR) -> Verdict:
+    """batchnorm's `column` in `experiment`'s StepTable `table` below standard's at >= 75% of the probed steps, in
+    every seed."""
+    runs = needs(s, experiment)
+    steps = needs(s, StepTable(experiment, table))  # per-probe rows: runs by their experiment's and arm's names
+    named = {word(q): set(zip(*[runs_of(runs, q)[k] for k in ("experiment", "arm")])) for q in pair}
     label = {run: w for w, runs_ in named.items() for run in runs_}
     group = pd.Series(list(zip(steps.experiment, steps.arm)), index=steps.index).map(label)
     steps = steps.assign(group=group).dropna(subset=["group"])
@@ -130,7 +136,7 @@ def share_below(s, column: str, name: str, table: str = STEPS) -> Verdict:
     share = (wide.batchnorm < wide.standard).groupby(level="seed").mean()
     return Verdict(HOLDS if bool((share >= 0.75).all()) else FAILS,
                    f"share of probed steps with batchnorm's {name} below standard's: {pct(share)}"
-                   + decided_note(wide) + cancelled_note(steps), basis(runs, [STANDARD01, BN01]), values=share)
+                   + decided_note(wide) + cancelled_note(steps), basis(runs, list(pair)), values=share)
 
 
 DECIDED_RTOL = 0.05  # a difference of a few percent between two values at one ceiling: counted by the rule, said here
