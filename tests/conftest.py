@@ -22,6 +22,15 @@ def cifar_dir() -> Path:
     return Path(path)
 
 
+@pytest.fixture
+def mnist_dir() -> Path:
+    """The real MNIST (BNSTUDY_DATA/mnist/, which `make test` fetches there); skipped where it is not, saying how."""
+    path = os.environ.get("BNSTUDY_DATA")
+    if not path or not (Path(path) / "mnist" / "t10k-labels-idx1-ubyte").is_file():
+        pytest.skip("BNSTUDY_DATA holds no mnist/: `make mnist-data` or `bnstudy data download --dataset mnist`")
+    return Path(path)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` need a GPU: where torch sees none they skip, saying why (`make test-gpu` runs them)."""
     if torch.cuda.is_available():
