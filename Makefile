@@ -96,8 +96,8 @@ plot: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check bnstudy tests
 
-test: lint
-	$(BIN)/python -m pytest -q
+test: lint mnist-data
+	BNSTUDY_DATA="$$(cd "$(DATA)" && pwd)" $(BIN)/python -m pytest -q
 
 # the tests marked `cuda` alone (tests/test_cuda.py); each skips, saying why, where torch sees no GPU
 ifdef NOVENV

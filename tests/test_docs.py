@@ -1106,6 +1106,50 @@ def _ladder_fell_back(width):
     return listed([f"seed {seed}, steps {steps(a)}–{steps(b)}" for seed, (a, b) in runs.items()]) if runs else "none"
 
 
+# --- Ioffe & Szegedy's MNIST experiment (claims 14a-d)
+def ioffe_runs(arm: str) -> pd.DataFrame:
+    runs = summary("ioffe-mnist")
+    return runs[runs.norm == LONG_ARMS[arm]]
+
+
+@fact("ioffe-seeds")
+def _ioffe_seeds():
+    return seeds(summary("ioffe-mnist"))
+
+
+@fact("ioffe-(train|test)-(standard|batch)")
+def _ioffe_accuracy(split, arm):
+    return pct_span(ioffe_runs(arm)[ACCURACY[split]])
+
+
+@fact("ioffe-reached-(standard|batch)")
+def _ioffe_reached(arm):
+    return first_steps(ioffe_runs(arm).test_reached_at)
+
+
+@fact("ioffe-test-level")
+def _ioffe_test_level():
+    from bnstudy.analysis.training import TEST_REACHES
+    return f"{100 * TEST_REACHES:.0f}%"
+
+
+@fact("ioffe-(p50_drift_L3|early_lambda_max|late_lambda_max|early_grad_diff_max|beta_eff_median)-(standard|batch)")
+def _ioffe_column(column, arm):
+    return span(ioffe_runs(arm)[column])
+
+
+@fact("ioffe-ratio-(early_grad_diff_max|late_grad_diff_max|early_lambda_max|beta_eff_median|p50_drift_L3)")
+def _ioffe_ratio(column):
+    """standard / batchnorm per seed, as a span."""
+    a, b = paired(ioffe_runs("standard"), ioffe_runs("batch"), column)
+    return span(a / b, lambda x: f"{x:.2g}")
+
+
+@fact(r"ioffe-ics-(l2|cosine|rel_l2)-(standard|batch)-L(\d)")
+def _ioffe_ics(metric, arm, layer):
+    return span(ioffe_runs(arm)[f"ics_{metric}_median_L{layer}"])
+
+
 # ----------------------------------------------------------------------------------------------
 # python tests/test_docs.py --write: every marked value and the benchmark table from the results
 # ----------------------------------------------------------------------------------------------

@@ -102,7 +102,9 @@ def test_fetch_keeps_a_mirrors_files_only_when_they_are_official(tmp_path, monke
     assert not list((tmp_path / "data" / "mnist").iterdir())  # nothing kept, not even the good files before it
     folder = fetch_mnist(tmp_path / "data", mirrors=(tmp_path.as_uri() + "/missing/", bad, good))
     assert verify_mnist(folder, mnist.IDX_FILES) == "official" and folder == mnist_folder(tmp_path / "data")
-    assert sorted(p.name for p in folder.iterdir()) == sorted(files)  # no temporary file left beside them
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*files, "README.md"])  # no temporary file left
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    assert f"from {good}" in readme and mnist.IDX_FILES["train-images-idx3-ubyte"][1] in readme
 
 
 def test_the_registry_copy_is_rebuilt_to_the_idx_bytes_and_refused_when_not_k_over_256():
