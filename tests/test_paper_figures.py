@@ -133,6 +133,22 @@ def test_every_figure_of_the_paper_is_drawn_from_the_runs(smoke_results):
         assert fig in names and (smoke_results / "paper-figures" / "figures" / f"{fig}.png").stat().st_size > 10_000
 
 
+def test_a_figure_left_with_another_figures_runs_is_not_drawn_twice(tmp_path, capsys):
+    """The width ladder trains standard and batchnorm alone: fig2-training and fig5a-training, missing their other
+    arms, would be fig1-training again, byte for byte, three times in the tracked tree."""
+    from bnstudy.plots import plot_experiment
+    from bnstudy.runner import run_experiment
+    run_experiment("paper-figures", "smoke", [0], results_dir=str(tmp_path), progress=False,
+                   overrides=["data.dataset=synthetic"], arms=["standard", "batchnorm"])
+    stale = tmp_path / "paper-figures" / "figures" / "fig5a-training.png"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"an older drawing, from when the lp runs were there")
+    names = {p.stem for p in plot_experiment("paper-figures", str(tmp_path))}
+    assert "fig1-training" in names and not {"fig2-training", "fig5a-training"} & names and not stale.exists()
+    assert "figure fig5a-training not drawn: its runs present are those of fig1-training" in capsys.readouterr().err
+    assert {"fig1-activations", "fig2-activations", "fig4-landscape", "fig12-landscape"} <= names  # layers, options
+
+
 def test_the_claims_find_the_runs_by_configuration_and_name_the_preset(smoke_results):
     """At smoke every rule runs on paper-figures' runs (found by norm and LR), and says smoke is not its scale."""
     from bnstudy.report import collect, verdicts

@@ -115,11 +115,24 @@ def drawn_figures(results: Results, exp=None):
     sns.set_theme(style="whitegrid", context="notebook")
     figures = [(name, FIGURES[name], results, order, {}) for name in exp.figures]
     figures += [(name, *_view(exp, name, spec, results)) for name, spec in exp.plots.items()]
+    drawn = {}  # what each figure drew: two [plots] figures left with the same runs would be one picture twice
     for name, draw, shown, arms, options in figures:
         if why := missing_rows(draw, shown):
             print(f"bnstudy: warning: {results.experiment}: figure {name} not drawn: {why}", file=sys.stderr)
             continue
+        same = (draw, tuple(shown.arms(arms)), tuple(sorted(options.items())), _layers(shown))
+        if same in drawn:
+            print(f"bnstudy: warning: {results.experiment}: figure {name} not drawn: its runs present are those of "
+                  f"{drawn[same]}, which shows them", file=sys.stderr)
+            (results.root / "figures" / f"{name}.png").unlink(missing_ok=True)  # an older drawing would disagree
+            continue
+        drawn[same] = name
         yield name, draw(shown, arms, **options)
+
+
+def _layers(shown: Results) -> tuple:
+    acts = shown.tables.get("activations")
+    return tuple(sorted(set(acts.layer))) if acts is not None and len(acts) else ()
 
 
 def missing_rows(draw, results: Results) -> str | None:
