@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -252,6 +253,12 @@ def ics(results: Results, order: tuple[str, ...] = ()):
             sns.lineplot(data, x="step", y="value", hue="normalization", hue_order=list(palette), palette=palette,
                          errorbar=ERRORBAR, ax=ax, legend=(i == 0))
             log = metric == "l2" or (metric == "train" and train_metric == "loss")
+            if metric == "l2" and len(data) and (data.value == 0).all():  # layer #1: nothing upstream moves, G' = G
+                log = False
+                ax.text(0.5, 0.7, "0 at every probe: no layer before it moves, so G′ = G", transform=ax.transAxes,
+                        ha="center", va="center", fontsize=9, color="0.3")
+            if metric == "cosine" and len(data) and np.allclose(data.value, 1.0, atol=1e-4):
+                ax.set_ylim(0.9, 1.1)  # cos = 1 to float32's last digits: shown as 1, not as 1e-5 offsets
             ax.set(ylabel=ylabel, yscale="log" if log else "linear", title=f"LR {lr:g}" if i == 0 else None,
                    xlabel="training step" if i == len(panels) - 1 else None)
     return finish(fig, f"{results.experiment}: internal covariate shift, Definition 2.1 (Fig. 3)", results.caption())
