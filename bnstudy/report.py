@@ -18,7 +18,6 @@ from bnstudy.claims.ladder import ladder_points, ladder_scales, width_label, wid
 from bnstudy.claims.rules import ONE_SEED
 from bnstudy.config import PRESETS, ConfigError, list_experiments, load_experiment
 from bnstudy.manifest import describe
-from bnstudy.files import atomic_write_bytes
 from bnstudy.recording import RunDir, atomic_write_text
 from bnstudy.reading import Results
 
@@ -208,7 +207,9 @@ def ladder_section(judged: dict[str, list], split: dict, results_dir: Path, figu
              "", verdicts_table({heads[scale]: judged[scale] for scale in rungs}, on_ladder(judged, rungs)), ""]
     points = ladder_points(judged, rungs, preset_of)
     if figures and len(points):
-        for path in draw_ladder(points, split, rungs, results_dir / LADDER_FIGURES):
+        from bnstudy.plots.ladder import draw_ladder  # matplotlib only when figures are drawn
+
+        for path in draw_ladder(points, CLAIMS, ladder_caption(points, split, rungs), results_dir / LADDER_FIGURES):
             parts += [f"![width ladder {path.stem}]({path.relative_to(results_dir).as_posix()})", ""]
     return parts
 
@@ -223,27 +224,6 @@ def on_ladder(judged: dict[str, list], rungs: dict[str, float]) -> list:
 def _stop_words(chosen: dict[str, pd.DataFrame]) -> str:
     stops = {int(s) for table in chosen.values() if "stopped_at" in table for s in table.stopped_at.dropna()}
     return f", stopped at step {min(stops):,}" if stops else ""
-
-
-def draw_ladder(points: pd.DataFrame, split: dict, rungs: dict[str, float], folder: Path) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    from bnstudy.plots import png_bytes
-    from bnstudy.plots.ladder import ladder_figure
-
-    folder.mkdir(parents=True, exist_ok=True)
-    caption = ladder_caption(points, split, rungs)
-    paths = []
-    for claim in CLAIMS:
-        mine = points[points.claim == claim.number]
-        if claim.statistic is None or mine.empty:
-            continue
-        fig = ladder_figure(mine, claim, caption)
-        path = folder / f"ladder-claim-{claim.number.split()[0]}.png"
-        atomic_write_bytes(path, png_bytes(fig))
-        plt.close(fig)
-        paths.append(path)
-    return paths
 
 
 def ladder_caption(points: pd.DataFrame, split: dict, rungs: dict[str, float]) -> str:

@@ -2,11 +2,14 @@
 axis, each seed a point, the rule's threshold and the paper's number (where it gives one) as lines."""
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
+
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from bnstudy.claims.ladder import width_label
+from bnstudy.files import atomic_write_bytes
 from bnstudy.plots.style import finish
 
 SEED_MARKERS = "osD^vP*X"
@@ -50,3 +53,21 @@ def ladder_figure(points: pd.DataFrame, claim, caption: str):
                if len(undrawn) else "")
     return finish(fig, f"Claim {claim.number}: {stat.name}, by width",
                   f"{caption} | verdict by width: {verdicts}{missing}", right=LEGEND_RIGHT)
+
+
+def draw_ladder(points: pd.DataFrame, claims: list, caption: str, folder: Path) -> list[Path]:
+    """ladder-claim-<number>.png in `folder` for each claim with a Statistic and points; the paths."""
+    from bnstudy.plots import png_bytes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for claim in claims:
+        mine = points[points.claim == claim.number]
+        if claim.statistic is None or mine.empty:
+            continue
+        fig = ladder_figure(mine, claim, caption)
+        path = folder / f"ladder-claim-{claim.number.split()[0]}.png"
+        atomic_write_bytes(path, png_bytes(fig))  # a kill while drawing leaves the previous figure
+        plt.close(fig)
+        paths.append(path)
+    return paths
