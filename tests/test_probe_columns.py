@@ -93,8 +93,11 @@ def run_tables(arm: str, seed: int, scale: float, lr: float) -> dict[str, list[d
     """probes, metrics and activations rows of one run, tagged with its arm and seed as reading tags them."""
     acc = [{"step": step, "split": "train", "metric": "acc", "value": min(0.9, 0.1 + step / STEPS)}
            for step in range(STEPS)]
-    acts = [{"step": step, "layer": layer, "unit": 0, "stat": stat, "value": scale * (step + 1) + (stat == "var")}
-            for step in (0, 1, 10, 11) for layer in (2, 9) for stat in ("mean", "var")]
+    acc += [{"step": step, "split": "test", "metric": "acc", "value": min(0.99, 0.5 + step / STEPS)}
+            for step in PROBED]
+    offset = {"mean": 0.0, "var": 1.0, "p15": -1.0, "p50": 0.0, "p85": 1.0}
+    acts = [{"step": step, "layer": layer, "unit": 0, "stat": stat, "value": scale * (step + 1) + offset[stat]}
+            for step in (0, 1, 10, 11) for layer in (2, 9) for stat in offset]
     tables = {"probes": probe_rows(scale, lr), "metrics": acc, "activations": acts}
     return {name: [{"arm": arm, "seed": seed} | row for row in rows] for name, rows in tables.items()}
 
@@ -135,6 +138,7 @@ def summaries() -> dict:
     found |= keyed("dln", summarized(grid(("none", "batch"), (1e-6,))))
     found |= keyed("lp-norm-dln", summarized(grid(("batch", "l1"), (1e-6,))))
     found |= keyed("spectrum", summarized(grid(("none", "batch"), (0.1,))))
+    found |= keyed("ioffe-mnist", summarized(grid(("none", "batch"), (0.5,), ("lecun",))))
     return found | keyed("controls", summarized(grid(("none", "batch"), (0.1, 0.5), ("glorot", "kaiming"))))
 
 
