@@ -18,7 +18,7 @@ VGG_CFGS = {
 DATASET_MODELS = {"cifar10": ("vgg",), "synthetic": ("vgg", "mlp"), "gaussian": ("dln",), "mnist": ("mlp",)}
 
 # Weight initializations (models.inits.INITS has exactly these): glorot is the paper's
-INIT_KINDS = ("glorot", "kaiming", "lecun")
+INIT_KINDS = ("glorot", "kaiming", "lecun", "small")
 
 # The nonlinearities of the MLP family (models.mlp.ACTIVATIONS has exactly these)
 ACTIVATION_KINDS = ("sigmoid", "relu", "tanh")

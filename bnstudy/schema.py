@@ -95,7 +95,8 @@ class ModelConfig:
     head: tuple[int, ...] = setting((512, 512), "units per hidden layer at width 1", above=0, at_most=65_536)
     # none | batch | noisy-batch | noise-only | l1 | l2 | linf | layer | group (architectures.NORM_KINDS)
     norm: str = setting("batch", "a normalization", choices=NORM_KINDS)
-    # weight init: glorot (Xavier uniform, the paper) | kaiming (He normal, fan-in, ReLU gain)
+    # weight init: glorot (Xavier uniform, the paper) | kaiming (He normal, fan-in, ReLU gain) | lecun (Gaussian,
+    # variance 1/fan-in: the MNIST MLP's) | small (N(0, 0.01^2): Ioffe & Szegedy's "small random Gaussian values")
     init: str = setting("glorot", "a weight initialization", choices=INIT_KINDS)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     # DLN: number of linear layers (paper: 25); at most 1,024: a deeper DLN's gradients vanish or overflow float32

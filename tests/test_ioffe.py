@@ -29,6 +29,9 @@ def test_the_mlp_is_ioffe_and_szegedys_network():
     # "small random Gaussian values": N(0, 1/fan_in), biases zero
     assert linears[0].weight.std().item() == pytest.approx(784 ** -0.5, rel=0.02)
     assert linears[1].weight.std().item() == pytest.approx(0.1, rel=0.05) and not linears[1].bias.any()
+    small = build_model(ModelConfig(kind="mlp", norm="none", init="small"))  # the literal "small" Gaussian
+    assert all(m.weight.std().item() == pytest.approx(0.01, rel=0.1) for m in small.modules()
+               if isinstance(m, nn.Linear))
 
 
 def test_test_reached_at_is_the_first_evaluation_at_the_level():

@@ -9,6 +9,9 @@ INITS = {
     # Gaussian, Var = 1 / fan_in: LeCun et al. (1998)'s scale for sigmoid units; Ioffe & Szegedy's MNIST network
     # starts from "small random Gaussian values" and names no scale (docs/protocol.md)
     "lecun": lambda w: nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="linear"),
+    # N(0, 0.01^2) whatever the layer's size: "small random Gaussian values" read literally, the control that asks
+    # whether Ioffe & Szegedy's drifting sigmoid inputs come from a start with weights too small (docs/findings.md)
+    "small": lambda w: nn.init.normal_(w, std=0.01),
 }
 
 
