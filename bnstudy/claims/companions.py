@@ -13,7 +13,7 @@ from bnstudy.analysis.landscape import BETA_REL, FILTER_STEPS, LOSS_RATIO, REL_G
 from bnstudy.analysis.training import REACH_WINDOW, REACHED_AT, REACHES
 from bnstudy.claims.paper import landscape_ratio, share_below
 from bnstudy.claims.rules import (BN, BN01, FAILS, HOLDS, STANDARD, STANDARD01, Missing, Verdict, at_lr, basis, by_word,
-                                  needs, paired, spread)
+                                  needs, paired, reach_words, spread)
 
 FASTER_BY = 0.5  # 1b: batchnorm needs at most half the steps standard needs
 
@@ -27,9 +27,7 @@ def claim_1b(s) -> Verdict:
     stops = lr.stopped_at.dropna() if "stopped_at" in lr else pd.Series(dtype=float)
     # a run stopped as asked (--until-step) that has not reached the level: counted as never, said as far as it went
     never = f"not reached by step {int(stops.min()):,}" if len(stops) else "never"
-    words = lambda v: spread(v[np.isfinite(v)], "{:.0f}") + (f" ({int(np.isinf(v).sum())} of {len(v)} {never})"
-                                                               if np.isinf(v).any() else "") if np.isfinite(v).any() \
-        else f"{never} (n={len(v)})"
+    words = lambda steps: reach_words(steps, never)
     return Verdict(HOLDS if ok else FAILS, f"steps to reach {REACHES:.0%} training accuracy ({REACH_WINDOW}-step "
                    f"mean) at LR 0.1: batchnorm {words(steps.batchnorm)}, standard {words(steps.standard)}",
                    basis(lr, [STANDARD01, BN01]),

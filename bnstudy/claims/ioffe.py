@@ -13,7 +13,7 @@ from bnstudy.analysis.landscape import BETA_EFF, GRAD_DIFF_MAX
 from bnstudy.analysis.training import TEST_REACHED_AT, TEST_REACHES
 from bnstudy.claims.paper import landscape_ratio, share_below
 from bnstudy.claims.rules import (BN, FAILS, HOLDS, STANDARD, TIMES, Missing, Verdict, basis, by_word, needs, paired,
-                                  spread)
+                                  reach_words, spread)
 
 EXPERIMENT = "ioffe-mnist"
 PAIR = (STANDARD, BN)  # one LR in the experiment: its runs are found by their norm alone
@@ -27,9 +27,7 @@ def claim_14a(s) -> Verdict:
         raise Missing(f"no '{TEST_REACHED_AT}' in the results")
     steps = paired(runs.assign(reached=runs[TEST_REACHED_AT].fillna(np.inf)), "reached", by_word(*PAIR))
     ok = bool((np.isfinite(steps.batchnorm) & (steps.batchnorm < steps.standard)).all())
-    words = lambda v: spread(v[np.isfinite(v)], "{:.0f}") + (f" ({int(np.isinf(v).sum())} of {len(v)} never)"
-                                                               if np.isinf(v).any() else "") \
-        if np.isfinite(v).any() else f"never (n={len(v)})"
+    words = reach_words
     return Verdict(HOLDS if ok else FAILS, f"first evaluated step with {TEST_REACHES:.0%} test accuracy: batchnorm "
                    f"{words(steps.batchnorm)}, standard {words(steps.standard)}", basis(runs, list(PAIR)),
                    values=steps.batchnorm / steps.standard)

@@ -119,6 +119,16 @@ def spread(values: pd.Series | np.ndarray, fmt: str = "{:.3g}") -> str:
     return f"{fmt.format(values.mean())} ({fmt.format(values.min())}..{fmt.format(values.max())}, n={len(values)})"
 
 
+def reach_words(steps: pd.Series, never: str = "never") -> str:
+    """Steps at which each seed reached a level (inf: it did not), as the spread of those that did and how many did
+    not: '746 (n=1)', '500 (1 of 2 never)', 'never (n=2)'."""
+    reached = np.isfinite(steps)
+    if not reached.any():
+        return f"{never} (n={len(steps)})"
+    missed = f" ({int((~reached).sum())} of {len(steps)} {never})" if (~reached).any() else ""
+    return spread(steps[reached], "{:.0f}") + missed
+
+
 def pct(values) -> str:
     return spread(np.asarray(values, dtype=float) * 100, "{:.1f}%")
 
