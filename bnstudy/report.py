@@ -188,7 +188,6 @@ def verdicts_table(judged: dict[str, list], claims: list | None = None) -> str:
     return "\n".join(lines)
 
 
-WIDTHLESS = {"dln", "lp-norm-dln", "curvature-dln"}  # experiments of the deep linear network: no VGG width
 LADDER_FIGURES = "figures"  # in the results folder: the ladder's figures read every tree's runs, no one experiment's
 
 
@@ -203,8 +202,9 @@ def ladder_section(judged: dict[str, list], split: dict, results_dir: Path, figu
     parts = ["## The width ladder", "",
              "Each claim at each width of the VGG trained on the paper's schedule (15,000 steps; docs/long.md, "
              "\"The width ladder\"): its verdict and the number that decided it, judged on that width's runs alone. "
-             "Claims measured at no width, and those that read only the deep linear network (no width), are left out.",
-             "", verdicts_table({heads[scale]: judged[scale] for scale in rungs}, on_ladder(judged, rungs)), ""]
+             "Claims measured at no width, and those that read only networks without one (the deep linear network, the "
+             "MNIST MLP), are left out.",
+             "", verdicts_table({heads[scale]: judged[scale] for scale in rungs}, on_ladder(judged, split, rungs)), ""]
     points = ladder_points(judged, rungs, preset_of)
     if figures and len(points):
         from bnstudy.plots.ladder import draw_ladder  # matplotlib only when figures are drawn
@@ -214,11 +214,20 @@ def ladder_section(judged: dict[str, list], split: dict, results_dir: Path, figu
     return parts
 
 
-def on_ladder(judged: dict[str, list], rungs: dict[str, float]) -> list:
-    """The claims measured at some width that read a network with one (the VGG's): not those of the deep linear
-    network alone, whose runs would repeat at every width."""
+def on_ladder(judged: dict[str, list], split: dict, rungs: dict[str, float]) -> list:
+    """The claims measured at some width that read a network with one (the VGG's): not those that read only
+    experiments without a width (the deep linear network's, the MNIST MLP's), whose runs repeat at every width."""
     measured = {claim.number for scale in rungs for claim, verdict in judged[scale] if verdict.verdict != NOT_MEASURED}
-    return [claim for claim in CLAIMS if claim.number in measured and not set(claim.experiments) <= WIDTHLESS]
+    widthless = widthless_experiments(split, rungs)
+    return [claim for claim in CLAIMS if claim.number in measured and not set(claim.experiments) <= widthless]
+
+
+def widthless_experiments(split: dict, rungs: dict[str, float]) -> set[str]:
+    """The experiments, at the ladder's scales, none of whose runs has a VGG width: known from the runs themselves,
+    so that a family added later (bnstudy.models.register_model) needs no list kept here."""
+    tables = [(experiment_of(name), table) for scale in rungs for name, table in split[scale].items()]
+    with_width = {name for name, table in tables if "width" in table and table.width.notna().any()}
+    return {name for name, _ in tables} - with_width
 
 
 def _stop_words(chosen: dict[str, pd.DataFrame]) -> str:

@@ -84,6 +84,17 @@ def test_the_report_section_tables_every_width_and_draws_a_readable_figure_per_s
     assert [p.name for p in (tmp_path / "figures").iterdir()] == ["ladder-claim-7.png"]
 
 
+def test_claims_on_networks_without_a_width_stay_off_the_ladder(tmp_path):
+    """The MNIST MLP's runs (no VGG width) count at every width's scale, so claim 14a is measured at each: the ladder
+    leaves it out rather than repeat one verdict as if width had been varied."""
+    mlp = frame({"standard": {"test_reached_at": 3000.0}, "batchnorm": {"test_reached_at": 1000.0}})
+    summaries = two_widths(50.0, 2.0) | {"ioffe-mnist": mlp.assign(lr=0.5, width=np.nan)}
+    split, judged, rungs = rungs_and_verdicts(summaries)
+    assert all(verdict.verdict == HOLDS for scale in rungs for c, verdict in judged[scale] if c.number == "14a")
+    text = "\n".join(ladder_section(judged, split, tmp_path, figures=False))
+    assert "| 7 |" in text and "| 14a |" not in text
+
+
 def test_the_ladder_figure_is_laid_out_and_names_undrawn_values():
     from bnstudy.plots.ladder import ladder_figure
 
