@@ -1,6 +1,7 @@
 """The seed band: our vectorized bootstrap against seaborn's own ("ci", 95) aggregation. One name and one colour
 per normalization in every figure, read back from the matplotlib artists."""
 import colorsys
+import io
 import re
 
 import matplotlib.pyplot as plt
@@ -324,3 +325,27 @@ def test_the_caption_names_the_networks_width():
     root = Path(__file__).resolve().parent.parent / "results"
     assert "| preset: long | width: 0.125 | data:" in Results(root / "width-0.125", "paper-figures").caption()
     assert "width" not in Results(root, "dln").caption()
+
+
+@pytest.mark.parametrize("n_shades", [1, 4, 6])
+def test_the_palette_png_keeps_every_lines_colour(n_shades):
+    """png_bytes keeps 128 colours: each arm's line, however thin, must come back in its own colour, not merged into
+    a neighbour's (every norm's colour and its shades, as the controls' figures draw them: up to 54 line colours)."""
+    from PIL import Image
+
+    colours = [c for style in NORM_STYLES.values() for c in shades(style.color, n_shades)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = np.linspace(0, 1, 200)
+    for i, colour in enumerate(colours):
+        ax.plot(x, np.sin(8 * x + i) + i / 4, color=colour, lw=1.2)
+    ax.fill_between(x, -1, 0, color=colours[0], alpha=0.25)  # a seed band: blends to colours of its own
+    ax.set(title="a title", xlabel="training step")
+    try:
+        image = Image.open(io.BytesIO(plots.png_bytes(fig)))
+    finally:
+        plt.close(fig)
+    assert image.mode == "P" and len(image.getcolors()) <= 128
+    palette = np.array(image.convert("RGB").getcolors(1 << 16), dtype=object)
+    found = np.array([rgb for _, rgb in palette], dtype=float) / 255
+    for colour in colours:
+        assert np.abs(found - to_rgb(colour)).max(axis=1).min() < 6 / 255, colour
