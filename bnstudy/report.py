@@ -230,6 +230,16 @@ def widthless_experiments(split: dict, rungs: dict[str, float]) -> set[str]:
     return {name for name, _ in tables} - with_width
 
 
+def column_head(scale: str, chosen: dict[str, pd.DataFrame]) -> str:
+    """The README's column for one scale: its preset, the width of its VGG runs where they have one, and where its
+    runs stopped (--until-step), e.g. 'paper (width 1, stopped at step 3,750)'."""
+    preset, _, inner = scale.partition(" (")
+    width = width_of(chosen)
+    words = [inner.removesuffix(")")] if inner else [f"width {width:g}"] if width is not None else []
+    words += [_stop_words(chosen).removeprefix(", ")] if _stop_words(chosen) else []
+    return f"{preset} ({', '.join(words)})" if words else preset
+
+
 def _stop_words(chosen: dict[str, pd.DataFrame]) -> str:
     stops = {int(s) for table in chosen.values() if "stopped_at" in table for s in table.stopped_at.dropna()}
     return f", stopped at step {min(stops):,}" if stops else ""
@@ -281,11 +291,11 @@ def update_readme(readme: Path, results_dir: Path, table: str) -> None:
         raise ConfigError(f"{readme} has no {README_START} ... {README_END} block to fill")
     prefix = Path(os.path.relpath(results_dir, readme.parent)).as_posix()
     figures = [f"![{f}]({prefix}/{f})" for f in KEY_FIGURES if (results_dir / f).exists()]
-    block = "\n\n".join([f"**What the committed results say**, per preset with runs (written by `make report` from the "
-                          f"CSVs; ✅ holds, ❌ does not hold, 🟰 tie, ➖ not measured, beside the number that decided "
-                          f"it; the rules, every number with its spread and the runs behind them are in "
-                          f"[`{prefix}/REPORT.md`]({prefix}/REPORT.md)):",
-                          table, *figures])
+    intro = ("**What the committed results say**, per preset and width with runs (written by `make report` from "
+             "the CSVs; ✅ holds, ❌ does not hold, 🟰 tie, ➖ not measured, beside the number that decided it; "
+             f"the rules, every number with its spread and the runs behind them are in "
+             f"[`{prefix}/REPORT.md`]({prefix}/REPORT.md)):")
+    block = "\n\n".join([intro, table, *figures])
     head, rest = text.split(README_START, 1)
     atomic_write_text(readme, head + README_START + "\n" + block + "\n" + README_END + rest.split(README_END, 1)[1])
 
@@ -335,5 +345,6 @@ def write_report(results_dir: str | Path = "results", readme: Path | None = None
     path = results_dir / "REPORT.md"
     atomic_write_text(path, "\n".join(parts))
     if readme is not None:
-        update_readme(Path(readme), results_dir, verdicts_table(judged))
+        update_readme(Path(readme), results_dir,
+                      verdicts_table({column_head(scale, split.get(scale, {})): v for scale, v in judged.items()}))
     return path

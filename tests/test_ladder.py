@@ -9,7 +9,7 @@ import pytest
 
 from bnstudy.claims import CLAIMS, HOLDS, evaluate
 from bnstudy.claims.ladder import ladder_points, ladder_scales, width_label, width_of
-from bnstudy.report import by_preset, judge, ladder_section, preset_of
+from bnstudy.report import by_preset, column_head, judge, ladder_section, preset_of
 from figure_layout import layout_defects
 from test_claims import frame, landscape_runs, stopped
 
@@ -116,3 +116,10 @@ def test_one_width_makes_no_ladder(tmp_path):
 
 def test_width_labels_are_fractions_of_the_papers_channels():
     assert [width_label(w) for w in (0.125, 0.25, 0.5, 1.0)] == ["1/8", "1/4", "1/2", "1"]
+
+
+def test_the_readmes_columns_name_each_scales_width_and_stop():
+    split, _, _ = rungs_and_verdicts(two_widths(50.0, 2.0))
+    assert [column_head(scale, split[scale]) for scale in split] == [
+        "long (width 0.125)", "paper (width 1, stopped at step 3,750)"]
+    assert column_head("quick", {}) == "quick"  # no runs with a width (the DLN's alone): the preset
