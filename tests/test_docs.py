@@ -1006,7 +1006,7 @@ ALLOWED = [
     r"Fig(?:s?\.|ures?) \d+[a-c]?(?:(?:–|, | and )\d+[a-c]?)*", r"#\d+",  # the paper's figures, layer numbers
     r"\b(?:19|20)\d\d\b", r"arXiv \d+\.\d+", r"Algorithm \d", r"Definition \d\.\d",  # citations
     r"VGG-\d+", r"CIFAR-\d+", r"GPT-\d", r"ℓ\d", r"\bL\d\b", r"\dD\b",  # names
-    r"width[ -]1(?:/\d+)?\b", r"top[ -]\d+", r"\bstep 0\b", r"TF32", r"2/η", r"\bLR [\d.]+",  # settings
+    r"[Ww]idth[ -]1(?:/\d+)?\b", r"top[ -]\d+", r"\bstep 0\b", r"TF32", r"2/η", r"\bLR [\d.]+",  # settings
     r"on \d+ of 2", r"\d-core", r"\b\d+% bootstrap", r"both sides of 2", r"pinned at 2", r"three times",
     r"‖W_\{t\+1\}‖² − ‖W_t‖² = η²‖g_t‖²", r"‖[^‖]*‖₂?", r"η/‖W‖²", r"[²₂]",
 ]
@@ -1037,7 +1037,8 @@ def test_prose_that_reads_results_types_no_number(name):
 LADDER_WIDTHS = {"w8": 0.125, "w4": 0.25, "w2": 0.5, "w1": 1.0}  # the fact keys' words for each width
 WIDTH_WORD = "(" + "|".join(LADDER_WIDTHS) + ")"
 LADDER_RATIOS = ("early_grad_diff_max", "early_loss_ratio", "early_overshoot", "early_lambda_max",
-                 "filter_early_loss_ratio", "filter_early_rel_grad_diff_max")
+                 "filter_early_loss_ratio", "filter_early_rel_grad_diff_max", "reached_at")
+LADDER_FOLDERS = {"w8": "width-0.125", "w4": ".", "w2": "width-0.5", "w1": "paper"}  # each width's results folder
 
 
 @functools.cache
@@ -1080,6 +1081,25 @@ def _ladder_lambda(arm, width):
     return span(ladder_arm(width, arm).early_lambda_max)
 
 
+@fact("ladder-(early_loss_ratio|early_overshoot)-(standard|batch)-" + WIDTH_WORD)
+def _ladder_column(column, arm, width):
+    return span(ladder_arm(width, arm)[column])
+
+
+@fact("ladder-early-fit-(standard|batch)-" + WIDTH_WORD)
+def _ladder_early_fit(arm, width):
+    """Per run, the first quarter's median of L(w - eta_min g) / L(w): how far the grid's smallest step along the
+    gradient takes the batch's loss (the long runs' long-early-fit, at one width of the ladder)."""
+    from bnstudy.analysis.common import phase
+    from bnstudy.analysis.landscape import PLAIN, per_eta_table
+    from bnstudy.reading import Results
+    runs = ladder_arm(width, arm)
+    probes = Results(RESULTS / LADDER_FOLDERS[width], "paper-figures").tables["probes"]
+    rows = per_eta_table(probes.merge(runs[["arm", "seed"]], on=["arm", "seed"]), PLAIN)
+    rows = rows[(rows.eta == rows.eta.min()) & (phase(rows, runs) == "early")]
+    return pct_span(rows.assign(fit=rows.loss / rows.loss_at_w).groupby(["arm", "seed"]).fit.median())
+
+
 COLLAPSE_WINDOW = 250  # steps: the training accuracy's mean over each such window
 
 
@@ -1087,7 +1107,7 @@ def fell_back(width: str) -> dict[int, tuple[int, int]]:
     """Standard's seeds whose training accuracy, once it had left chance, fell back to it (a window mean below
     11%) for a while: seed -> (first, end) step of the windows at chance."""
     from bnstudy.analysis import CHANCE
-    folder = {"w8": "width-0.125", "w4": ".", "w2": "width-0.5", "w1": "paper"}[width]
+    folder = LADDER_FOLDERS[width]
     found = {}
     for seed in sorted(ladder_arm(width, "standard").seed):
         metrics = pd.read_csv(RESULTS / folder / "paper-figures" / "standard" / f"seed-{seed}" / "metrics.csv.xz")
