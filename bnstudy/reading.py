@@ -152,7 +152,19 @@ def caption_of(experiment: str, meta: pd.DataFrame, shown_seed: int | None = Non
         seeds = f"every panel: seed {shown_seed} alone (n=1), of the runs' {seeds}"
     widths = sorted(set(meta.width.dropna())) if "width" in meta else []  # the VGG's; a DLN has none
     width = f" | width: {_listed(f'{w:g}' for w in widths)}" if widths else ""
-    return f"{experiment} | preset: {presets}{width} | data: {datasets} | {seeds}{_gpu_words(meta)}"
+    return f"{experiment} | preset: {presets}{width}{_stop_words(meta)} | data: {datasets} | {seeds}{_gpu_words(meta)}"
+
+
+def _stop_words(meta: pd.DataFrame) -> str:
+    """' | stopped at step 3,750 of 15,000' where runs stopped as asked (--until-step) before the end of their
+    schedule, and how many of the runs did where not all: a figure that ends early says why."""
+    stopped = meta[meta.stopped_at.notna()] if "stopped_at" in meta else meta.iloc[:0]
+    if stopped.empty:
+        return ""
+    stops = sorted(set(zip(stopped.stopped_at, stopped.steps)))
+    where = _listed(f"{int(at):,} of {int(steps):,}" for at, steps in stops)
+    some = "" if len(stopped) == len(meta) else f" ({len(stopped)} of {len(meta)} runs)"
+    return f" | stopped at step {where}{some}"
 
 
 def _seed_words(meta: pd.DataFrame) -> str:

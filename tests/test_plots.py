@@ -327,6 +327,22 @@ def test_the_caption_names_the_networks_width():
     assert "width" not in Results(root, "dln").caption()
 
 
+def test_the_caption_says_where_runs_stopped_as_asked():
+    """Width 1's runs stopped at step 3,750 of the paper's 15,000 (--until-step): their figures end there and say
+    why."""
+    from pathlib import Path
+
+    from bnstudy.reading import caption_of
+
+    root = Path(__file__).resolve().parent.parent / "results"
+    assert "| preset: paper | width: 1 | stopped at step 3,750 of 15,000 | data:" in Results(
+        root / "paper", "paper-figures").caption()
+    meta = pd.DataFrame({"arm": ["a", "b"], "seed": [0, 0], "preset": "paper", "dataset": "d", "steps": 15000,
+                         "stopped_at": [3750, None]})
+    assert "| stopped at step 3,750 of 15,000 (1 of 2 runs) |" in caption_of("e", meta)
+    assert "stopped" not in caption_of("e", meta.assign(stopped_at=None))
+
+
 @pytest.mark.parametrize("n_shades", [1, 4, 6])
 def test_the_palette_png_keeps_every_lines_colour(n_shades):
     """png_bytes keeps 128 colours: each arm's line, however thin, must come back in its own colour, not merged into
