@@ -236,7 +236,8 @@ def column_head(scale: str, chosen: dict[str, pd.DataFrame]) -> str:
     preset, _, inner = scale.partition(" (")
     width = width_of(chosen)
     words = [inner.removesuffix(")")] if inner else [f"width {width:g}"] if width is not None else []
-    words += [_stop_words(chosen).removeprefix(", ")] if _stop_words(chosen) else []
+    stop = _stop_words(chosen).removeprefix(", ")
+    words += [stop] if stop else []
     return f"{preset} ({', '.join(words)})" if words else preset
 
 

@@ -1086,16 +1086,21 @@ def _ladder_column(column, arm, width):
     return span(ladder_arm(width, arm)[column])
 
 
+@functools.cache
+def ladder_probes(width: str) -> pd.DataFrame:
+    """The probe rows of one width's paper-figures runs as bnstudy reads them (reading.Results), read once."""
+    from bnstudy.reading import Results
+    return Results(RESULTS / LADDER_FOLDERS[width], "paper-figures").tables["probes"]
+
+
 @fact("ladder-early-fit-(standard|batch)-" + WIDTH_WORD)
 def _ladder_early_fit(arm, width):
     """Per run, the first quarter's median of L(w - eta_min g) / L(w): how far the grid's smallest step along the
     gradient takes the batch's loss (the long runs' long-early-fit, at one width of the ladder)."""
     from bnstudy.analysis.common import phase
     from bnstudy.analysis.landscape import PLAIN, per_eta_table
-    from bnstudy.reading import Results
     runs = ladder_arm(width, arm)
-    probes = Results(RESULTS / LADDER_FOLDERS[width], "paper-figures").tables["probes"]
-    rows = per_eta_table(probes.merge(runs[["arm", "seed"]], on=["arm", "seed"]), PLAIN)
+    rows = per_eta_table(ladder_probes(width).merge(runs[["arm", "seed"]], on=["arm", "seed"]), PLAIN)
     rows = rows[(rows.eta == rows.eta.min()) & (phase(rows, runs) == "early")]
     return pct_span(rows.assign(fit=rows.loss / rows.loss_at_w).groupby(["arm", "seed"]).fit.median())
 

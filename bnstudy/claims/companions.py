@@ -27,9 +27,9 @@ def claim_1b(s) -> Verdict:
     stops = lr.stopped_at.dropna() if "stopped_at" in lr else pd.Series(dtype=float)
     # a run stopped as asked (--until-step) that has not reached the level: counted as never, said as far as it went
     never = f"not reached by step {int(stops.min()):,}" if len(stops) else "never"
-    words = lambda steps: reach_words(steps, never)
     return Verdict(HOLDS if ok else FAILS, f"steps to reach {REACHES:.0%} training accuracy ({REACH_WINDOW}-step "
-                   f"mean) at LR 0.1: batchnorm {words(steps.batchnorm)}, standard {words(steps.standard)}",
+                   f"mean) at LR 0.1: batchnorm {reach_words(steps.batchnorm, never)}, standard "
+                   f"{reach_words(steps.standard, never)}",
                    basis(lr, [STANDARD01, BN01]),
                    # the number the rule bounds: 0 where only batchnorm reached the level, inf where only standard did,
                    # NaN where neither did

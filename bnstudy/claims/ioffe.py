@@ -27,9 +27,8 @@ def claim_14a(s) -> Verdict:
         raise Missing(f"no '{TEST_REACHED_AT}' in the results")
     steps = paired(runs.assign(reached=runs[TEST_REACHED_AT].fillna(np.inf)), "reached", by_word(*PAIR))
     ok = bool((np.isfinite(steps.batchnorm) & (steps.batchnorm < steps.standard)).all())
-    words = reach_words
     return Verdict(HOLDS if ok else FAILS, f"first evaluated step with {TEST_REACHES:.0%} test accuracy: batchnorm "
-                   f"{words(steps.batchnorm)}, standard {words(steps.standard)}", basis(runs, list(PAIR)),
+                   f"{reach_words(steps.batchnorm)}, standard {reach_words(steps.standard)}", basis(runs, list(PAIR)),
                    values=steps.batchnorm / steps.standard)
 
 
