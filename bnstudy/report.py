@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from bnstudy.analysis import StepTable, experiment_of, run_summary, step_tables
 from bnstudy.claims import CLAIMS, NOT_MEASURED, evaluate
-from bnstudy.claims.ladder import ladder_points, ladder_scales, width_label, width_of
+from bnstudy.claims.ladder import ladder_claims, ladder_path, ladder_points, ladder_scales, width_label, width_of
 from bnstudy.claims.rules import ONE_SEED
 from bnstudy.config import PRESETS, ConfigError, list_experiments, load_experiment
 from bnstudy.manifest import describe
@@ -206,12 +206,21 @@ def ladder_section(judged: dict[str, list], split: dict, results_dir: Path, figu
              "MNIST MLP), are left out.",
              "", verdicts_table({heads[scale]: judged[scale] for scale in rungs}, on_ladder(judged, split, rungs)), ""]
     points = ladder_points(judged, rungs, preset_of)
-    if figures and len(points):
-        from bnstudy.plots.ladder import draw_ladder  # matplotlib only when figures are drawn
-
-        for path in draw_ladder(points, CLAIMS, ladder_caption(points, split, rungs), results_dir / LADDER_FIGURES):
-            parts += [f"![width ladder {path.stem}]({path.relative_to(results_dir).as_posix()})", ""]
+    for path in ladder_figures(points, split, rungs, results_dir, figures):
+        parts += [f"![width ladder {path.stem}]({path.relative_to(results_dir).as_posix()})", ""]
     return parts
+
+
+def ladder_figures(points: pd.DataFrame, split: dict, rungs: dict[str, float], results_dir: Path,
+                   draw: bool) -> list[Path]:
+    """The ladder's figures: drawn afresh, or (--no-figures) those already on disk for the claims with points, so
+    REPORT.md keeps linking them, as it does each experiment's figures."""
+    folder = results_dir / LADDER_FIGURES
+    if not draw:
+        return [path for claim in ladder_claims(points, CLAIMS) if (path := ladder_path(folder, claim)).is_file()]
+    from bnstudy.plots.ladder import draw_ladder  # matplotlib only when figures are drawn
+
+    return draw_ladder(points, CLAIMS, ladder_caption(points, split, rungs), folder) if len(points) else []
 
 
 def on_ladder(judged: dict[str, list], split: dict, rungs: dict[str, float]) -> list:

@@ -84,6 +84,16 @@ def test_the_report_section_tables_every_width_and_draws_a_readable_figure_per_s
     assert [p.name for p in (tmp_path / "figures").iterdir()] == ["ladder-claim-7.png"]
 
 
+def test_without_drawing_the_report_links_the_ladder_figures_already_drawn(tmp_path):
+    """`bnstudy report --no-figures` keeps REPORT.md's links to the figures on disk, as it does each experiment's;
+    a claim's figure that was never drawn is not linked."""
+    split, judged, _ = rungs_and_verdicts(two_widths(50.0, 2.0))
+    assert "ladder-claim-7" not in "\n".join(ladder_section(judged, split, tmp_path, figures=False))
+    ladder_section(judged, split, tmp_path, figures=True)
+    text = "\n".join(ladder_section(judged, split, tmp_path, figures=False))
+    assert "![width ladder ladder-claim-7](figures/ladder-claim-7.png)" in text
+
+
 def test_claims_on_networks_without_a_width_stay_off_the_ladder(tmp_path):
     """The MNIST MLP's runs (no VGG width) count at every width's scale, so claim 14a is measured at each: the ladder
     leaves it out rather than repeat one verdict as if width had been varied."""

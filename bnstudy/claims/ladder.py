@@ -4,6 +4,7 @@ the rules' own (Verdict.values), never recomputed, and no claim pools two widths
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import pandas as pd
 
@@ -41,3 +42,13 @@ def ladder_points(judged: dict[str, list], rungs: dict[str, float], preset_of) -
             rows += [{"claim": claim.number, "width": width, "preset": preset_of(scale), "seed": int(seed),
                       "value": float(value), "verdict": verdict.verdict} for seed, value in verdict.values.items()]
     return pd.DataFrame(rows, columns=LADDER_COLUMNS)
+
+
+def ladder_claims(points: pd.DataFrame, claims: list) -> list:
+    """The claims with a figure on the ladder: a Statistic, and points to draw."""
+    return [claim for claim in claims if claim.statistic is not None and (points.claim == claim.number).any()]
+
+
+def ladder_path(folder: Path, claim) -> Path:
+    """Where the ladder's figure of one claim goes (plots.ladder draws it; report links it)."""
+    return folder / f"ladder-claim-{claim.number.split()[0]}.png"

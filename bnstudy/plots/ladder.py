@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bnstudy.claims.ladder import width_label
+from bnstudy.claims.ladder import ladder_claims, ladder_path, width_label
 from bnstudy.files import atomic_write_bytes
 from bnstudy.plots.style import finish
 
@@ -61,12 +61,9 @@ def draw_ladder(points: pd.DataFrame, claims: list, caption: str, folder: Path) 
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for claim in claims:
-        mine = points[points.claim == claim.number]
-        if claim.statistic is None or mine.empty:
-            continue
-        fig = ladder_figure(mine, claim, caption)
-        path = folder / f"ladder-claim-{claim.number.split()[0]}.png"
+    for claim in ladder_claims(points, claims):
+        fig = ladder_figure(points[points.claim == claim.number], claim, caption)
+        path = ladder_path(folder, claim)
         atomic_write_bytes(path, png_bytes(fig))  # a kill while drawing leaves the previous figure
         plt.close(fig)
         paths.append(path)
