@@ -67,10 +67,17 @@ def deep_merge(base: dict, override: dict) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Comparing two configurations (a resumed run's stored one with the one asked for now)
 # ----------------------------------------------------------------------------------------------
+# How often a run saves its state and flushes its rows: no number a run records depends on them (a resumed run equals
+# the uninterrupted one, tests/test_planned_stop.py), so a run may go on, and seeds pool, under another cadence, e.g. a
+# slow machine checkpointing more often than the preset's
+BOOKKEEPING = frozenset({"train.checkpoint_every", "train.log_every"})
+
+
 def config_differences(there: RunConfig, now: RunConfig, labels: tuple[str, str] = ("there", "now")) -> list[str]:
     """Every field whose value differs, as 'key: A there, B now' (`labels`), most telling first: preset,
-    model.*, train.*, data.*, then the rest by name."""
+    model.*, train.*, data.*, then the rest by name. BOOKKEEPING fields are no difference."""
     found = _differences(_stored_form(dataclasses.asdict(there)), _stored_form(dataclasses.asdict(now)), labels)
+    found = [d for d in found if d.partition(":")[0] not in BOOKKEEPING]
     rank = {"preset": 0, "model": 1, "train": 2, "data": 3}
     return sorted(found, key=lambda d: (rank.get(d.partition(":")[0].split(".")[0], 4), d))
 

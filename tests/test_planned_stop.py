@@ -69,3 +69,32 @@ def test_a_stopped_run_is_reported_and_a_bad_until_step_is_one_line(tmp_path):
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--until-step" in refused.stderr
     archive = run_folder(tmp_path) / "metrics.csv.xz"
     assert lzma.decompress(archive.read_bytes())  # untouched by the refusals
+
+
+def test_a_run_goes_on_under_another_checkpoint_and_log_cadence_and_ends_as_the_uninterrupted_run(tmp_path):
+    """How often a run saves and flushes is bookkeeping (config.BOOKKEEPING): a slow run resumed with more frequent
+    checkpoints keeps its checkpoint and its rows, ends byte for byte as the uninterrupted run, and its config.json
+    says the cadence it went on with."""
+    whole = tmp_path / "whole"
+    assert bnstudy(whole).returncode == 0
+    assert bnstudy(tmp_path, args=[*ARGS, "--until-step", str(STOP)]).returncode == 0
+    cadence = ["--set", "train.checkpoint_every=5", "--set", "train.log_every=2"]
+    resumed = bnstudy(tmp_path, args=[*ARGS, *cadence])
+    assert resumed.returncode == 0 and "from step 0" not in resumed.stdout + resumed.stderr, resumed.stderr
+    assert "passed over" not in resumed.stdout + resumed.stderr
+    assert csvs(tmp_path) == csvs(whole)
+    stored = json.loads((run_folder(tmp_path) / "config.json").read_text())["train"]
+    assert (stored["checkpoint_every"], stored["log_every"]) == (5, 2)
+
+
+def test_bookkeeping_is_no_difference_to_a_checkpoint_a_folder_or_pooling():
+    import dataclasses
+
+    from bnstudy.config import config_differences
+    from bnstudy.schema import RunConfig
+
+    base = RunConfig()
+    cadence = dataclasses.replace(base, train=dataclasses.replace(base.train, checkpoint_every=7, log_every=3))
+    assert config_differences(base, cadence) == []
+    other_lr = dataclasses.replace(cadence, train=dataclasses.replace(cadence.train, lr=0.5))
+    assert config_differences(base, other_lr) == ["train.lr: 0.1 there, 0.5 now"]
