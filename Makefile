@@ -2,7 +2,7 @@
 #   make EXPERIMENT [SEED=1 | SEEDS="0 1 2"] [PRESET=smoke|quick|long|paper] [ARMS="a b"] [DEVICE=auto|cpu|cuda] [RESULTS=dir] [DATA=dir]
 #   make all [SEEDS="0 1 2"]  every experiment, then the report;  make report  the report alone
 #   make bench [E2E=1]  costs as ratios (E2E=1 also times the whole quick noisy-bn)
-#   make lint | test | test-gpu [NOVENV=1]  (NOVENV=1: the system python3 with PYTHONPATH=., as on a GPU image without network)
+#   make lint | test [WORKERS=n] | test-gpu [NOVENV=1]  (WORKERS: test processes, default one a core up to 4; NOVENV=1: the system python3 with PYTHONPATH=., as on a GPU image without network)
 #   make gpu-paper NOVENV=1 [MINUTES=8]  a GPU lease's last call: the paper preset's runs side by side (docs/gpu.md)
 #   make crosscheck  our Hessian probes against curvlinops, hessian-eigenthings and PyHessian (own venv: .venv-peers)
 PYTHON  ?= python3
@@ -10,6 +10,7 @@ VENV    ?= .venv
 SEED    ?= 0
 SEEDS   ?= $(SEED)
 PRESET  ?= quick
+WORKERS ?= auto
 DEVICE  ?= auto
 RESULTS ?= results
 LAUNCHER ?= local
@@ -98,8 +99,10 @@ plot: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check bnstudy tests
 
+# pytest-xdist: one process a core (at most 4: each holds torch and a data set), each test file in one of them, so
+# a file's shared runs (module fixtures) are trained once; WORKERS=1 beside a long run
 test: lint mnist-data
-	BNSTUDY_DATA="$$(cd "$(DATA)" && pwd)" $(BIN)/python -m pytest -q
+	BNSTUDY_DATA="$$(cd "$(DATA)" && pwd)" $(BIN)/python -m pytest -q -n $(WORKERS) --maxprocesses 4 --dist loadscope
 
 # the tests marked `cuda` alone (tests/test_cuda.py); each skips, saying why, where torch sees no GPU
 ifdef NOVENV

@@ -7,9 +7,18 @@ import torch
 SMOKE_SYNTHETIC = ["--set", "data.dataset=synthetic"]
 
 
+def threads_per_test() -> int:
+    """torch's threads in a test: BNSTUDY_TEST_THREADS (1 beside a long run on a 2-core machine), else the cores
+    shared among pytest-xdist's workers (`make test` runs one a core: more threads than cores slow every one)."""
+    if "BNSTUDY_TEST_THREADS" in os.environ:
+        return int(os.environ["BNSTUDY_TEST_THREADS"])
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
+    return max(1, min(2, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(autouse=True)
 def _fast_torch():
-    torch.set_num_threads(int(os.environ.get("BNSTUDY_TEST_THREADS", 2)))  # 1 beside a long run on a 2-core machine
+    torch.set_num_threads(threads_per_test())
     yield
 
 
