@@ -197,7 +197,7 @@ def ladder_section(judged: dict[str, list], split: dict, results_dir: Path, figu
     rungs = ladder_scales({scale: width_of(chosen) for scale, chosen in split.items()}, preset_of)
     if len(rungs) < 2:
         return []
-    heads = {scale: f"width {width_label(width)} ({preset_of(scale)}{_stop_words(split[scale])})"
+    heads = {scale: f"width {width_label(width)} ({preset_of(scale)}{_summaries_stop_words(split[scale])})"
              for scale, width in rungs.items()}
     parts = ["## The width ladder", "",
              "Each claim at each width of the VGG trained on the paper's schedule (15,000 steps; docs/long.md, "
@@ -245,12 +245,14 @@ def column_head(scale: str, chosen: dict[str, pd.DataFrame]) -> str:
     preset, _, inner = scale.partition(" (")
     width = width_of(chosen)
     words = [inner.removesuffix(")")] if inner else [f"width {width:g}"] if width is not None else []
-    stop = _stop_words(chosen).removeprefix(", ")
+    stop = _summaries_stop_words(chosen).removeprefix(", ")
     words += [stop] if stop else []
     return f"{preset} ({', '.join(words)})" if words else preset
 
 
-def _stop_words(chosen: dict[str, pd.DataFrame]) -> str:
+def _summaries_stop_words(chosen: dict[str, pd.DataFrame]) -> str:
+    """', stopped at step 3,750' where a scale's summaries (one row a run) hold runs stopped as asked: the first such
+    step. (A figure's caption says the same from its runs' meta, reading._stop_words.)"""
     stops = {int(s) for table in chosen.values() if "stopped_at" in table for s in table.stopped_at.dropna()}
     return f", stopped at step {min(stops):,}" if stops else ""
 
@@ -258,7 +260,7 @@ def _stop_words(chosen: dict[str, pd.DataFrame]) -> str:
 def ladder_caption(points: pd.DataFrame, split: dict, rungs: dict[str, float]) -> str:
     datasets = sorted({d for scale in rungs for t in split[scale].values() if {"width", "dataset"} <= set(t)
                        for d in t.dataset[t.width.notna()]})
-    presets = "; ".join(f"width {width_label(w)}: {preset_of(scale)}{_stop_words(split[scale])}, seeds "
+    presets = "; ".join(f"width {width_label(w)}: {preset_of(scale)}{_summaries_stop_words(split[scale])}, seeds "
                         f"{', '.join(map(str, sorted(points[points.width == w].seed.unique())))}"
                         for scale, w in rungs.items())
     return f"the paper's schedule (15,000 steps), LR 0.1 | {presets} | data: {', '.join(datasets)}"
