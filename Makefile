@@ -100,7 +100,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check bnstudy tests
 
 # pytest-xdist: one process a core (at most 4: each holds torch and a data set), each test file in one of them, so
-# a file's shared runs (module fixtures) are trained once; WORKERS=1 beside a long run
+# a file's shared runs (module fixtures) are trained once; beside a long run: BNSTUDY_TEST_THREADS=1 make test WORKERS=1
 test: lint mnist-data
 	BNSTUDY_DATA="$$(cd "$(DATA)" && pwd)" $(BIN)/python -m pytest -q -n $(WORKERS) --maxprocesses 4 --dist loadscope
 
