@@ -77,7 +77,6 @@ def config_differences(there: RunConfig, now: RunConfig, labels: tuple[str, str]
     """Every field whose value differs, as 'key: A there, B now' (`labels`), most telling first: preset,
     model.*, train.*, data.*, then the rest by name. BOOKKEEPING fields are no difference."""
     found = _differences(_stored_form(dataclasses.asdict(there)), _stored_form(dataclasses.asdict(now)), labels)
-    found = [d for d in found if d.partition(":")[0] not in BOOKKEEPING]
     rank = {"preset": 0, "model": 1, "train": 2, "data": 3}
     return sorted(found, key=lambda d: (rank.get(d.partition(":")[0].split(".")[0], 4), d))
 
@@ -95,7 +94,7 @@ def _differences(a: dict, b: dict, labels: tuple[str, str], where: str = "") -> 
         x, y = a.get(key), b.get(key)
         if isinstance(x, dict) and isinstance(y, dict):
             out += _differences(x, y, labels, f"{where}{key}.")
-        elif x != y:
+        elif x != y and f"{where}{key}" not in BOOKKEEPING:
             out.append(f"{where}{key}: {x!r} {labels[0]}, {y!r} {labels[1]}")
     return out
 
