@@ -1105,6 +1105,18 @@ def _ladder_early_fit(arm, width):
     return pct_span(rows.assign(fit=rows.loss / rows.loss_at_w).groupby(["arm", "seed"]).fit.median())
 
 
+@fact("ladder-share-(beta|beta_rel)-" + WIDTH_WORD)
+def _ladder_share_below(beta, width):
+    """Per seed, in seed order: the share of the probed steps at which batchnorm's max over eta of beta is below
+    standard's, over the whole run: claim 8's statistic (beta along the plain gradient, beta_eff) and claim 13c's
+    (beta_rel along the filter-normalized one), counted here from the per-eta rows."""
+    from bnstudy.analysis.landscape import FILTER, PLAIN, per_eta_table
+    rows = per_eta_table(ladder_probes(width), PLAIN if beta == "beta" else FILTER)
+    peak = rows.groupby(["arm", "seed", "step"])[beta].max().unstack("arm")
+    both = peak[["standard", "batchnorm"]].dropna()
+    return listed([pct(share) for share in (both.batchnorm < both.standard).groupby(level="seed").mean()])
+
+
 COLLAPSE_WINDOW = 250  # steps: the training accuracy's mean over each such window
 
 
