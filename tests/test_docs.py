@@ -1093,14 +1093,23 @@ def ladder_probes(width: str) -> pd.DataFrame:
     return Results(RESULTS / LADDER_FOLDERS[width], "paper-figures").tables["probes"]
 
 
+@functools.cache
+def ladder_per_eta(width: str, probe: str) -> pd.DataFrame:
+    """Every (run, step, eta) of one width's standard and batchnorm runs along `probe` (analysis.landscape's
+    per_eta_table), computed once for the facts that read it."""
+    from bnstudy.analysis.landscape import per_eta_table
+    runs = ladder_runs(width)[["arm", "seed"]]
+    return per_eta_table(ladder_probes(width).merge(runs, on=["arm", "seed"]), probe)
+
+
 @fact("ladder-early-fit-(standard|batch)-" + WIDTH_WORD)
 def _ladder_early_fit(arm, width):
     """Per run, the first quarter's median of L(w - eta_min g) / L(w): how far the grid's smallest step along the
     gradient takes the batch's loss (the long runs' long-early-fit, at one width of the ladder)."""
     from bnstudy.analysis.common import phase
-    from bnstudy.analysis.landscape import PLAIN, per_eta_table
+    from bnstudy.analysis.landscape import PLAIN
     runs = ladder_arm(width, arm)
-    rows = per_eta_table(ladder_probes(width).merge(runs[["arm", "seed"]], on=["arm", "seed"]), PLAIN)
+    rows = ladder_per_eta(width, PLAIN).merge(runs[["arm", "seed"]], on=["arm", "seed"])
     rows = rows[(rows.eta == rows.eta.min()) & (phase(rows, runs) == "early")]
     return pct_span(rows.assign(fit=rows.loss / rows.loss_at_w).groupby(["arm", "seed"]).fit.median())
 
@@ -1110,8 +1119,8 @@ def _ladder_share_below(beta, width):
     """Per seed, in seed order: the share of the probed steps at which batchnorm's max over eta of beta is below
     standard's, over the whole run: claim 8's statistic (beta along the plain gradient, beta_eff) and claim 13c's
     (beta_rel along the filter-normalized one), counted here from the per-eta rows."""
-    from bnstudy.analysis.landscape import FILTER, PLAIN, per_eta_table
-    rows = per_eta_table(ladder_probes(width), PLAIN if beta == "beta" else FILTER)
+    from bnstudy.analysis.landscape import FILTER, PLAIN
+    rows = ladder_per_eta(width, PLAIN if beta == "beta" else FILTER)
     peak = rows.groupby(["arm", "seed", "step"])[beta].max().unstack("arm")
     both = peak[["standard", "batchnorm"]].dropna()
     return listed([pct(share) for share in (both.batchnorm < both.standard).groupby(level="seed").mean()])
